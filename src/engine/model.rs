@@ -1,0 +1,240 @@
+//! A loaded GGUF model: metadata, tokenizer and chat template. Read-only once loaded, so one `Model`
+//! can be shared by every scorer (context) built on it.
+
+use std::path::{Path, PathBuf};
+
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use serde::Serialize;
+
+use super::template::ChatTemplate;
+use super::{backend, EngineError};
+
+/// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
+const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// Layers to offload to the GPU (0 on CPU-only builds).
+    pub n_gpu_layers: u32,
+    /// A Jinja chat template to use instead of the one in the GGUF; an empty string means none
+    /// (chat format is then refused, as for a model that ships no template).
+    pub chat_template: Option<String>,
+}
+
+/// What `/v1/models` tells about a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelMeta {
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Number of parameters.
+    pub n_params: u64,
+    /// Size of the weights in bytes.
+    pub size_bytes: u64,
+    /// Whether a chat template is available (from the GGUF or an override).
+    pub chat_template: bool,
+    /// The GGUF file.
+    pub path: PathBuf,
+}
+
+/// A GGUF model loaded through llama.cpp (memory-mapped).
+pub struct Model {
+    llama: LlamaModel,
+    meta: ModelMeta,
+    template: Option<ChatTemplate>,
+    end_of_generation: Option<LlamaToken>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads the GGUF at `path`.
+    pub fn load(path: &Path, options: &ModelOptions) -> Result<Model, EngineError> {
+        let not_loaded = |reason: String| EngineError::Load {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(not_loaded("no such file".into()));
+        }
+        let params = LlamaModelParams::default().with_n_gpu_layers(options.n_gpu_layers);
+        let llama = LlamaModel::load_from_file(backend()?, path, &params)
+            .map_err(|e| not_loaded(format!("{e} (is it a GGUF file llama.cpp supports?)")))?;
+
+        let vocab = llama.vocab();
+        let piece = |token: LlamaToken| {
+            let valid = token.0 >= 0 && token.0 < vocab.n_tokens();
+            valid
+                .then(|| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned())
+                .unwrap_or_default()
+        };
+        let template_source = match &options.chat_template {
+            Some(source) => Some(source.clone()),
+            None => llama.meta_val_str("tokenizer.chat_template").ok(),
+        };
+        let template = template_source
+            .filter(|source| !source.is_empty())
+            .map(|source| ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos())))
+            .transpose()
+            .map_err(|e| not_loaded(format!("its chat template does not compile: {e}")))?;
+        let end_of_generation = [vocab.eot(), vocab.eos()]
+            .into_iter()
+            .find(|&t| t.0 >= 0 && vocab.is_eog(t));
+
+        let meta = ModelMeta {
+            n_ctx_train: llama.n_ctx_train(),
+            n_vocab: u32::try_from(vocab.n_tokens()).unwrap_or(0),
+            n_params: llama.n_params(),
+            size_bytes: llama.size(),
+            chat_template: template.is_some(),
+            path: path.to_owned(),
+        };
+        Ok(Model {
+            llama,
+            meta,
+            template,
+            end_of_generation,
+        })
+    }
+
+    /// Metadata for `/v1/models`.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// The llama.cpp model, for building contexts.
+    pub(crate) fn llama(&self) -> &LlamaModel {
+        &self.llama
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// The token that ends a raw terminal candidate: EOT if the model has one, else EOS.
+    pub fn end_of_generation(&self) -> Option<LlamaToken> {
+        self.end_of_generation
+    }
+
+    /// Whether `token` ends a generation (EOS, EOT, `<|im_end|>`...).
+    pub fn is_end_of_generation(&self, token: LlamaToken) -> bool {
+        self.is_valid_token(token.0) && self.llama.vocab().is_eog(token)
+    }
+
+    /// Whether the tokenizer adds a BOS token to the start of a text.
+    pub fn adds_bos(&self) -> bool {
+        self.llama.vocab().should_add_bos()
+    }
+
+    /// The BOS token, if the model has one.
+    pub fn bos(&self) -> Option<LlamaToken> {
+        let bos = self.llama.vocab().bos();
+        self.is_valid_token(bos.0).then_some(bos)
+    }
+
+    /// Tokenizes `text`. `add_special` adds BOS where the model wants one; `parse_special` turns
+    /// special-token text such as `<|im_end|>` into that token instead of plain characters.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<LlamaToken>, EngineError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::InvalidInput(format!(
+                "a text of {} bytes is longer than the {MAX_TEXT_BYTES} bytes endorm tokenizes",
+                text.len()
+            )));
+        }
+        if text.is_empty() && !add_special {
+            return Ok(Vec::new());
+        }
+        Ok(self.llama.vocab().tokenize(text.as_bytes(), add_special, parse_special))
+    }
+
+    /// Whether `id` is in the vocabulary: anything else must never reach llama.cpp.
+    pub fn is_valid_token(&self, id: i32) -> bool {
+        u32::try_from(id).is_ok_and(|id| id < self.meta.n_vocab)
+    }
+
+    /// The bytes of one token (special tokens as their text).
+    pub fn token_bytes(&self, token: LlamaToken) -> Result<Vec<u8>, EngineError> {
+        if !self.is_valid_token(token.0) {
+            return Err(EngineError::InvalidToken {
+                id: token.0,
+                n_vocab: self.meta.n_vocab,
+            });
+        }
+        Ok(self.llama.vocab().token_to_piece(token, true, None))
+    }
+
+    /// Text of a token sequence; special tokens are rendered as their text.
+    pub fn detokenize(&self, tokens: &[LlamaToken]) -> Result<String, EngineError> {
+        let mut bytes = Vec::new();
+        for &token in tokens {
+            bytes.extend(self.token_bytes(token)?);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The text of each token, such that joining them gives the whole text: a character whose bytes
+    /// span several tokens is given to the token that completes it.
+    pub fn token_texts(&self, tokens: &[LlamaToken]) -> Result<Vec<String>, EngineError> {
+        let mut pending = Vec::new();
+        let mut texts = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            pending.extend(self.token_bytes(token)?);
+            texts.push(take_complete_utf8(&mut pending));
+        }
+        if !pending.is_empty() {
+            if let Some(last) = texts.last_mut() {
+                last.push_str(&String::from_utf8_lossy(&pending));
+            }
+        }
+        Ok(texts)
+    }
+}
+
+/// Removes and returns the longest prefix of `bytes` that is complete UTF-8; invalid bytes become U+FFFD.
+fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
+    let complete = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        // An incomplete character at the end waits for the next token; anything else is invalid.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let text = String::from_utf8_lossy(&bytes[..complete]).into_owned();
+    bytes.drain(..complete);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_complete_utf8;
+
+    #[test]
+    fn split_characters_wait_for_their_last_byte() {
+        let smile = "😀".as_bytes();
+        let mut pending = smile[..2].to_vec();
+        assert_eq!(take_complete_utf8(&mut pending), "");
+        pending.extend(&smile[2..]);
+        pending.extend(b"!");
+        assert_eq!(take_complete_utf8(&mut pending), "😀!");
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn invalid_bytes_do_not_stall() {
+        let mut pending = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_complete_utf8(&mut pending), "a\u{fffd}b");
+    }
+}

@@ -1,0 +1,75 @@
+//! One `/v1/score` request end to end: tokens, scores, ranks, response. The server and the offline
+//! scorer both come through here, so the same input gives the same numbers everywhere.
+
+use std::time::Instant;
+
+use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, TokenDetail, Timings, Usage};
+use crate::reward::{order_best_first, Aggregates, Alpha};
+
+use super::{prepare, EngineError, Scorer};
+
+/// Scores `request` on `scorer`. `model_id` names the model in the response; `default_principle`
+/// is the model's configured principle.
+pub fn score_request(
+    scorer: &mut Scorer<'_>,
+    model_id: &str,
+    request: &ScoreRequest,
+    default_principle: Option<&str>,
+) -> Result<ScoreResponse, EngineError> {
+    let started = Instant::now();
+    let alpha = match request.alpha {
+        None => Alpha::ONE,
+        Some(value) => Alpha::new(value).ok_or_else(|| {
+            EngineError::InvalidInput(format!("`alpha` must be a finite number > 0, not {value}"))
+        })?,
+    };
+    let model = scorer.model();
+    let prepared = prepare(model, request, default_principle)?;
+    let tokenize_time = started.elapsed();
+    let scored = scorer.score(&prepared, alpha)?;
+
+    let mut results = Vec::with_capacity(prepared.candidates.len());
+    for (index, (candidate, values)) in prepared.candidates.iter().zip(&scored.candidates).enumerate() {
+        let sums = Aggregates::of(values, alpha);
+        let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
+        if request.return_tokens {
+            let texts = model.token_texts(&candidate.tokens)?;
+            result.tokens = Some(
+                candidate
+                    .tokens
+                    .iter()
+                    .zip(texts)
+                    .zip(values)
+                    .map(|((token, text), values)| TokenDetail::new(token.0, text, values))
+                    .collect(),
+            );
+        }
+        results.push(result);
+    }
+    let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
+    let order = order_best_first(&scores);
+    for (rank, &index) in order.iter().enumerate() {
+        results[index].rank = rank + 1;
+    }
+
+    let candidate_tokens = prepared.candidates.iter().map(|c| c.tokens.len()).sum();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    Ok(ScoreResponse {
+        model: model_id.to_owned(),
+        aggregate: request.aggregate,
+        results,
+        order,
+        usage: Usage {
+            prompt_tokens: prepared.context.len(),
+            cached_tokens: 0,
+            candidate_tokens,
+            total_tokens: prepared.context.len() + candidate_tokens,
+        },
+        timings: Timings {
+            queue_ms: 0.0,
+            prompt_ms: ms(tokenize_time + scored.prompt_time),
+            candidates_ms: ms(scored.candidates_time),
+            total_ms: ms(started.elapsed()),
+        },
+    })
+}

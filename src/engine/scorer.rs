@@ -1,0 +1,340 @@
+//! One llama.cpp context that scores candidates with their context decoded once.
+//!
+//! Sequence 0 holds the context. Each candidate of a group gets its own sequence, which shares the
+//! context's KV cells (unified KV cache: `seq_cp` adds the sequence to the cells, it copies
+//! nothing). The candidates' tokens are then packed into as few decodes as `n_batch` allows, and only
+//! the rows the reward reads are computed: the context's last row, and each candidate token's row
+//! except after a terminal token.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+
+use super::plan::{group_candidates, Limits, Overflow};
+use super::{backend, EngineError, LlamaToken, Model, Prepared};
+use crate::reward::{self, Alpha, RowValue, TokenValues};
+
+/// Tuning of one context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextOptions {
+    /// Context window in tokens (KV cells shared by the context and all candidates of a group).
+    pub n_ctx: u32,
+    /// Most tokens per decode.
+    pub n_batch: u32,
+    /// CPU threads.
+    pub n_threads: u32,
+    /// Most candidates decoded side by side (llama.cpp allows 255 beside the context).
+    pub max_sequences: u32,
+}
+
+impl ContextOptions {
+    /// Defaults for `model`: up to 4096 tokens of context, 512 per decode, one thread per core.
+    pub fn for_model(model: &Model) -> Self {
+        ContextOptions {
+            n_ctx: model.meta().n_ctx_train.clamp(256, 4096),
+            n_batch: 512,
+            n_threads: std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
+            max_sequences: 64,
+        }
+    }
+}
+
+/// llama.cpp's hard limit on sequences per context.
+const LLAMA_MAX_SEQ: u32 = 256;
+
+/// Per-token values of every candidate, and where the time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// One entry per candidate, in order.
+    pub candidates: Vec<Vec<TokenValues>>,
+    /// Decoding the context.
+    pub prompt_time: Duration,
+    /// Decoding the candidates and computing their rewards.
+    pub candidates_time: Duration,
+}
+
+/// A llama.cpp context on a model, owned by one thread at a time.
+pub struct Scorer<'m> {
+    model: &'m Model,
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    limits: Limits,
+}
+
+impl<'m> Scorer<'m> {
+    /// Creates a context on `model`.
+    pub fn new(model: &'m Model, options: ContextOptions) -> Result<Self, EngineError> {
+        let n_ctx = NonZeroU32::new(options.n_ctx)
+            .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
+        let max_sequences = options.max_sequences.clamp(1, LLAMA_MAX_SEQ - 1);
+        let threads = i32::try_from(options.n_threads.max(1)).unwrap_or(i32::MAX);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_batch(options.n_batch.max(1))
+            .with_n_ubatch(options.n_batch.max(1))
+            .with_n_seq_max(max_sequences + 1)
+            .with_kv_unified(true)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let context = model
+            .llama()
+            .new_context(backend()?, params)
+            .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
+        // llama.cpp may round n_ctx and cap n_batch: plan with what it actually made.
+        let limits = Limits {
+            n_ctx: context.n_ctx() as usize,
+            n_batch: context.n_batch() as usize,
+            max_sequences: max_sequences as usize,
+        };
+        Ok(Scorer {
+            model,
+            context,
+            batch: LlamaBatch::new(limits.n_batch, 1),
+            limits,
+        })
+    }
+
+    /// The model this context runs.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The context window in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.limits.n_ctx
+    }
+
+    /// Scores every candidate of `prepared` after its context.
+    pub fn score(&mut self, prepared: &Prepared, alpha: Alpha) -> Result<Scored, EngineError> {
+        self.validate(prepared)?;
+        let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
+        let groups = group_candidates(prepared.context.len(), &lens, self.limits)
+            .map_err(|overflow| self.overflow(overflow))?;
+
+        self.context.clear_kv_cache();
+        let result = self.score_groups(prepared, &groups, alpha);
+        if result.is_err() {
+            self.context.clear_kv_cache();
+        }
+        result
+    }
+
+    fn score_groups(
+        &mut self,
+        prepared: &Prepared,
+        groups: &[std::ops::Range<usize>],
+        alpha: Alpha,
+    ) -> Result<Scored, EngineError> {
+        let started = Instant::now();
+        let last_row = self.decode_context(&prepared.context)?;
+        let (v_first, first_logits): (f64, Vec<f64>) = {
+            let row = self.row(last_row)?;
+            let firsts = prepared
+                .candidates
+                .iter()
+                .map(|c| logit(row, c.tokens[0]))
+                .collect::<Option<_>>()
+                .ok_or_else(|| EngineError::Decode("a candidate token is outside the logits row".into()))?;
+            (reward::soft_value(row, alpha), firsts)
+        };
+        let prompt_time = started.elapsed();
+
+        let mut rows: Vec<Vec<RowValue>> = first_logits
+            .iter()
+            .map(|&q| vec![RowValue { v: v_first, q_next: Some(q) }])
+            .collect();
+        for group in groups {
+            self.decode_group(prepared, group.clone(), &mut rows, alpha)?;
+        }
+        let candidates = prepared
+            .candidates
+            .iter()
+            .zip(&rows)
+            .map(|(candidate, rows)| {
+                reward::candidate_values(rows, candidate.terminal, alpha)
+                    .ok_or_else(|| EngineError::Decode("logits rows do not match the candidate".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Scored {
+            candidates,
+            prompt_time,
+            candidates_time: started.elapsed() - prompt_time,
+        })
+    }
+
+    /// Decodes the context on sequence 0 and returns the batch index of its last row.
+    fn decode_context(&mut self, context: &[LlamaToken]) -> Result<i32, EngineError> {
+        let mut last_row = 0;
+        for (chunk_index, chunk) in context.chunks(self.limits.n_batch).enumerate() {
+            self.batch.clear();
+            let offset = chunk_index * self.limits.n_batch;
+            let is_last_chunk = offset + chunk.len() == context.len();
+            for (i, &token) in chunk.iter().enumerate() {
+                let wants_row = is_last_chunk && i + 1 == chunk.len();
+                self.add(token, offset + i, 0, wants_row)?;
+            }
+            last_row = self.batch.n_tokens() - 1;
+            self.decode()?;
+        }
+        Ok(last_row)
+    }
+
+    /// Decodes one group of candidates, each on its own sequence branched from the context, and
+    /// appends the rows each candidate needs to `rows`.
+    fn decode_group(
+        &mut self,
+        prepared: &Prepared,
+        group: std::ops::Range<usize>,
+        rows: &mut [Vec<RowValue>],
+        alpha: Alpha,
+    ) -> Result<(), EngineError> {
+        let context_len = prepared.context.len();
+        let first = group.start;
+        let sequence = move |index: usize| (index - first + 1) as i32;
+        for index in group.clone() {
+            self.context
+                .copy_kv_cache_seq(0, sequence(index), None, None)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        // Every (candidate, position) of the group in order, with whether its row is read.
+        let steps = group.clone().flat_map(|index| {
+            let candidate = &prepared.candidates[index];
+            let len = candidate.tokens.len();
+            (0..len).map(move |t| (index, t, !(candidate.terminal && t + 1 == len)))
+        });
+        let steps: Vec<(usize, usize, bool)> = steps.collect();
+        for chunk in steps.chunks(self.limits.n_batch) {
+            self.batch.clear();
+            for &(index, t, wants_row) in chunk {
+                let token = prepared.candidates[index].tokens[t];
+                self.add(token, context_len + t, sequence(index), wants_row)?;
+            }
+            self.decode()?;
+            for (batch_index, &(index, t, wants_row)) in chunk.iter().enumerate() {
+                if !wants_row {
+                    continue;
+                }
+                let next = prepared.candidates[index].tokens.get(t + 1).copied();
+                let row = self.row(batch_index as i32)?;
+                let q_next = match next {
+                    Some(token) => Some(logit(row, token).ok_or_else(|| {
+                        EngineError::Decode("a candidate token is outside the logits row".into())
+                    })?),
+                    None => None,
+                };
+                rows[index].push(RowValue {
+                    v: reward::soft_value(row, alpha),
+                    q_next,
+                });
+            }
+        }
+        for index in group {
+            self.context
+                .clear_kv_cache_seq(Some(sequence(index) as u32), None, None)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a token sequence on its own (sequence 0, from position 0), computing logits rows
+    /// for the tokens from `rows_from` on and reading none of them: llama.cpp's own speed for the
+    /// same work, which `endorm bench` compares the scorer against.
+    pub fn decode_plain(&mut self, tokens: &[LlamaToken], rows_from: usize) -> Result<(), EngineError> {
+        if tokens.len() > self.limits.n_ctx {
+            return Err(self.overflow(Overflow {
+                candidate: None,
+                needed: tokens.len(),
+            }));
+        }
+        for &token in tokens {
+            self.check_token(token)?;
+        }
+        self.context.clear_kv_cache();
+        for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
+            self.batch.clear();
+            let offset = chunk_index * self.limits.n_batch;
+            for (i, &token) in chunk.iter().enumerate() {
+                self.add(token, offset + i, 0, offset + i >= rows_from)?;
+            }
+            self.decode()?;
+        }
+        self.context.clear_kv_cache();
+        Ok(())
+    }
+
+    fn validate(&self, prepared: &Prepared) -> Result<(), EngineError> {
+        if prepared.context.is_empty() {
+            return Err(EngineError::InvalidInput("the context is empty".into()));
+        }
+        if let Some(index) = prepared.candidates.iter().position(|c| c.tokens.is_empty()) {
+            return Err(EngineError::InvalidInput(format!("candidate {index} has no tokens")));
+        }
+        let all_tokens = prepared
+            .context
+            .iter()
+            .chain(prepared.candidates.iter().flat_map(|c| &c.tokens));
+        for &token in all_tokens {
+            self.check_token(token)?;
+        }
+        Ok(())
+    }
+
+    fn check_token(&self, token: LlamaToken) -> Result<(), EngineError> {
+        if self.model.is_valid_token(token.0) {
+            Ok(())
+        } else {
+            Err(EngineError::InvalidToken {
+                id: token.0,
+                n_vocab: self.model.meta().n_vocab,
+            })
+        }
+    }
+
+    fn overflow(&self, overflow: Overflow) -> EngineError {
+        EngineError::ContextOverflow {
+            what: match overflow.candidate {
+                Some(index) => format!("the context with candidate {index}"),
+                None => "the context".into(),
+            },
+            needed: overflow.needed,
+            n_ctx: self.limits.n_ctx,
+            n_ctx_train: self.model.meta().n_ctx_train,
+        }
+    }
+
+    /// Adds one token; positions and sequences were planned within the limits, checked again here
+    /// because llama.cpp aborts the process on a bad one.
+    fn add(&mut self, token: LlamaToken, position: usize, sequence: i32, wants_row: bool) -> Result<(), EngineError> {
+        let in_limits = position < self.limits.n_ctx
+            && (0..=self.limits.max_sequences as i32).contains(&sequence)
+            && (self.batch.n_tokens() as usize) < self.limits.n_batch;
+        if !in_limits {
+            return Err(EngineError::Decode(format!(
+                "internal planning error: token at position {position} on sequence {sequence} is outside the context's limits"
+            )));
+        }
+        self.batch
+            .add(token, position as i32, &[sequence], wants_row)
+            .map_err(|e| EngineError::Decode(e.to_string()))
+    }
+
+    fn decode(&mut self) -> Result<(), EngineError> {
+        self.context
+            .decode(&mut self.batch)
+            .map_err(|e| EngineError::Decode(e.to_string()))
+    }
+
+    fn row(&self, batch_index: i32) -> Result<&[f32], EngineError> {
+        Ok(self.context.get_logits_ith(batch_index))
+    }
+}
+
+fn logit(row: &[f32], token: LlamaToken) -> Option<f64> {
+    usize::try_from(token.0)
+        .ok()
+        .and_then(|i| row.get(i))
+        .map(|&x| f64::from(x))
+}

@@ -1,0 +1,15 @@
+//! endorm: a local reward model. Any language model trained by next-token prediction holds a
+//! reward model in its logits (Li et al., 2025); endorm computes that endogenous reward with
+//! llama.cpp and serves it to editors, agents and batch jobs.
+//!
+//! * [`reward`] — the math of REWARD.md, free of llama.cpp.
+//! * [`engine`] — models, tokens and the shared-prefix batched decode.
+//! * [`api`] — the wire types of API.md.
+//! * [`offline`] — JSONL in, JSONL out, resumable.
+
+pub mod api;
+pub mod bench;
+pub mod engine;
+pub mod offline;
+pub mod paths;
+pub mod reward;

@@ -1,0 +1,297 @@
+//! The `endorm` command line: parse, call into the library, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use endorm::api::{Format, ScoreRequest};
+use endorm::engine::{score_request, ContextOptions, Model, ModelOptions, Scorer};
+use endorm::offline::{self, Existing, Shard};
+use endorm::reward::Aggregate;
+use endorm::{bench, paths};
+
+/// endorm — a local reward model from any GGUF language model's own logits.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log filter, e.g. `info` or `endorm=debug` (RUST_LOG works too).
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a JSONL file of /v1/score requests into a JSONL file of responses.
+    Score(ScoreArgs),
+    /// Rank candidate answers to a prompt and print a table.
+    Rerank(RerankArgs),
+    /// Time the shared-prefix scorer against a naive scorer and a plain llama.cpp decode.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// GGUF model file [default: SmolLM2-135M-Instruct in the model directory]
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Context window in tokens [default: the model's, at most 4096]
+    #[arg(long)]
+    n_ctx: Option<u32>,
+    /// Tokens per llama.cpp decode.
+    #[arg(long, default_value_t = 512)]
+    n_batch: u32,
+    /// CPU threads [default: one per core]
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Layers to offload to the GPU (builds with --features cuda/metal/vulkan).
+    #[arg(long, default_value_t = 0)]
+    n_gpu_layers: u32,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input JSONL: one /v1/score request body per line, with an optional "id".
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Output JSONL: one /v1/score response per line, with the input's "id".
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Continue an earlier run: skip the ids already in the output.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Score only the lines i, i+N, i+2N, … (0-based), e.g. `--shard 0/4`.
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Principle (system message) for chat requests that name none.
+    #[arg(long)]
+    principle: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct RerankArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt (chat: the user's message; --raw: the text the candidates continue).
+    #[arg(long, short)]
+    prompt: String,
+    /// The candidate answers.
+    #[arg(required = true)]
+    candidates: Vec<String>,
+    /// Raw text instead of the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Principle (system message) that says what a good answer is.
+    #[arg(long)]
+    principle: Option<String>,
+    /// Score that ranks: endo, endo_mean, logprob or logprob_mean.
+    #[arg(long, default_value = "endo")]
+    aggregate: Aggregate,
+    /// Also print each token's reward.
+    #[arg(long)]
+    tokens: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tokens of shared context.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    context_tokens: u16,
+    /// Candidates per request.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=255))]
+    candidates: u16,
+    /// Tokens per candidate.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    candidate_tokens: u16,
+    /// Timed repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Score(args) => score(args),
+        Command::Rerank(args) => rerank(args),
+        Command::Bench(args) => run_bench(args),
+    }
+}
+
+/// The model file: `--model`, else the default model in the model directory.
+fn model_path(model: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = model {
+        return Ok(path.clone());
+    }
+    let path = paths::default_model().context("no home directory to find the default model in")?;
+    if !path.is_file() {
+        bail!(
+            "no model given and the default model is not installed at {}: run scripts/fetch-model, \
+             or pass --model PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn load(args: &ModelArgs) -> Result<(Model, ContextOptions)> {
+    let path = model_path(&args.model)?;
+    let options = ModelOptions {
+        n_gpu_layers: args.n_gpu_layers,
+        chat_template: None,
+    };
+    let model = Model::load(&path, &options)?;
+    let mut context = ContextOptions::for_model(&model);
+    context.n_batch = args.n_batch;
+    if let Some(n_ctx) = args.n_ctx {
+        context.n_ctx = n_ctx;
+    }
+    if let Some(threads) = args.threads {
+        context.n_threads = threads;
+    }
+    Ok((model, context))
+}
+
+fn score(args: ScoreArgs) -> Result<ExitCode> {
+    let (model, context) = load(&args.model)?;
+    let mut scorer = Scorer::new(&model, context)?;
+    let job = offline::Job {
+        input: args.input,
+        output: args.output,
+        existing: match (args.resume, args.force) {
+            (true, _) => Existing::Resume,
+            (_, true) => Existing::Overwrite,
+            _ => Existing::Refuse,
+        },
+        shard: args.shard,
+        model_id: paths::model_id(&model.meta().path),
+        principle: args.principle,
+        progress: !args.quiet,
+    };
+    let summary = offline::run(&mut scorer, &job)?;
+    eprintln!(
+        "{} scored, {} failed, {} skipped (already in {}); {} tokens",
+        summary.scored,
+        summary.failed,
+        summary.skipped,
+        job.output.display(),
+        summary.tokens
+    );
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn rerank(args: RerankArgs) -> Result<ExitCode> {
+    let (model, context) = load(&args.model)?;
+    let mut scorer = Scorer::new(&model, context)?;
+    let request = ScoreRequest {
+        format: Some(if args.raw { Format::Raw } else { Format::Chat }),
+        prompt: Some(args.prompt),
+        principle: args.principle,
+        candidates: args.candidates,
+        aggregate: args.aggregate,
+        return_tokens: args.tokens,
+        ..ScoreRequest::default()
+    };
+    let id = paths::model_id(&model.meta().path);
+    let response = score_request(&mut scorer, &id, &request, None)?;
+    println!("{:>4}  {:>10}  {:>10}  {:>10}  {:>6}  candidate", "rank", args.aggregate.name(), "endo", "logprob", "tokens");
+    for &index in &response.order {
+        let r = &response.results[index];
+        println!(
+            "{:>4}  {:>10.3}  {:>10.3}  {:>10.3}  {:>6}  {}",
+            r.rank,
+            r.score,
+            r.endo,
+            r.logprob,
+            r.n_tokens,
+            one_line(&request.candidates[index], 60)
+        );
+        for token in r.tokens.iter().flatten() {
+            println!("{:>48.3}  {:?}", token.reward, token.text);
+        }
+    }
+    println!("scores compare only within this table ({} on {id})", response.aggregate.name());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn one_line(text: &str, width: usize) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    match flat.char_indices().nth(width) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    let (model, mut context) = load(&args.model)?;
+    let shape = bench::Shape {
+        context_tokens: args.context_tokens.into(),
+        candidates: args.candidates.into(),
+        candidate_tokens: args.candidate_tokens.into(),
+        repeats: args.repeats,
+    };
+    let needed = shape.context_tokens + shape.candidates * shape.candidate_tokens;
+    context.n_ctx = context.n_ctx.max(needed as u32);
+    let mut scorer = Scorer::new(&model, context)?;
+    let report = bench::run(&mut scorer, shape)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rate = |secs: f64| report.tokens as f64 / secs;
+    println!(
+        "{} context tokens + {} candidates × {} tokens = {} tokens, {} threads, n_batch {}, median of {}",
+        shape.context_tokens, shape.candidates, shape.candidate_tokens, report.tokens, context.n_threads, context.n_batch, shape.repeats
+    );
+    println!("{:<34} {:>9} {:>10}", "path", "ms", "tokens/s");
+    for (name, secs) in [
+        ("shared prefix (endorm)", report.shared_s),
+        ("naive: own context per candidate", report.naive_s),
+        ("plain decode (llama.cpp limit)", report.plain_s),
+    ] {
+        println!("{name:<34} {:>9.1} {:>10.0}", secs * 1e3, rate(secs));
+    }
+    println!("shared vs naive: {:.2}× faster", report.speedup_over_naive());
+    println!("shared vs plain decode: {:.1}% of its tokens/s", report.fraction_of_plain() * 100.0);
+    Ok(ExitCode::SUCCESS)
+}
