@@ -85,7 +85,7 @@ impl Model {
             .map(|source| ChatTemplate::new(&source, piece(vocab.bos()), piece(vocab.eos())))
             .transpose()
             .map_err(|e| not_loaded(format!("its chat template does not compile: {e}")))?;
-        let end_of_generation = [vocab.eot(), vocab.eos()]
+        let end_of_generation = [vocab.eos(), vocab.eot()]
             .into_iter()
             .find(|&t| t.0 >= 0 && vocab.is_eog(t));
 
@@ -120,7 +120,7 @@ impl Model {
         self.template.as_ref()
     }
 
-    /// The token that ends a raw terminal candidate: EOT if the model has one, else EOS.
+    /// The token that ends a raw terminal candidate: EOS, else EOT.
     pub fn end_of_generation(&self) -> Option<LlamaToken> {
         self.end_of_generation
     }

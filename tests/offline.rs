@@ -1,0 +1,120 @@
+//! `endorm score` end to end through the binary: output per line, errors per line, resume, and
+//! an existing output never truncated without --force.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn endorm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_endorm"))
+}
+
+fn score(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    endorm()
+        .args(["score", "--quiet", "--threads", "2", "--n-ctx", "1024", "--model"])
+        .arg(common::model_path())
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .expect("run endorm")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const GOOD_A: &str = r#"{"id": "a", "prompt": "What is 2+2?", "candidates": ["4", "5"]}"#;
+const GOOD_B: &str = r#"{"id": "b", "format": "raw", "prompt": "Once upon a", "candidates": [" time", " banana"]}"#;
+const BAD: &str = r#"{"id": "bad", "prompt": "Hi", "candidates": []}"#;
+
+#[test]
+fn scores_every_line_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n{BAD}\nnot json\n\n{GOOD_B}\n")).unwrap();
+
+    let run = score(&input, &output, &[]);
+    assert!(!run.status.success(), "bad lines make the exit status non-zero");
+    let out = lines(&output);
+    let ids: Vec<&Value> = out.iter().map(|l| &l["id"]).collect();
+    assert_eq!(ids, [&Value::from("a"), &Value::from("bad"), &Value::from(3), &Value::from("b")]);
+    assert_eq!(out[0]["results"].as_array().unwrap().len(), 2);
+    assert_eq!(out[1]["error"]["code"], "invalid_request");
+    assert_eq!(out[2]["error"]["code"], "invalid_json");
+    assert_eq!(out[3]["model"], endorm::paths::model_id(&common::model_path()));
+    assert!(out[3]["results"][0]["score"].as_f64().unwrap() > out[3]["results"][1]["score"].as_f64().unwrap(),
+        "\" time\" follows \"Once upon a\" better than \" banana\"");
+}
+
+#[test]
+fn the_same_line_gives_the_same_numbers_as_rerank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let offline = &lines(&output)[0];
+
+    let rerank = endorm()
+        .args(["rerank", "--threads", "2", "--n-ctx", "1024", "--prompt", "What is 2+2?", "4", "5", "--model"])
+        .arg(common::model_path())
+        .output()
+        .unwrap();
+    assert!(rerank.status.success(), "{}", String::from_utf8_lossy(&rerank.stderr));
+    let table = String::from_utf8(rerank.stdout).unwrap();
+    let best = &offline["results"][offline["order"][0].as_u64().unwrap() as usize];
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains(&format!("{:.3}", best["endo"].as_f64().unwrap())), "{table}\n{offline}");
+}
+
+#[test]
+fn resume_skips_done_ids_and_existing_output_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let first = std::fs::read_to_string(&output).unwrap();
+
+    // A second run without --resume or --force refuses and leaves the output alone.
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    let refused = score(&input, &output, &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), first);
+
+    // --resume scores only the new id, after what was there.
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let out = lines(&output);
+    assert_eq!(out.len(), 2);
+    assert!(std::fs::read_to_string(&output).unwrap().starts_with(&first));
+    assert_eq!(out[1]["id"], "b");
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("1 skipped"));
+
+    // --force starts over.
+    assert!(score(&input, &output, &["--force"]).status.success());
+    assert_eq!(lines(&output).len(), 2);
+}
+
+#[test]
+fn shards_split_the_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    let mut seen = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let output = dir.path().join(format!("out-{}.jsonl", &shard[..1]));
+        assert!(score(&input, &output, &["--shard", shard]).status.success());
+        seen.extend(lines(&output).into_iter().map(|l| l["id"].clone()));
+    }
+    assert_eq!(seen, [Value::from("a"), Value::from("b")]);
+}
