@@ -6,10 +6,13 @@
 //! * [`engine`] — models, tokens and the shared-prefix batched decode.
 //! * [`api`] — the wire types of API.md.
 //! * [`offline`] — JSONL in, JSONL out, resumable.
+//! * [`server`] — the daemon: HTTP over a Unix socket; [`config`] — its TOML config.
 
 pub mod api;
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod offline;
 pub mod paths;
 pub mod reward;
+pub mod server;

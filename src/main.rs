@@ -1,5 +1,7 @@
 //! The `endorm` command line: parse, call into the library, print.
 
+mod serve_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,9 +18,10 @@ use endorm::{bench, paths};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log filter, e.g. `info` or `endorm=debug` (RUST_LOG works too).
-    #[arg(long, global = true, default_value = "warn")]
-    log_level: String,
+    /// Log filter, e.g. `info` or `endorm=debug` (RUST_LOG works too) [default: warn; for serve:
+    /// warn,endorm=info, one line per request].
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +34,11 @@ enum Command {
     Rerank(RerankArgs),
     /// Time the shared-prefix scorer against a naive scorer and a plain llama.cpp decode.
     Bench(BenchArgs),
+    /// Run the daemon: HTTP over a Unix socket (API.md) until SIGTERM/SIGINT.
+    Serve(serve_cli::ServeArgs),
+    /// Where the daemon's config is, what it holds, whether it is valid.
+    #[command(subcommand)]
+    Config(serve_cli::ConfigCommand),
 }
 
 #[derive(Args)]
@@ -126,7 +134,11 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    let default_level = match cli.command {
+        Command::Serve(_) => "warn,endorm=info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -151,6 +163,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Score(args) => score(args),
         Command::Rerank(args) => rerank(args),
         Command::Bench(args) => run_bench(args),
+        Command::Serve(args) => serve_cli::serve(args),
+        Command::Config(command) => serve_cli::config(command),
     }
 }
 

@@ -7,6 +7,7 @@ mod prepare;
 mod request;
 mod scorer;
 mod template;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,7 +18,7 @@ pub use llama_cpp_2::token::LlamaToken;
 pub use model::{Model, ModelMeta, ModelOptions};
 pub use prepare::{prepare, Candidate, Prepared};
 pub use request::score_request;
-pub use scorer::{ContextOptions, Scorer};
+pub use scorer::{ContextOptions, RowLogprobs, Scorer};
 pub use template::ChatTemplate;
 
 /// Everything that can go wrong between a request and its scores.

@@ -338,3 +338,107 @@ fn logit(row: &[f32], token: LlamaToken) -> Option<f64> {
         .and_then(|i| row.get(i))
         .map(|&x| f64::from(x))
 }
+
+/// The next-token distribution at one position of a sequence, as `/v1/completions` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowLogprobs {
+    /// `log π` of the token that follows in the sequence; `None` after its last token.
+    pub next_logprob: Option<f64>,
+    /// The most likely next tokens with their `log π`, best first (ties: lower id first); at least
+    /// one entry, so `top[0]` is the greedy next token.
+    pub top: Vec<(LlamaToken, f64)>,
+}
+
+impl Scorer<'_> {
+    /// Log-probabilities (α = 1) along a token sequence, for OpenAI-style `echo` + `logprobs`
+    /// scoring: one [`RowLogprobs`] per position `i` in `0..tokens.len() - 1` (the distribution of
+    /// `tokens[i + 1]`), plus one after the last token when `after_last` (its `top[0]` is the
+    /// greedy continuation). `top_k` entries per row, at least 1.
+    ///
+    /// The sequence is decoded on its own (sequence 0, from position 0) in chunks of `n_batch`; only
+    /// one chunk's rows are held at a time.
+    pub fn sequence_logprobs(
+        &mut self,
+        tokens: &[LlamaToken],
+        top_k: usize,
+        after_last: bool,
+    ) -> Result<Vec<RowLogprobs>, EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
+        }
+        if tokens.len() > self.limits.n_ctx {
+            return Err(self.overflow(Overflow {
+                candidate: None,
+                needed: tokens.len(),
+            }));
+        }
+        for &token in tokens {
+            self.check_token(token)?;
+        }
+        let rows_wanted = tokens.len() - usize::from(!after_last);
+        let top_k = top_k.max(1);
+        let mut rows = Vec::with_capacity(rows_wanted);
+        self.context.clear_kv_cache();
+        let result = (|| {
+            for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
+                self.batch.clear();
+                let offset = chunk_index * self.limits.n_batch;
+                for (i, &token) in chunk.iter().enumerate() {
+                    self.add(token, offset + i, 0, offset + i < rows_wanted)?;
+                }
+                self.decode()?;
+                for i in 0..chunk.len() {
+                    let position = offset + i;
+                    if position >= rows_wanted {
+                        break;
+                    }
+                    let row = self.row(i as i32)?;
+                    let log_z = reward::soft_value(row, Alpha::ONE);
+                    let next_logprob = match tokens.get(position + 1) {
+                        Some(&next) => Some(
+                            logit(row, next)
+                                .ok_or_else(|| EngineError::Decode("a token is outside the logits row".into()))?
+                                - log_z,
+                        ),
+                        None => None,
+                    };
+                    let top = top_tokens(row, top_k)
+                        .into_iter()
+                        .map(|(id, value)| (LlamaToken(id), f64::from(value) - log_z))
+                        .collect();
+                    rows.push(RowLogprobs { next_logprob, top });
+                }
+            }
+            Ok(())
+        })();
+        self.context.clear_kv_cache();
+        result.map(|()| rows)
+    }
+}
+
+/// The `k` largest entries of `row` as (index, value), largest first, lower index first on ties.
+fn top_tokens(row: &[f32], k: usize) -> Vec<(i32, f32)> {
+    let mut best: Vec<(i32, f32)> = Vec::with_capacity(k + 1);
+    for (index, &value) in row.iter().enumerate() {
+        if best.len() == k && best.last().is_some_and(|&(_, worst)| value <= worst) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, v)| v >= value);
+        best.insert(at, (index as i32, value));
+        best.truncate(k);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_tokens;
+
+    #[test]
+    fn top_tokens_are_best_first_and_stable_on_ties() {
+        let row = [0.5, 2.0, -1.0, 2.0, 1.0];
+        assert_eq!(top_tokens(&row, 3), vec![(1, 2.0), (3, 2.0), (4, 1.0)]);
+        assert_eq!(top_tokens(&row, 1), vec![(1, 2.0)]);
+        assert_eq!(top_tokens(&row, 10).len(), 5);
+    }
+}

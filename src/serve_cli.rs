@@ -1,0 +1,161 @@
+//! The `serve` and `config` subcommands of the `endorm` binary (a module of main.rs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+
+use endorm::config::{self, Config};
+use endorm::server::{self, socket, ServeOptions};
+
+/// `endorm serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file [default: `endorm config path`; a missing default file means no config].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve this GGUF too (under its file name's id) and make it the default model; works with no
+    /// config file at all.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Unix socket [default: $XDG_RUNTIME_DIR/endorm/endorm.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Also serve on this loopback TCP address (e.g. 127.0.0.1:8765); requests need
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The TCP bearer token [default: read from (or created in) the token file]. ENDORM_TOKEN works too.
+    #[arg(long)]
+    token: Option<String>,
+    /// Shut down when standard input closes (for an editor or test that starts the daemon as its child).
+    #[arg(long)]
+    exit_on_eof: bool,
+}
+
+/// `endorm config ...`.
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print where the config file is read from (and whether it exists).
+    Path,
+    /// Print the config with every default filled in, and the models it serves.
+    Show(ConfigFile),
+    /// Validate the config: TOML, values, and that each model file exists. Exit 1 when invalid.
+    Check(ConfigFile),
+}
+
+/// Which config file.
+#[derive(Args)]
+pub struct ConfigFile {
+    /// Config file [default: `endorm config path`].
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let (config, config_required) = match args.config {
+        Some(path) => (Some(path), true),
+        None => (config::default_path(), false),
+    };
+    let options = ServeOptions {
+        config,
+        config_required,
+        model: args.model,
+        socket: args.socket,
+        listen: args.listen,
+        token: args.token.or_else(|| std::env::var("ENDORM_TOKEN").ok()),
+        exit_on_eof: args.exit_on_eof,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("endorm-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server::serve(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `endorm config path|show|check`.
+pub fn config(command: ConfigCommand) -> Result<ExitCode> {
+    match command {
+        ConfigCommand::Path => {
+            let path = config::default_path().context("no config directory on this system")?;
+            let state = if path.exists() {
+                "exists"
+            } else {
+                "does not exist: defaults apply"
+            };
+            println!("{}", path.display());
+            eprintln!(
+                "({state}; the socket defaults to {})",
+                display(socket::default_socket())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Show(file) => {
+            let (path, config) = load(file)?;
+            println!("# {}", path.display());
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("cannot print the config")?
+            );
+            let specs = config.model_specs(None);
+            let default = config.default_model_id(&specs, None);
+            println!("\n# served models:");
+            for spec in &specs {
+                let mark = if default.as_deref() == Some(spec.id.as_str()) {
+                    " (default)"
+                } else {
+                    ""
+                };
+                println!("#   {}{mark}: {}", spec.id, spec.worker.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Check(file) => {
+            let (path, config) = load(file)?;
+            let specs = config.model_specs(None);
+            let missing: Vec<String> = specs
+                .iter()
+                .filter(|spec| !spec.worker.path.is_file())
+                .map(|spec| {
+                    format!(
+                        "model {}: no file at {}",
+                        spec.id,
+                        spec.worker.path.display()
+                    )
+                })
+                .collect();
+            if !missing.is_empty() {
+                bail!("{}: {}", path.display(), missing.join("; "));
+            }
+            println!("{}: ok, {} model(s)", path.display(), specs.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(file: ConfigFile) -> Result<(PathBuf, Config)> {
+    match file.config {
+        Some(path) => Ok((path.clone(), Config::load(&path)?)),
+        None => {
+            let path = config::default_path().context("no config directory on this system")?;
+            let config = if path.exists() {
+                Config::load(&path)?
+            } else {
+                Config::default()
+            };
+            Ok((path, config))
+        }
+    }
+}
+
+fn display(path: Option<PathBuf>) -> String {
+    path.map_or_else(
+        || "(no runtime directory)".into(),
+        |p| p.display().to_string(),
+    )
+}

@@ -1,0 +1,108 @@
+//! Around every request: a request id, one log line (route, status, tokens, ms), the metrics; and
+//! on TCP, the bearer token.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
+
+use super::error::ApiError;
+use super::App;
+
+/// Tokens a request evaluated, put in the response's extensions by its handler for the log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenCount {
+    /// Tokens evaluated.
+    pub tokens: usize,
+    /// Of which served from the prefix cache.
+    pub cached: usize,
+}
+
+/// Attaches `tokens` to a response for the log line and the metrics.
+pub fn with_tokens(response: impl IntoResponse, tokens: TokenCount) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(tokens);
+    response
+}
+
+/// Logs and counts every request, and gives it an `x-request-id`.
+pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let span = tracing::info_span!("request", id);
+    let mut response = next.run(request).instrument(span).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens = response
+        .extensions()
+        .get::<TokenCount>()
+        .copied()
+        .unwrap_or_default();
+    let status = response.status().as_u16();
+    tracing::info!(
+        request_id = id,
+        %method,
+        route,
+        status,
+        tokens = tokens.tokens,
+        ms = format_args!("{:.1}", seconds * 1e3),
+        "request"
+    );
+    app.metrics.record(
+        &route,
+        status,
+        seconds,
+        tokens.tokens as u64,
+        tokens.cached as u64,
+    );
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from(id));
+    response
+}
+
+/// The bearer token every TCP request must carry.
+#[derive(Clone)]
+pub struct Token(pub Arc<str>);
+
+/// Refuses a request without `Authorization: Bearer <token>` (401).
+pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.0.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "TCP requests need `Authorization: Bearer TOKEN`, with the token from the daemon's \
+                 token file (or the Unix socket, which needs none)",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,277 @@
+//! The daemon (`endorm serve`): HTTP/1.1 + JSON over a Unix socket (API.md), and optionally over a
+//! loopback TCP port with a bearer token.
+//!
+//! * [`socket`] — where the socket lives, its permissions, stale sockets, a second instance.
+//! * [`registry`] — the served models, each with a worker thread ([`crate::engine::worker`]).
+//! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
+//! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
+//!
+//! The server never touches llama.cpp: models, tokens and scores come from [`crate::engine`].
+
+pub mod body;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod middleware;
+pub mod registry;
+pub mod reload;
+pub mod routes;
+pub mod socket;
+
+use std::future::IntoFuture as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::config::{check_loopback, Config, ConfigError};
+use metrics::Metrics;
+use middleware::Token;
+use registry::Registry;
+
+/// Why the daemon could not start (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The config file is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The socket cannot be used.
+    #[error("socket {}: {reason}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Another daemon answers on the socket.
+    #[error(
+        "another endorm daemon is already serving on {} (stop it first, or pass another --socket)",
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The TCP token file cannot be read or written.
+    #[error("token file {}: {reason}", path.display())]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TCP listener cannot be used.
+    #[error("{0}")]
+    Listen(String),
+    /// The server failed while running.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How `endorm serve` was started.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The config file to read and watch.
+    pub config: Option<PathBuf>,
+    /// Whether a missing config file is an error (it was named with `--config`).
+    pub config_required: bool,
+    /// `--model PATH`: served beside the config's models, and the default.
+    pub model: Option<PathBuf>,
+    /// `--socket`, over the config.
+    pub socket: Option<PathBuf>,
+    /// `--listen`, over the config.
+    pub listen: Option<SocketAddr>,
+    /// `--token` (or `ENDORM_TOKEN`), over the token file.
+    pub token: Option<String>,
+    /// Shut down when standard input closes (for a parent process that owns the daemon).
+    pub exit_on_eof: bool,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// Served models and limits.
+    pub registry: Registry,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The config the daemon started with (for settings read at start only).
+    pub started: Config,
+}
+
+/// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
+/// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
+pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
+    let config = match &options.config {
+        Some(path) if path.exists() || options.config_required => Config::load(path)?,
+        _ => Config::default(),
+    };
+    let socket_path = options
+        .socket
+        .clone()
+        .or_else(|| config.server.socket.clone())
+        .or_else(socket::default_socket)
+        .ok_or_else(|| {
+            ServerError::Listen("no runtime directory for the socket: pass --socket PATH".into())
+        })?;
+    let listen = options.listen.or(config.server.listen);
+    if let Some(address) = listen {
+        check_loopback(address).map_err(ServerError::Listen)?;
+    }
+    let unix = socket::bind(&socket_path)?;
+    let result = serve_on(unix, &socket_path, listen, config, options).await;
+    if let Err(error) = std::fs::remove_file(&socket_path) {
+        tracing::warn!(path = %socket_path.display(), %error, "cannot remove the socket");
+    }
+    result
+}
+
+async fn serve_on(
+    unix: tokio::net::UnixListener,
+    socket_path: &Path,
+    listen: Option<SocketAddr>,
+    config: Config,
+    options: ServeOptions,
+) -> Result<(), ServerError> {
+    let tcp = match listen {
+        Some(address) => {
+            let token = tcp_token(&options, &config)?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| ServerError::Listen(format!("cannot listen on {address}: {e}")))?;
+            Some((listener, Token(token.into())))
+        }
+        None => None,
+    };
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let app = Arc::new(App {
+        registry: Registry::start(&config, options.model.clone()),
+        metrics: Arc::new(Metrics::default()),
+        started: config,
+    });
+    let _watch = options
+        .config
+        .as_deref()
+        .and_then(|path| reload::watch(path, Arc::clone(&app)));
+
+    let (stop, stopped) = watch::channel(false);
+    spawn_signal_handler(stop.clone());
+    if options.exit_on_eof {
+        spawn_eof_watch(stop);
+    }
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&stop| stop).await;
+    };
+    tracing::info!(socket = %socket_path.display(), "listening");
+    let unix_server = axum::serve(unix, router(Arc::clone(&app), None))
+        .with_graceful_shutdown(until_stopped(stopped.clone()))
+        .into_future();
+    let tcp_server = async {
+        match tcp {
+            Some((listener, token)) => {
+                tracing::info!(address = %listener.local_addr()?, "listening on TCP (bearer token required)");
+                axum::serve(listener, router(Arc::clone(&app), Some(token)))
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::try_join!(unix_server, tcp_server) };
+    let deadline = async {
+        until_stopped(stopped.clone()).await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: finishing in-flight requests"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = servers => { result?; }
+        () = deadline => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The TCP token: `--token`/`ENDORM_TOKEN`, else the token file (created if missing).
+fn tcp_token(options: &ServeOptions, config: &Config) -> Result<String, ServerError> {
+    if let Some(token) = options.token.clone().filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let path = config
+        .server
+        .token_file
+        .clone()
+        .or_else(socket::default_token_file)
+        .ok_or_else(|| {
+            ServerError::Listen("no runtime directory for the token file: pass --token".into())
+        })?;
+    let token = socket::token_from_file(&path)?;
+    tracing::info!(path = %path.display(), "TCP bearer token is in this file");
+    Ok(token)
+}
+
+fn spawn_signal_handler(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        let _ = stop.send(true);
+    });
+}
+
+fn spawn_eof_watch(stop: watch::Sender<bool>) {
+    let spawned = std::thread::Builder::new()
+        .name("endorm-stdin".into())
+        .spawn(move || {
+            use std::io::Read as _;
+            let mut buffer = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
+            tracing::info!("standard input closed");
+            let _ = stop.send(true);
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot watch standard input");
+    }
+}
+
+/// Every route of API.md. `token`: require it (the TCP listener).
+pub fn router(app: Arc<App>, token: Option<Token>) -> Router {
+    use routes::{completions, info, reward, score, tokenize};
+    let mut router = Router::new()
+        .route("/health", get(info::health))
+        .route("/v1/models", get(info::models))
+        .route("/metrics", get(info::metrics))
+        .route("/v1/score", post(score::score))
+        .route("/v1/rerank", post(score::rerank))
+        .route("/v1/completions", post(completions::completions))
+        .route("/get_reward", post(reward::get_reward))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/tokenizer_info", get(tokenize::tokenizer_info))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(Arc::clone(&app));
+    if let Some(token) = token {
+        router = router.layer(from_fn_with_state(token, middleware::require_token));
+    }
+    router
+        .layer(from_fn_with_state(app, middleware::log_request))
+        .layer(DefaultBodyLimit::disable())
+}

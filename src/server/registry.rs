@@ -1,0 +1,181 @@
+//! The models being served, swapped whole when the config changes.
+//!
+//! A request takes an `Arc` of its model's entry; a reload that removes or replaces the model drops
+//! only the registry's reference, so the request finishes on the model it started on, and the
+//! worker unloads once its last request is done.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::http::StatusCode;
+
+use super::error::ApiError;
+use crate::config::{Config, ModelSpec, ServerConfig};
+use crate::engine::worker::{Worker, WorkerState};
+
+/// One served model.
+#[derive(Debug)]
+pub struct ModelEntry {
+    /// What was configured.
+    pub spec: ModelSpec,
+    /// The thread that runs it; `None` when it could not even be started.
+    pub worker: Result<Worker, String>,
+}
+
+impl ModelEntry {
+    fn start(spec: ModelSpec) -> ModelEntry {
+        let worker = Worker::spawn(&spec.id, spec.worker.clone()).map_err(|e| e.to_string());
+        ModelEntry { spec, worker }
+    }
+
+    /// The id requests name it by.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Loading, ready or failed.
+    pub fn state(&self) -> WorkerState {
+        match &self.worker {
+            Ok(worker) => worker.state(),
+            Err(reason) => WorkerState::Failed(reason.clone()),
+        }
+    }
+}
+
+/// Request limits from `[server]`, applied on every request (and reloaded with the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest body in bytes.
+    pub max_body_bytes: usize,
+    /// Most candidates per request.
+    pub max_candidates: usize,
+    /// Most tokens per request.
+    pub max_tokens: usize,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(server: &ServerConfig) -> Self {
+        Limits {
+            max_body_bytes: server.max_body_bytes,
+            max_candidates: server.max_candidates,
+            max_tokens: server.max_tokens,
+        }
+    }
+}
+
+/// The registry at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Served models by id.
+    pub models: BTreeMap<String, Arc<ModelEntry>>,
+    /// Where requests without `model` go.
+    pub default_model: Option<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Why the config file on disk is not the one serving, if it is not.
+    pub config_error: Option<String>,
+}
+
+/// The served models and limits; reloads replace the snapshot.
+#[derive(Debug)]
+pub struct Registry {
+    current: RwLock<Arc<Snapshot>>,
+    cli_model: Option<PathBuf>,
+}
+
+impl Registry {
+    /// Starts a worker for every model of `config` (and `--model`).
+    pub fn start(config: &Config, cli_model: Option<PathBuf>) -> Registry {
+        let specs = config.model_specs(cli_model.as_deref());
+        let default_model = config.default_model_id(&specs, cli_model.as_deref());
+        let models = specs
+            .into_iter()
+            .map(|spec| (spec.id.clone(), Arc::new(ModelEntry::start(spec))))
+            .collect();
+        Registry {
+            current: RwLock::new(Arc::new(Snapshot {
+                models,
+                default_model,
+                limits: Limits::from(&config.server),
+                config_error: None,
+            })),
+            cli_model,
+        }
+    }
+
+    /// The registry now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves `config` from now on: unchanged models keep their worker, changed ones are loaded
+    /// again, removed ones unload after their in-flight requests. Returns what changed, for the log.
+    pub fn apply(&self, config: &Config) -> Vec<String> {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let specs = config.model_specs(self.cli_model.as_deref());
+        let default_model = config.default_model_id(&specs, self.cli_model.as_deref());
+        let mut changes = Vec::new();
+        let mut models = BTreeMap::new();
+        for spec in specs {
+            let entry = match current.models.get(&spec.id) {
+                Some(old) if old.spec == spec => Arc::clone(old),
+                Some(_) => {
+                    changes.push(format!("reloaded {}", spec.id));
+                    Arc::new(ModelEntry::start(spec))
+                }
+                None => {
+                    changes.push(format!("added {}", spec.id));
+                    Arc::new(ModelEntry::start(spec))
+                }
+            };
+            models.insert(entry.id().to_owned(), entry);
+        }
+        for id in current.models.keys().filter(|id| !models.contains_key(*id)) {
+            changes.push(format!("removed {id}"));
+        }
+        *current = Arc::new(Snapshot {
+            models,
+            default_model,
+            limits: Limits::from(&config.server),
+            config_error: None,
+        });
+        changes
+    }
+
+    /// Records (or clears) a config file that could not be applied; the models keep serving.
+    pub fn set_config_error(&self, error: Option<String>) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let snapshot = Snapshot {
+            models: current.models.clone(),
+            default_model: current.default_model.clone(),
+            limits: current.limits,
+            config_error: error,
+        };
+        *current = Arc::new(snapshot);
+    }
+}
+
+impl Snapshot {
+    /// The entry for `requested`, or the default model. Unknown: 404 listing what is served.
+    pub fn resolve(&self, requested: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
+        let id = match requested {
+            Some(id) => id,
+            None => self.default_model.as_deref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "model_not_found",
+                    "no model is served: add a [models.NAME] entry to the config or start with --model PATH",
+                )
+            })?,
+        };
+        self.models.get(id).cloned().ok_or_else(|| {
+            let served: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("model {id:?} is not served; served: {}", served.join(", ")),
+            )
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! `POST /v1/score` (the native call) and `POST /v1/rerank` (Cohere / Jina / llama-server shape).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{check_count, check_tokens};
+use crate::api::{ScoreRequest, ScoreResponse};
+use crate::engine::{prepare, score_request};
+use crate::reward::Aggregate;
+use crate::server::body::read_json;
+use crate::server::error::ApiError;
+use crate::server::middleware::{with_tokens, TokenCount};
+use crate::server::registry::{Limits, ModelEntry};
+use crate::server::{jobs, App};
+
+/// `POST /v1/score`.
+pub async fn score(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+    let snapshot = app.registry.snapshot();
+    let request: ScoreRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
+    check_count(request.candidates.len(), &snapshot.limits, "candidates")?;
+    let entry = snapshot.resolve(request.model.as_deref())?;
+    let response = score_on(&app, &entry, request, snapshot.limits).await?;
+    let tokens = TokenCount {
+        tokens: response.usage.total_tokens,
+        cached: response.usage.cached_tokens,
+    };
+    Ok(with_tokens(Json(response), tokens))
+}
+
+/// Scores `request` on `entry` through [`score_request`], the offline scorer's code path.
+pub async fn score_on(
+    app: &Arc<App>,
+    entry: &Arc<ModelEntry>,
+    request: ScoreRequest,
+    limits: Limits,
+) -> Result<ScoreResponse, ApiError> {
+    let id = entry.id().to_owned();
+    let principle = entry.spec.principle.clone();
+    let (mut response, queue_ms) = jobs::run(entry, &app.metrics, move |scorer| {
+        let prepared = prepare(scorer.model(), &request, principle.as_deref())?;
+        let tokens = prepared.context.len()
+            + prepared
+                .candidates
+                .iter()
+                .map(|c| c.tokens.len())
+                .sum::<usize>();
+        check_tokens(tokens, &limits)?;
+        Ok(score_request(scorer, &id, &request, principle.as_deref())?)
+    })
+    .await?;
+    response.timings.queue_ms = queue_ms;
+    response.timings.total_ms += queue_ms;
+    Ok(response)
+}
+
+/// Body of `POST /v1/rerank`. Fields other clients send (e.g. Cohere's `max_chunks_per_doc`) are
+/// ignored.
+#[derive(Debug, Deserialize)]
+pub struct RerankRequest {
+    /// Model id.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The prompt the documents answer.
+    pub query: String,
+    /// The candidate answers.
+    pub documents: Vec<Document>,
+    /// Return only the best `top_n`.
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    /// Echo each document's text.
+    #[serde(default)]
+    pub return_documents: bool,
+}
+
+/// A document: a string or `{"text": ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a document: a string or {\"text\": \"...\"}")]
+pub enum Document {
+    /// A plain string.
+    Text(String),
+    /// An object with the text.
+    Object {
+        /// The text.
+        text: String,
+    },
+}
+
+impl Document {
+    fn into_text(self) -> String {
+        match self {
+            Document::Text(text) | Document::Object { text } => text,
+        }
+    }
+}
+
+/// `POST /v1/rerank`: the documents are scored as answers to `query` with `endo`, best first.
+pub async fn rerank(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+    let snapshot = app.registry.snapshot();
+    let request: RerankRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
+    check_count(request.documents.len(), &snapshot.limits, "documents")?;
+    if request.documents.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`documents` is empty: send at least one",
+        ));
+    }
+    let entry = snapshot.resolve(request.model.as_deref())?;
+    let documents: Vec<String> = request
+        .documents
+        .into_iter()
+        .map(Document::into_text)
+        .collect();
+    let score = ScoreRequest {
+        model: Some(entry.id().to_owned()),
+        prompt: Some(request.query),
+        candidates: documents.clone(),
+        aggregate: Aggregate::Endo,
+        ..ScoreRequest::default()
+    };
+    let response = score_on(&app, &entry, score, snapshot.limits).await?;
+    let top_n = request.top_n.unwrap_or(documents.len());
+    let results: Vec<Value> = response
+        .order
+        .iter()
+        .take(top_n)
+        .map(|&index| {
+            let mut result =
+                json!({"index": index, "relevance_score": response.results[index].score});
+            if request.return_documents {
+                result["document"] = json!({"text": documents[index]});
+            }
+            result
+        })
+        .collect();
+    let body = json!({
+        "model": response.model,
+        "results": results,
+        "usage": {"total_tokens": response.usage.total_tokens},
+    });
+    let tokens = TokenCount {
+        tokens: response.usage.total_tokens,
+        cached: response.usage.cached_tokens,
+    };
+    Ok(with_tokens(Json(body), tokens))
+}
