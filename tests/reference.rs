@@ -119,16 +119,3 @@ fn values_match_fp32_reference_within_quantisation_noise() {
     assert!(max(&d.aggregates) <= 2.5, "aggregate max |Δ| = {}", max(&d.aggregates));
 }
 
-#[test]
-#[ignore]
-fn debug_print() {
-    let mut scorer = common::scorer(common::options());
-    for case in reference() {
-        let response = score_request(&mut scorer, "test", &request_of(&case), None).unwrap();
-        for (result, expected) in response.results.iter().zip(case["results"].as_array().unwrap()) {
-            for (token, want) in result.tokens.as_ref().unwrap().iter().zip(expected["tokens"].as_array().unwrap()) {
-                println!("{:?} q {:.3} vs {:.3}  v_next {:.3} vs {:.3} lp {:.3} vs {:.3}", token.text, token.q, want["llamacpp"]["q"].as_f64().unwrap(), token.v_next, want["llamacpp"]["v_next"].as_f64().unwrap(), token.logprob, want["llamacpp"]["logprob"].as_f64().unwrap());
-            }
-        }
-    }
-}

@@ -168,7 +168,8 @@ fn chat_format_without_a_template_names_the_fix() {
     };
     let model = Model::load(&common::model_path(), &options).unwrap();
     assert!(!model.meta().chat_template);
-    let err = prepare(&model, &chat("Hi", &["Hello"]), None).unwrap_err();
+    let request = ScoreRequest { format: Some(Format::Chat), ..chat("Hi", &["Hello"]) };
+    let err = prepare(&model, &request, None).unwrap_err();
     assert!(matches!(err, EngineError::NoChatTemplate));
     assert!(err.to_string().contains("\"format\": \"raw\""), "{err}");
     // Without a template the default format is raw, and that works.
