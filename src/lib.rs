@@ -12,6 +12,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod offline;
 pub mod paths;
 pub mod reward;

@@ -12,7 +12,7 @@ use endorm::api::{Format, ScoreRequest};
 use endorm::engine::{score_request, ContextOptions, Model, ModelOptions, Scorer};
 use endorm::offline::{self, Existing, Shard};
 use endorm::reward::Aggregate;
-use endorm::{bench, paths};
+use endorm::{bench, eval, paths};
 
 /// endorm — a local reward model from any GGUF language model's own logits.
 #[derive(Parser)]
@@ -39,6 +39,8 @@ enum Command {
     /// Where the daemon's config is, what it holds, whether it is valid.
     #[command(subcommand)]
     Config(serve_cli::ConfigCommand),
+    /// Measure how well the reward ranks on a labelled file, beside the paper's baselines.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -132,6 +134,36 @@ struct BenchArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL of preference items (id, prompt, chosen, rejected) or ranking items (task_id, prompt,
+    /// completions, passed).
+    #[arg(long, short)]
+    data: PathBuf,
+    /// Methods, comma-separated [default: all]: endo, endo_mean, logprob, logprob_mean, length,
+    /// -length, judge-verifier, judge-pairwise.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    method: Vec<eval::methods::Method>,
+    /// Principle (system message) for the reward on preference items.
+    #[arg(long)]
+    principle: Option<String>,
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write the JSON report here; per-item scores are cached beside it (OUT.items.jsonl) and a
+    /// rerun resumes from them.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Delete the cached per-item scores first and start over.
+    #[arg(long, requires = "report")]
+    fresh: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
@@ -165,6 +197,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => run_bench(args),
         Command::Serve(args) => serve_cli::serve(args),
         Command::Config(command) => serve_cli::config(command),
+        Command::Eval(args) => run_eval(args),
     }
 }
 
@@ -307,5 +340,40 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     }
     println!("shared vs naive: {:.2}× faster", report.speedup_over_naive());
     println!("shared vs plain decode: {:.1}% of its tokens/s", report.fraction_of_plain() * 100.0);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    let (model, context) = load(&args.model)?;
+    let mut scorer = Scorer::new(&model, context)?;
+    let cache = args.report.as_deref().map(eval::cache_path);
+    if let (true, Some(cache)) = (args.fresh, &cache) {
+        match std::fs::remove_file(cache) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot delete {}", cache.display()))
+            }
+            _ => {}
+        }
+    }
+    let config = eval::EvalConfig {
+        data: args.data,
+        methods: if args.method.is_empty() {
+            eval::methods::Method::ALL.to_vec()
+        } else {
+            args.method
+        },
+        principle: args.principle,
+        limit: args.limit,
+        cache,
+        model_id: paths::model_id(&model.meta().path),
+        progress: !args.quiet,
+    };
+    let report = eval::run(&mut scorer, &config)?;
+    println!("{}", report.table());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report: {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,262 @@
+//! Per-item scores kept next to the report, so a rerun or a crash resumes instead of starting over.
+//!
+//! JSONL: the first line is a header naming what the scores depend on (model, data, principle,
+//! judge prompts); every further line is one pass over one item. A header that does not match the
+//! run is refused (scores from another model must never be mixed in). A last line cut short by a
+//! crash is dropped.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::methods::{Pass, PassScores};
+use super::EvalError;
+
+/// What cached scores depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// The model's id.
+    pub model: String,
+    /// The model file's size in bytes (a different quantisation of the same name differs).
+    pub model_bytes: u64,
+    /// A 64-bit FNV-1a hash of the data file.
+    pub data_hash: String,
+    /// The principle, if any.
+    pub principle: Option<String>,
+    /// Bumped whenever a method's prompt or layout changes.
+    pub methods_version: u32,
+}
+
+/// One line of the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The pass.
+    pub pass: Pass,
+    /// The item.
+    pub id: String,
+    /// The scores, or why the item could not be scored.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// A pass's result on one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Scored.
+    Scored(PassScores),
+    /// The item is invalid for this model (e.g. longer than the context): it stays unscored.
+    Error(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    endorm_eval_cache: Fingerprint,
+}
+
+/// An open cache.
+#[derive(Debug)]
+pub struct Cache {
+    file: Option<(PathBuf, File)>,
+    records: HashMap<(Pass, String), Outcome>,
+}
+
+impl Cache {
+    /// A cache that keeps nothing on disk.
+    pub fn in_memory() -> Cache {
+        Cache {
+            file: None,
+            records: HashMap::new(),
+        }
+    }
+
+    /// Opens (or creates) the cache at `path` for a run with `fingerprint`.
+    pub fn open(path: &Path, fingerprint: &Fingerprint) -> Result<Cache, EvalError> {
+        let io = |source| EvalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut records = HashMap::new();
+        let mut complete = 0u64;
+        let mut header_seen = false;
+        for line in BufReader::new(&file).split(b'\n') {
+            let line = line.map_err(io)?;
+            if !header_seen {
+                let Ok(header) = serde_json::from_slice::<Header>(&line) else {
+                    break;
+                };
+                if header.endorm_eval_cache != *fingerprint {
+                    return Err(EvalError::CacheMismatch {
+                        path: path.to_owned(),
+                        cached: Box::new(header.endorm_eval_cache),
+                        wanted: Box::new(fingerprint.clone()),
+                    });
+                }
+                header_seen = true;
+            } else {
+                let Ok(record) = serde_json::from_slice::<Record>(&line) else {
+                    break;
+                };
+                records.insert((record.pass, record.id), record.outcome);
+            }
+            complete += line.len() as u64 + 1;
+        }
+        file.set_len(complete).map_err(io)?;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        if !header_seen {
+            let header = Header {
+                endorm_eval_cache: fingerprint.clone(),
+            };
+            let line = serde_json::to_string(&header).map_err(|e| EvalError::Io {
+                path: path.to_owned(),
+                source: e.into(),
+            })?;
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .map_err(io)?;
+        }
+        Ok(Cache {
+            file: Some((path.to_owned(), file)),
+            records,
+        })
+    }
+
+    /// The cached outcome of `pass` on item `id`.
+    pub fn get(&self, pass: Pass, id: &str) -> Option<&Outcome> {
+        self.records.get(&(pass, id.to_owned()))
+    }
+
+    /// Records an outcome (and writes it through to disk).
+    pub fn put(&mut self, record: Record) -> Result<(), EvalError> {
+        if let Some((path, file)) = &mut self.file {
+            let io = |source| EvalError::Io {
+                path: path.clone(),
+                source,
+            };
+            let line = serde_json::to_string(&record).map_err(|e| io(e.into()))?;
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .map_err(io)?;
+        }
+        self.records
+            .insert((record.pass, record.id), record.outcome);
+        Ok(())
+    }
+
+    /// Holds an outcome for this run only, without writing it to disk (for passes too cheap to
+    /// be worth caching).
+    pub fn hold(&mut self, record: Record) {
+        self.records
+            .insert((record.pass, record.id), record.outcome);
+    }
+
+    /// How many outcomes are held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no outcome is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// 64-bit FNV-1a of `bytes`, as 16 hex digits.
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::methods::Scores;
+    use super::*;
+
+    fn fingerprint(model: &str) -> Fingerprint {
+        Fingerprint {
+            model: model.into(),
+            model_bytes: 1,
+            data_hash: fnv1a(b"data"),
+            principle: None,
+            methods_version: 1,
+        }
+    }
+
+    fn record(id: &str) -> Record {
+        Record {
+            pass: Pass::Reward,
+            id: id.into(),
+            outcome: Outcome::Scored(PassScores {
+                scores: BTreeMap::from([("endo".into(), Scores::Candidates(vec![1.5, -2.0]))]),
+                tokens: 10,
+                seconds: 0.25,
+            }),
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        let mut cache = Cache::open(&path, &fingerprint("m")).unwrap();
+        cache.put(record("a")).unwrap();
+        cache
+            .put(Record {
+                pass: Pass::Verifier,
+                id: "b".into(),
+                outcome: Outcome::Error("too long".into()),
+            })
+            .unwrap();
+        drop(cache);
+        // A crash mid-write leaves half a line.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(file, "{{\"pass\":\"reward\",\"id\":\"c\",\"sco").unwrap();
+        drop(file);
+
+        let mut cache = Cache::open(&path, &fingerprint("m")).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(Pass::Reward, "a"), Some(&record("a").outcome));
+        assert_eq!(
+            cache.get(Pass::Verifier, "b"),
+            Some(&Outcome::Error("too long".into()))
+        );
+        assert_eq!(cache.get(Pass::Reward, "c"), None);
+        cache.put(record("c")).unwrap();
+        drop(cache);
+        assert_eq!(Cache::open(&path, &fingerprint("m")).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn another_model_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        Cache::open(&path, &fingerprint("m"))
+            .unwrap()
+            .put(record("a"))
+            .unwrap();
+        assert!(matches!(
+            Cache::open(&path, &fingerprint("other")),
+            Err(EvalError::CacheMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference() {
+        assert_eq!(fnv1a(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a(b"a"), "af63dc4c8601ec8c");
+    }
+}

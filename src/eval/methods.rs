@@ -1,0 +1,657 @@
+//! The methods an evaluation compares: endorm's reward aggregates, the length baselines, and the
+//! two training-free judges built on the same model (REWARD.md, "Judge baselines").
+//!
+//! Every method turns one item into scores: one score per candidate (higher is better), or for the
+//! pairwise judge on preference items one margin per chosen × rejected pair (> 0: chosen wins).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::data::{PreferenceItem, RankingItem};
+use crate::api::{Format, Message, ScoreRequest};
+use crate::engine::{
+    prepare, score_request, Candidate, EngineError, LlamaToken, Model, Prepared, Scorer,
+};
+use crate::reward::{Aggregate, Alpha};
+
+/// A way of scoring candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// `Σ r_t`, the paper's endogenous reward.
+    Endo,
+    /// `Σ r_t / H`.
+    EndoMean,
+    /// `Σ log π`.
+    Logprob,
+    /// `Σ log π / H`.
+    LogprobMean,
+    /// The longer candidate (in characters) wins.
+    Length,
+    /// The shorter candidate wins (`-length`).
+    Shorter,
+    /// `log P("Yes")` after asking the model whether the response is good.
+    JudgeVerifier,
+    /// `log P("A") − log P("B")` after showing both responses, averaged over both orders.
+    JudgePairwise,
+}
+
+impl Method {
+    /// Every method, in report order.
+    pub const ALL: [Method; 8] = [
+        Method::Endo,
+        Method::EndoMean,
+        Method::Logprob,
+        Method::LogprobMean,
+        Method::Length,
+        Method::Shorter,
+        Method::JudgeVerifier,
+        Method::JudgePairwise,
+    ];
+
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Endo => "endo",
+            Method::EndoMean => "endo_mean",
+            Method::Logprob => "logprob",
+            Method::LogprobMean => "logprob_mean",
+            Method::Length => "length",
+            Method::Shorter => "-length",
+            Method::JudgeVerifier => "judge-verifier",
+            Method::JudgePairwise => "judge-pairwise",
+        }
+    }
+
+    /// The scoring pass that computes this method.
+    pub fn pass(self) -> Pass {
+        match self {
+            Method::Endo | Method::EndoMean | Method::Logprob | Method::LogprobMean => Pass::Reward,
+            Method::Length | Method::Shorter => Pass::Length,
+            Method::JudgeVerifier => Pass::Verifier,
+            Method::JudgePairwise => Pass::Pairwise,
+        }
+    }
+
+    fn aggregate(self) -> Option<Aggregate> {
+        match self {
+            Method::Endo => Some(Aggregate::Endo),
+            Method::EndoMean => Some(Aggregate::EndoMean),
+            Method::Logprob => Some(Aggregate::Logprob),
+            Method::LogprobMean => Some(Aggregate::LogprobMean),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s || m.name().replace('_', "-") == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown method `{s}`; known: {}", names.join(", "))
+            })
+    }
+}
+
+/// One model pass over the data; a pass computes one or more methods (the reward pass all four
+/// aggregates at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pass {
+    /// Candidate lengths; no model.
+    Length,
+    /// endorm's reward: one scoring pass gives all four aggregates.
+    Reward,
+    /// The verifier judge.
+    Verifier,
+    /// The pairwise judge.
+    Pairwise,
+}
+
+impl Pass {
+    /// The name in the cache and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Length => "length",
+            Pass::Reward => "reward",
+            Pass::Verifier => "judge-verifier",
+            Pass::Pairwise => "judge-pairwise",
+        }
+    }
+
+    /// Whether the pass runs the model.
+    pub fn uses_model(self) -> bool {
+        self != Pass::Length
+    }
+}
+
+/// What a method says about one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scores {
+    /// One score per candidate (preference: chosen then rejected; ranking: the completions), higher
+    /// is better.
+    Candidates(Vec<f64>),
+    /// Preference only: one margin per chosen × rejected pair, chosen-major; > 0 means chosen wins.
+    Pairs(Vec<f64>),
+}
+
+/// What one pass computed for one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassScores {
+    /// Scores by method name.
+    pub scores: BTreeMap<String, Scores>,
+    /// Tokens decoded.
+    pub tokens: usize,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// An item, as the passes see it.
+#[derive(Debug, Clone, Copy)]
+pub enum ItemRef<'a> {
+    /// A preference item.
+    Preference(&'a PreferenceItem),
+    /// A ranking item.
+    Ranking(&'a RankingItem),
+}
+
+impl ItemRef<'_> {
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        match self {
+            ItemRef::Preference(item) => &item.id,
+            ItemRef::Ranking(item) => &item.id,
+        }
+    }
+
+    fn candidates(&self) -> Vec<&str> {
+        match self {
+            ItemRef::Preference(item) => item
+                .chosen
+                .iter()
+                .chain(&item.rejected)
+                .map(String::as_str)
+                .collect(),
+            ItemRef::Ranking(item) => item.completions.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Settings every pass shares.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    /// Principle (system message) for the reward on chat-format (preference) items.
+    pub principle: Option<String>,
+}
+
+/// Runs `pass` on one item. Input errors (e.g. an item longer than the context) come back as
+/// `Err` for the caller to record; the caller decides which errors stop the run.
+///
+/// Identical candidates of an item (sampled code completions repeat often) are scored once and
+/// share the score: the model would give them the same score anyway.
+pub fn run_pass(
+    scorer: &mut Scorer<'_>,
+    pass: Pass,
+    item: ItemRef<'_>,
+    options: &PassOptions,
+) -> Result<PassScores, EngineError> {
+    let started = Instant::now();
+    let (scores, tokens) = match pass {
+        Pass::Length => (length_scores(item), 0),
+        Pass::Reward => reward_scores(scorer, item, options)?,
+        Pass::Verifier => verifier_scores(scorer, item)?,
+        Pass::Pairwise => pairwise_scores(scorer, item)?,
+    };
+    Ok(PassScores {
+        scores,
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The distinct texts of `texts` in first-seen order, and for each text the index of its
+/// distinct copy.
+pub fn distinct<'a>(texts: &[&'a str]) -> (Vec<&'a str>, Vec<usize>) {
+    let mut unique: Vec<&'a str> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    let index = texts
+        .iter()
+        .map(|&text| {
+            *seen.entry(text).or_insert_with(|| {
+                unique.push(text);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, index)
+}
+
+fn expand(values: &[f64], index: &[usize]) -> Vec<f64> {
+    index.iter().map(|&i| values[i]).collect()
+}
+
+/// Candidate length in characters (Unicode scalar values): `length` and its negation `-length`.
+pub fn length_scores(item: ItemRef<'_>) -> BTreeMap<String, Scores> {
+    let lengths: Vec<f64> = item
+        .candidates()
+        .iter()
+        .map(|c| c.chars().count() as f64)
+        .collect();
+    BTreeMap::from([
+        (
+            Method::Length.name().to_owned(),
+            Scores::Candidates(lengths.clone()),
+        ),
+        (
+            Method::Shorter.name().to_owned(),
+            Scores::Candidates(lengths.iter().map(|l| -l).collect()),
+        ),
+    ])
+}
+
+/// endorm's reward: preference items in chat format (the prompt as the user's message, each
+/// response an assistant turn, with the principle if given); ranking items in raw format (the
+/// prompt is the context, each completion its continuation, not terminal). One scoring pass gives
+/// all four aggregates. An empty candidate has nothing to score: it gets the empty sums, 0.
+fn reward_scores(
+    scorer: &mut Scorer<'_>,
+    item: ItemRef<'_>,
+    options: &PassOptions,
+) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
+    let (candidates, index) = distinct(&item.candidates());
+    let nonempty: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !candidates[i].is_empty())
+        .collect();
+    let mut values = vec![[0.0; 4]; candidates.len()];
+    let mut tokens = 0;
+    if !nonempty.is_empty() {
+        let (format, prompt, principle) = match item {
+            ItemRef::Preference(item) => (Format::Chat, &item.prompt, options.principle.clone()),
+            ItemRef::Ranking(item) => (Format::Raw, &item.prompt, None),
+        };
+        let request = ScoreRequest {
+            format: Some(format),
+            prompt: Some(prompt.clone()),
+            principle,
+            candidates: nonempty.iter().map(|&i| candidates[i].to_owned()).collect(),
+            ..ScoreRequest::default()
+        };
+        let response = score_request(scorer, "eval", &request, None)?;
+        tokens = response.usage.total_tokens;
+        for (&i, result) in nonempty.iter().zip(&response.results) {
+            values[i] = [
+                result.endo,
+                result.endo_mean,
+                result.logprob,
+                result.logprob_mean,
+            ];
+        }
+    }
+    let scores = [
+        Method::Endo,
+        Method::EndoMean,
+        Method::Logprob,
+        Method::LogprobMean,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(k, method)| {
+        debug_assert!(method.aggregate().is_some());
+        let distinct_scores: Vec<f64> = values.iter().map(|v| v[k]).collect();
+        (
+            method.name().to_owned(),
+            Scores::Candidates(expand(&distinct_scores, &index)),
+        )
+    })
+    .collect();
+    Ok((scores, tokens))
+}
+
+/// The verifier judge's question for a preference item.
+pub fn verifier_prompt(request: &str, response: &str) -> String {
+    format!(
+        "Here is a request and a response to it.\n\n[Request]\n{request}\n\n[Response]\n{response}\n\n\
+         Is the response a good answer to the request: helpful, correct, and following its \
+         instructions? Answer Yes or No."
+    )
+}
+
+/// The verifier judge's question for a code completion.
+pub fn verifier_code_prompt(prompt: &str, completion: &str) -> String {
+    format!(
+        "Here is a Python function: its signature and docstring were given, its body was written \
+         by a student.\n\n```python\n{prompt}{completion}\n```\n\nIs the function correct: does it \
+         do exactly what its docstring says? Answer Yes or No."
+    )
+}
+
+/// The pairwise judge's question for a preference item.
+pub fn pairwise_prompt(request: &str, a: &str, b: &str) -> String {
+    format!(
+        "Here is a request and two responses to it.\n\n[Request]\n{request}\n\n[Response A]\n{a}\n\n\
+         [Response B]\n{b}\n\nWhich response is the better answer to the request: more helpful, \
+         more correct, and closer to its instructions? Answer with a single letter, A or B."
+    )
+}
+
+/// The pairwise judge's question for two code completions.
+pub fn pairwise_code_prompt(prompt: &str, a: &str, b: &str) -> String {
+    format!(
+        "Here is the start of a Python function and two completions of its body.\n\n```python\n\
+         {prompt}```\n\n[Completion A]\n```python\n{a}\n```\n\n[Completion B]\n```python\n{b}\n```\n\n\
+         Which completion is correct: which makes the function do exactly what its docstring says? \
+         Answer with a single letter, A or B."
+    )
+}
+
+/// The first token of `text` as the model writes it at the start of its answer.
+fn answer_token(model: &Model, text: &str) -> Result<LlamaToken, EngineError> {
+    model
+        .tokenize(text, false, false)?
+        .first()
+        .copied()
+        .ok_or_else(|| EngineError::InvalidInput(format!("`{text}` has no tokens for this model")))
+}
+
+/// `log P(Yes)` for each candidate, asked one candidate per question.
+fn verifier_scores(
+    scorer: &mut Scorer<'_>,
+    item: ItemRef<'_>,
+) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
+    let (candidates, index) = distinct(&item.candidates());
+    let questions: Vec<String> = match item {
+        ItemRef::Preference(p) => candidates
+            .iter()
+            .map(|c| verifier_prompt(&p.prompt, c))
+            .collect(),
+        ItemRef::Ranking(r) => candidates
+            .iter()
+            .map(|c| verifier_code_prompt(&r.prompt, c))
+            .collect(),
+    };
+    let yes = answer_token(scorer.model(), "Yes")?;
+    let (logprobs, tokens) = probe(scorer, &questions, &[yes])?;
+    let scores: Vec<f64> = logprobs.iter().map(|l| l[0]).collect();
+    let scores = expand(&scores, &index);
+    Ok((
+        BTreeMap::from([(
+            Method::JudgeVerifier.name().to_owned(),
+            Scores::Candidates(scores),
+        )]),
+        tokens,
+    ))
+}
+
+/// Writes the pairwise question for candidates A and B.
+type AskPair = Box<dyn Fn(&str, &str) -> String>;
+
+/// Preference: for each chosen × rejected pair, `½[(lA − lB | chosen first) + (lB − lA | rejected
+/// first)]`, > 0 when the judge prefers chosen. Ranking: comparing all pairs of 100 completions
+/// would take ~10⁴ questions a task, so each distinct completion is compared with its neighbours in
+/// a fixed cycle over the distinct completions (`i` with `i + 1 mod n`, both orders), and scores
+/// the mean of its two margins.
+fn pairwise_scores(
+    scorer: &mut Scorer<'_>,
+    item: ItemRef<'_>,
+) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
+    let model = scorer.model();
+    let probes = [answer_token(model, "A")?, answer_token(model, "B")?];
+    let all = item.candidates();
+    let (distinct_completions, index) = distinct(&all);
+    // Ordered pairs of candidate indices (first shown as A).
+    let (pairs, ask): (Vec<(usize, usize)>, AskPair) = match item {
+        ItemRef::Preference(p) => {
+            let nc = p.chosen.len();
+            let pairs = (0..nc)
+                .flat_map(|c| (0..p.rejected.len()).map(move |r| (c, nc + r)))
+                .collect();
+            let request = p.prompt.clone();
+            (pairs, Box::new(move |a, b| pairwise_prompt(&request, a, b)))
+        }
+        ItemRef::Ranking(_) => {
+            let n = distinct_completions.len();
+            let pairs = if n < 2 {
+                Vec::new()
+            } else if n == 2 {
+                vec![(0, 1)]
+            } else {
+                (0..n).map(|i| (i, (i + 1) % n)).collect()
+            };
+            let prompt = match item {
+                ItemRef::Ranking(r) => r.prompt.clone(),
+                ItemRef::Preference(p) => p.prompt.clone(),
+            };
+            (
+                pairs,
+                Box::new(move |a, b| pairwise_code_prompt(&prompt, a, b)),
+            )
+        }
+    };
+    // Preference pairs index `item.candidates()`; ranking pairs index the distinct completions.
+    let candidates = match item {
+        ItemRef::Preference(_) => item.candidates(),
+        ItemRef::Ranking(_) => distinct_completions.clone(),
+    };
+    let questions: Vec<String> = pairs
+        .iter()
+        .flat_map(|&(x, y)| {
+            [
+                ask(candidates[x], candidates[y]),
+                ask(candidates[y], candidates[x]),
+            ]
+        })
+        .collect();
+    let (logprobs, tokens) = if questions.is_empty() {
+        (Vec::new(), 0)
+    } else {
+        probe(scorer, &questions, &probes)?
+    };
+    // Margin for the first of each pair: (lA − lB) with it as A, (lB − lA) with it as B.
+    let margins: Vec<f64> = logprobs
+        .chunks(2)
+        .map(|two| 0.5 * ((two[0][0] - two[0][1]) + (two[1][1] - two[1][0])))
+        .collect();
+    let scores = match item {
+        ItemRef::Preference(_) => Scores::Pairs(margins),
+        ItemRef::Ranking(_) => {
+            let mut sum = vec![0.0; distinct_completions.len()];
+            let mut count = vec![0usize; distinct_completions.len()];
+            for (&(x, y), &m) in pairs.iter().zip(&margins) {
+                sum[x] += m;
+                sum[y] -= m;
+                count[x] += 1;
+                count[y] += 1;
+            }
+            let means: Vec<f64> = sum
+                .iter()
+                .zip(&count)
+                .map(|(s, &c)| s / c.max(1) as f64)
+                .collect();
+            Scores::Candidates(expand(&means, &index))
+        }
+    };
+    Ok((
+        BTreeMap::from([(Method::JudgePairwise.name().to_owned(), scores)]),
+        tokens,
+    ))
+}
+
+/// Asks the model each question (a user message, in the chat template with its generation
+/// prompt) and returns `log P(probe)` for the first token of its answer, for every probe.
+///
+/// The questions of one item share their beginning. They are laid out whichever way decodes fewer
+/// tokens: either the common token prefix of all questions is the context and each question's
+/// rest plus one probe token is a candidate, or each question is its own context with one-token
+/// candidates. A probe is scored as a terminal token: only its log-probability is read, so the row
+/// after it is never computed.
+pub fn probe(
+    scorer: &mut Scorer<'_>,
+    questions: &[String],
+    probes: &[LlamaToken],
+) -> Result<(Vec<Vec<f64>>, usize), EngineError> {
+    let model = scorer.model();
+    let contexts = questions
+        .iter()
+        .map(|q| judge_context(model, q))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared = common_prefix(&contexts);
+    let cost_shared: usize = shared
+        + contexts
+            .iter()
+            .map(|c| probes.len() * (c.len() - shared + 1))
+            .sum::<usize>();
+    let cost_alone: usize = contexts.iter().map(|c| c.len() + probes.len()).sum();
+    let probe_candidates = |rest: &[LlamaToken]| -> Vec<Candidate> {
+        probes
+            .iter()
+            .map(move |&p| {
+                let mut tokens = rest.to_vec();
+                tokens.push(p);
+                Candidate {
+                    tokens,
+                    terminal: true,
+                }
+            })
+            .collect()
+    };
+    let last_logprob =
+        |values: &[crate::reward::TokenValues]| values.last().map_or(f64::NAN, |v| v.logprob);
+
+    if shared > 0 && cost_shared < cost_alone {
+        let prepared = Prepared {
+            context: contexts[0][..shared].to_vec(),
+            candidates: contexts
+                .iter()
+                .flat_map(|c| probe_candidates(&c[shared..]))
+                .collect(),
+        };
+        let scored = scorer.score(&prepared, Alpha::ONE)?;
+        let logprobs = scored
+            .candidates
+            .chunks(probes.len())
+            .map(|per_question| per_question.iter().map(|v| last_logprob(v)).collect())
+            .collect();
+        Ok((logprobs, cost_shared))
+    } else {
+        let mut logprobs = Vec::with_capacity(contexts.len());
+        for context in contexts {
+            let prepared = Prepared {
+                candidates: probe_candidates(&[]),
+                context,
+            };
+            let scored = scorer.score(&prepared, Alpha::ONE)?;
+            logprobs.push(scored.candidates.iter().map(|v| last_logprob(v)).collect());
+        }
+        Ok((logprobs, cost_alone))
+    }
+}
+
+/// The tokens of a judge question: the chat template over one user message, with the generation
+/// prompt, exactly as the reward's chat format renders a context.
+fn judge_context(model: &Model, question: &str) -> Result<Vec<LlamaToken>, EngineError> {
+    let request = ScoreRequest {
+        format: Some(Format::Chat),
+        messages: Some(vec![Message {
+            role: "user".into(),
+            content: question.to_owned(),
+        }]),
+        candidates: vec!["-".into()],
+        ..ScoreRequest::default()
+    };
+    Ok(prepare(model, &request, None)?.context)
+}
+
+/// Length of the longest common prefix of all sequences (a sequence's rest may be empty: `probe`
+/// appends a probe token to each rest, so no candidate is empty).
+fn common_prefix(sequences: &[Vec<LlamaToken>]) -> usize {
+    let Some((first, rest)) = sequences.split_first() else {
+        return 0;
+    };
+    let mut n = first.len();
+    for sequence in rest {
+        n = n.min(
+            first
+                .iter()
+                .zip(sequence)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_round_trip() {
+        for method in Method::ALL {
+            assert_eq!(method.name().parse::<Method>(), Ok(method));
+        }
+        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, judge-verifier, judge-pairwise".into()));
+        assert_eq!("endo-mean".parse::<Method>(), Ok(Method::EndoMean));
+    }
+
+    #[test]
+    fn length_counts_characters_both_ways() {
+        let item = PreferenceItem {
+            id: "x".into(),
+            prompt: "p".into(),
+            chosen: vec!["héllo".into()],
+            rejected: vec!["hi".into()],
+        };
+        let scores = length_scores(ItemRef::Preference(&item));
+        assert_eq!(scores["length"], Scores::Candidates(vec![5.0, 2.0]));
+        assert_eq!(scores["-length"], Scores::Candidates(vec![-5.0, -2.0]));
+    }
+
+    #[test]
+    fn distinct_texts_keep_first_seen_order() {
+        let (unique, index) = distinct(&["b", "a", "b", "c", "a"]);
+        assert_eq!(unique, vec!["b", "a", "c"]);
+        assert_eq!(index, vec![0, 1, 0, 2, 1]);
+        assert_eq!(
+            expand(&[1.0, 2.0, 3.0], &index),
+            vec![1.0, 2.0, 1.0, 3.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn common_prefix_of_token_sequences() {
+        let t = |ids: &[i32]| ids.iter().map(|&i| LlamaToken(i)).collect::<Vec<_>>();
+        assert_eq!(
+            common_prefix(&[t(&[1, 2, 3]), t(&[1, 2, 4]), t(&[1, 2])]),
+            2
+        );
+        assert_eq!(common_prefix(&[t(&[1, 2, 3])]), 3);
+        assert_eq!(common_prefix(&[t(&[5]), t(&[1])]), 0);
+        assert_eq!(common_prefix(&[]), 0);
+    }
+
+    #[test]
+    fn judge_prompts_hold_their_inputs_in_order() {
+        let p = pairwise_prompt("REQ", "FIRST", "SECOND");
+        let (a, b) = (p.find("FIRST").unwrap(), p.find("SECOND").unwrap());
+        assert!(p.find("REQ").unwrap() < a && a < b);
+        assert!(p.ends_with("A or B."));
+        assert!(verifier_prompt("REQ", "RESP").ends_with("Answer Yes or No."));
+        assert!(verifier_code_prompt("def f():\n", "    return 1\n")
+            .contains("def f():\n    return 1\n"));
+        assert!(pairwise_code_prompt("P", "X", "Y").contains("[Completion B]\n```python\nY\n```"));
+    }
+}

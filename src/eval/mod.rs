@@ -1,0 +1,420 @@
+//! `endorm eval`: how well a model's rewards rank, measured against the baselines of the paper on
+//! the same model in the same run.
+//!
+//! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
+//!   with test results).
+//! * [`methods`] scores items: endorm's four aggregates, the length baselines, and the verifier and
+//!   pairwise judges.
+//! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
+//! * [`cache`] keeps per-item scores next to the report, so long runs resume.
+
+pub mod cache;
+pub mod data;
+pub mod methods;
+pub mod metrics;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineError, Scorer};
+use cache::{Cache, Fingerprint, Outcome, Record};
+use data::Dataset;
+use methods::{ItemRef, Method, Pass, PassOptions, Scores};
+use metrics::{Estimate, BOOTSTRAP_RESAMPLES};
+
+/// Bumped whenever a method's prompt, layout or score changes, so older cached scores are refused.
+pub const METHODS_VERSION: u32 = 1;
+
+/// Seed of the bootstrap intervals (fixed: the same scores give the same report).
+const BOOTSTRAP_SEED: u64 = 0x656e_646f_726d;
+
+/// What can stop an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The data file is malformed.
+    #[error("{}:{line}: {message}", path.display())]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0: the file as a whole).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The cache next to the report was made by a different run.
+    #[error(
+        "{} holds scores of a different run (model, data, principle or methods differ: cached \
+         {cached:?}, this run {wanted:?}); delete it, pass --fresh, or choose another --report",
+        path.display()
+    )]
+    CacheMismatch {
+        /// The cache file.
+        path: PathBuf,
+        /// What it was made with.
+        cached: Box<Fingerprint>,
+        /// What this run would make.
+        wanted: Box<Fingerprint>,
+    },
+    /// The model failed in a way that would fail every following item too.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// An evaluation run.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// The JSONL data file.
+    pub data: PathBuf,
+    /// The methods, in report order.
+    pub methods: Vec<Method>,
+    /// Principle (system message) for endorm's reward on preference items.
+    pub principle: Option<String>,
+    /// Only the first N items.
+    pub limit: Option<usize>,
+    /// Per-item scores are kept here (see [`cache_path`]); `None` keeps them in memory only.
+    pub cache: Option<PathBuf>,
+    /// The model's id, for the report and the cache.
+    pub model_id: String,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Where the per-item scores of a report are kept: `OUT.json` → `OUT.items.jsonl`.
+pub fn cache_path(report: &Path) -> PathBuf {
+    report.with_extension("items.jsonl")
+}
+
+/// The measured quality of one method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodReport {
+    /// The method's name.
+    pub method: String,
+    /// Preference files: accuracy (ties ½), Wilson 95% interval over items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Estimate>,
+    /// Ranking files: ranked pass@1, bootstrap 95% interval over tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_at_1: Option<Estimate>,
+    /// Ranking files: pass-vs-fail AUC over tasks with both, bootstrap 95% interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auc: Option<Estimate>,
+    /// Items scored.
+    pub scored: usize,
+    /// Items that could not be scored (left out of the metrics).
+    pub failed: usize,
+    /// Seconds of scoring in the pass that computes this method, summed over items (including
+    /// items scored by an earlier, resumed run); the four reward aggregates share one pass.
+    pub pass_seconds: f64,
+    /// Tokens decoded by that pass.
+    pub pass_tokens: usize,
+}
+
+/// The result of an evaluation: what `--report` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The model's id.
+    pub model: String,
+    /// The data file.
+    pub data: String,
+    /// `preference` or `ranking`.
+    pub kind: String,
+    /// Items evaluated.
+    pub items: usize,
+    /// The principle used for the reward, if any.
+    pub principle: Option<String>,
+    /// Ranking files: the random baseline (mean pass rate over tasks), bootstrap 95% interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_pass_at_1: Option<Estimate>,
+    /// One entry per method.
+    pub methods: Vec<MethodReport>,
+    /// How the intervals are computed.
+    pub intervals: String,
+    /// Wall time of this run in seconds (cached items cost nothing).
+    pub wall_seconds: f64,
+    /// Items skipped because an earlier run had scored them.
+    pub resumed: usize,
+}
+
+/// Evaluates `config.methods` on `config.data` with `scorer`'s model.
+pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalError> {
+    let started = Instant::now();
+    let bytes = std::fs::read(&config.data).map_err(|source| EvalError::Io {
+        path: config.data.clone(),
+        source,
+    })?;
+    let mut dataset = data::load(&config.data)?;
+    if let Some(limit) = config.limit {
+        dataset.truncate(limit);
+    }
+    let fingerprint = Fingerprint {
+        model: config.model_id.clone(),
+        model_bytes: scorer.model().meta().size_bytes,
+        data_hash: cache::fnv1a(&bytes),
+        principle: config.principle.clone(),
+        methods_version: METHODS_VERSION,
+    };
+    let mut cache = match &config.cache {
+        Some(path) => Cache::open(path, &fingerprint)?,
+        None => Cache::in_memory(),
+    };
+
+    let passes: BTreeSet<Pass> = config.methods.iter().map(|m| m.pass()).collect();
+    let items: Vec<ItemRef<'_>> = match &dataset {
+        Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
+        Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
+    };
+    let options = PassOptions {
+        principle: config.principle.clone(),
+    };
+    let model_passes = passes.iter().filter(|p| p.uses_model()).count();
+    let progress = progress_bar(config.progress, (items.len() * model_passes) as u64);
+    let mut resumed = 0;
+    // Item by item, every pass on an item before the next item: a run stopped early leaves every
+    // method scored on the same first items, which `--limit` then compares fairly.
+    for item in &items {
+        progress.set_message(item.id().to_owned());
+        for &pass in &passes {
+            if cache.get(pass, item.id()).is_some() {
+                resumed += usize::from(pass.uses_model());
+                progress.inc(u64::from(pass.uses_model()));
+                continue;
+            }
+            let outcome = match methods::run_pass(scorer, pass, *item, &options) {
+                Ok(scores) => Outcome::Scored(scores),
+                Err(e) if e.is_input_error() => Outcome::Error(e.to_string()),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            };
+            let record = Record {
+                pass,
+                id: item.id().to_owned(),
+                outcome,
+            };
+            // Length scores cost nothing: recompute them each run rather than cache them.
+            if pass.uses_model() {
+                cache.put(record)?;
+                progress.inc(1);
+            } else {
+                cache.hold(record);
+            }
+        }
+    }
+    progress.finish_and_clear();
+
+    let methods = config
+        .methods
+        .iter()
+        .map(|&method| method_report(method, &dataset, &items, &cache))
+        .collect();
+    let random_pass_at_1 = match &dataset {
+        Dataset::Ranking(tasks) => {
+            let rates: Vec<f64> = tasks
+                .iter()
+                .filter_map(|t| metrics::random_pass_at_1(&t.passed))
+                .collect();
+            metrics::bootstrap_mean(&rates, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        }
+        Dataset::Preference(_) => None,
+    };
+    Ok(Report {
+        model: config.model_id.clone(),
+        data: config.data.display().to_string(),
+        kind: dataset.kind().into(),
+        items: dataset.len(),
+        principle: config.principle.clone(),
+        random_pass_at_1,
+        methods,
+        intervals: match &dataset {
+            Dataset::Preference(_) => "accuracy: Wilson score interval, 95%, n = items".into(),
+            Dataset::Ranking(_) => format!(
+                "percentile bootstrap over tasks, 95%, {BOOTSTRAP_RESAMPLES} resamples, fixed seed"
+            ),
+        },
+        wall_seconds: started.elapsed().as_secs_f64(),
+        resumed,
+    })
+}
+
+fn method_report(
+    method: Method,
+    dataset: &Dataset,
+    items: &[ItemRef<'_>],
+    cache: &Cache,
+) -> MethodReport {
+    let mut scored = 0;
+    let mut failed = 0;
+    let mut pass_seconds = 0.0;
+    let mut pass_tokens = 0;
+    // Per item: the method's scores, or None when the item failed.
+    let per_item: Vec<Option<&Scores>> = items
+        .iter()
+        .map(|item| match cache.get(method.pass(), item.id()) {
+            Some(Outcome::Scored(pass)) => {
+                pass_seconds += pass.seconds;
+                pass_tokens += pass.tokens;
+                let scores = pass.scores.get(method.name());
+                if scores.is_some() {
+                    scored += 1;
+                } else {
+                    failed += 1;
+                }
+                scores
+            }
+            _ => {
+                failed += 1;
+                None
+            }
+        })
+        .collect();
+    let mut report = MethodReport {
+        method: method.name().into(),
+        accuracy: None,
+        pass_at_1: None,
+        auc: None,
+        scored,
+        failed,
+        pass_seconds,
+        pass_tokens,
+    };
+    match dataset {
+        Dataset::Preference(prefs) => {
+            let outcomes: Vec<Vec<f64>> = prefs
+                .iter()
+                .zip(&per_item)
+                .filter_map(|(item, scores)| {
+                    preference_outcomes(item.chosen.len(), item.rejected.len(), (*scores)?)
+                })
+                .collect();
+            report.accuracy = metrics::accuracy(&outcomes);
+        }
+        Dataset::Ranking(tasks) => {
+            let mut pass_at_1 = Vec::new();
+            let mut auc = Vec::new();
+            for (task, scores) in tasks.iter().zip(&per_item) {
+                let Some(Scores::Candidates(scores)) = scores else {
+                    continue;
+                };
+                if scores.len() != task.passed.len() {
+                    continue;
+                }
+                pass_at_1.extend(metrics::ranked_pass_at_1(scores, &task.passed));
+                auc.extend(metrics::auc(scores, &task.passed));
+            }
+            report.pass_at_1 =
+                metrics::bootstrap_mean(&pass_at_1, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
+            report.auc = metrics::bootstrap_mean(&auc, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
+        }
+    }
+    report
+}
+
+/// The outcome of every chosen × rejected pair of a preference item (chosen-major).
+fn preference_outcomes(n_chosen: usize, n_rejected: usize, scores: &Scores) -> Option<Vec<f64>> {
+    match scores {
+        Scores::Candidates(s) if s.len() == n_chosen + n_rejected => Some(
+            (0..n_chosen)
+                .flat_map(|c| {
+                    (0..n_rejected).map(move |r| metrics::pair_outcome(s[c], s[n_chosen + r]))
+                })
+                .collect(),
+        ),
+        Scores::Pairs(margins) if margins.len() == n_chosen * n_rejected => Some(
+            margins
+                .iter()
+                .map(|&m| metrics::pair_outcome(m, 0.0))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn progress_bar(visible: bool, total: u64) -> ProgressBar {
+    let target = if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} item passes  {msg}  {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+impl Report {
+    /// The report as a plain-text table: one row per method, each metric with its interval.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} · {} · {} items · {}",
+            self.data, self.kind, self.items, self.model
+        );
+        let interval = |e: &Option<Estimate>| match e {
+            Some(e) => format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi),
+            None => "-".into(),
+        };
+        let metric_names: &[&str] = if self.kind == "ranking" {
+            &["pass@1", "AUC"]
+        } else {
+            &["accuracy"]
+        };
+        let _ = write!(out, "{:<16}", "method");
+        for name in metric_names {
+            let _ = write!(out, "  {:<22}", name);
+        }
+        let _ = writeln!(out, "  {:>6}  {:>6}  {:>9}", "scored", "failed", "pass s");
+        if let Some(random) = &self.random_pass_at_1 {
+            let _ = writeln!(
+                out,
+                "{:<16}  {:<22}  {:<22}",
+                "random",
+                interval(&Some(*random)),
+                "0.500"
+            );
+        }
+        for m in &self.methods {
+            let _ = write!(out, "{:<16}", m.method);
+            if self.kind == "ranking" {
+                let _ = write!(
+                    out,
+                    "  {:<22}  {:<22}",
+                    interval(&m.pass_at_1),
+                    interval(&m.auc)
+                );
+            } else {
+                let _ = write!(out, "  {:<22}", interval(&m.accuracy));
+            }
+            let _ = writeln!(
+                out,
+                "  {:>6}  {:>6}  {:>9.1}",
+                m.scored, m.failed, m.pass_seconds
+            );
+        }
+        let _ = writeln!(out, "95% intervals: {}", self.intervals);
+        let _ = write!(
+            out,
+            "wall time {:.1} s ({} item passes resumed from the cache)",
+            self.wall_seconds, self.resumed
+        );
+        out
+    }
+}

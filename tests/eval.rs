@@ -1,0 +1,148 @@
+//! `endorm eval` end to end on the real default model and tiny synthetic files where the answer is
+//! obvious: a fluent answer against the same words shuffled.
+
+mod common;
+
+use std::path::PathBuf;
+
+use endorm::eval::methods::Method;
+use endorm::eval::{self, EvalConfig, Report};
+
+fn data(name: &str) -> PathBuf {
+    common::data_dir().join("eval").join(name)
+}
+
+fn config(file: &str, methods: &[Method]) -> EvalConfig {
+    EvalConfig {
+        data: data(file),
+        methods: methods.to_vec(),
+        principle: None,
+        limit: None,
+        cache: None,
+        model_id: "test".into(),
+        progress: false,
+    }
+}
+
+fn method<'r>(report: &'r Report, name: &str) -> &'r eval::MethodReport {
+    report
+        .methods
+        .iter()
+        .find(|m| m.method == name)
+        .expect("method in report")
+}
+
+#[test]
+fn endo_prefers_fluent_answers_to_shuffled_words() {
+    let mut scorer = common::scorer(common::options());
+    let report = eval::run(
+        &mut scorer,
+        &config(
+            "obvious-prefs.jsonl",
+            &[Method::Endo, Method::Length, Method::Shorter],
+        ),
+    )
+    .unwrap();
+    assert_eq!((report.kind.as_str(), report.items), ("preference", 10));
+    let endo = method(&report, "endo").accuracy.unwrap();
+    assert!(endo.value >= 0.9, "endo accuracy {endo:?}");
+    assert_eq!(endo.n, 10);
+    assert!(endo.lo < endo.value && endo.value <= endo.hi);
+    // Shuffling keeps the length: the length baselines can only tie.
+    assert_eq!(method(&report, "length").accuracy.unwrap().value, 0.5);
+    assert_eq!(method(&report, "-length").accuracy.unwrap().value, 0.5);
+    assert!(report.table().contains("endo"));
+}
+
+#[test]
+fn endo_ranks_working_code_first() {
+    let mut scorer = common::scorer(common::options());
+    let report = eval::run(&mut scorer, &config("obvious-code.jsonl", &[Method::Endo])).unwrap();
+    assert_eq!((report.kind.as_str(), report.items), ("ranking", 3));
+    let endo = method(&report, "endo");
+    assert_eq!(endo.pass_at_1.unwrap().value, 1.0, "{endo:?}");
+    assert!(endo.auc.unwrap().value >= 0.9, "{endo:?}");
+    assert_eq!(report.random_pass_at_1.unwrap().value, 0.5);
+}
+
+#[test]
+fn judges_score_every_item_and_a_rerun_resumes_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scorer = common::scorer(common::options());
+    let judges = [Method::JudgeVerifier, Method::JudgePairwise];
+    let config = EvalConfig {
+        limit: Some(2),
+        cache: Some(eval::cache_path(&dir.path().join("report.json"))),
+        ..config("obvious-prefs.jsonl", &judges)
+    };
+    let first = eval::run(&mut scorer, &config).unwrap();
+    for judge in ["judge-verifier", "judge-pairwise"] {
+        let m = method(&first, judge);
+        assert_eq!((m.scored, m.failed), (2, 0), "{m:?}");
+        assert!(m.accuracy.is_some() && m.pass_tokens > 0, "{m:?}");
+    }
+    assert_eq!(first.resumed, 0);
+    let second = eval::run(&mut scorer, &config).unwrap();
+    assert_eq!(
+        second.resumed, 4,
+        "two items × two judges come from the cache"
+    );
+    assert_eq!(first.methods, second.methods);
+
+    // Code items go through the code prompts, with completions compared in a cycle.
+    let code = eval::run(
+        &mut scorer,
+        &EvalConfig {
+            limit: Some(1),
+            ..self::config("obvious-code.jsonl", &judges)
+        },
+    )
+    .unwrap();
+    for judge in ["judge-verifier", "judge-pairwise"] {
+        let m = method(&code, judge);
+        assert_eq!((m.scored, m.failed), (1, 0), "{m:?}");
+        assert!(m.pass_at_1.is_some() && m.auc.is_some(), "{m:?}");
+    }
+}
+
+#[test]
+fn a_cache_from_another_principle_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scorer = common::scorer(common::options());
+    let cache = Some(dir.path().join("items.jsonl"));
+    let plain = EvalConfig {
+        limit: Some(1),
+        cache: cache.clone(),
+        ..config("obvious-prefs.jsonl", &[Method::Endo])
+    };
+    eval::run(&mut scorer, &plain).unwrap();
+    let steered = EvalConfig {
+        principle: Some("Prefer short answers.".into()),
+        ..plain
+    };
+    assert!(matches!(
+        eval::run(&mut scorer, &steered),
+        Err(eval::EvalError::CacheMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_bad_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &path,
+        "{\"id\": 1, \"prompt\": \"p\", \"chosen\": \"c\", \"rejected\": \"r\"}\n{\"id\": 2}\n",
+    )
+    .unwrap();
+    let mut scorer = common::scorer(common::options());
+    let error = eval::run(
+        &mut scorer,
+        &EvalConfig {
+            data: path,
+            ..config("x", &[Method::Length])
+        },
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("bad.jsonl:2:"), "{error}");
+}
