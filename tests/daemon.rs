@@ -1,0 +1,605 @@
+//! The real `endorm serve` binary on the real default model, one daemon shared by these tests:
+//! every route's success path (checked against the offline scorer, the same code path), every
+//! error status of API.md provoked for real, 32 concurrent clients, a second instance refused,
+//! and each curl example of docs/SERVER.md run as written.
+
+mod common;
+mod support;
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+use endorm::api::{Format, ScoreRequest, ScoreResponse};
+use endorm::engine::{score_request, Candidate, Prepared};
+use endorm::reward::{Aggregates, Alpha};
+use support::{long_text, model_section, Daemon};
+
+const ID: &str = "smollm2-135m-instruct";
+const TOLERANCE: f64 = 1e-4;
+
+/// The shared daemon: small limits so that the limit errors are cheap to provoke.
+fn daemon() -> &'static Daemon {
+    static DAEMON: OnceLock<Daemon> = OnceLock::new();
+    DAEMON.get_or_init(|| {
+        let config = format!(
+            "[server]\nmax_body_bytes = 65536\nmax_candidates = 8\nmax_tokens = 4000\n\n{}",
+            model_section(ID)
+        );
+        Daemon::start(&config, &[])
+    })
+}
+
+/// The offline scorer's response for the same request (same model, context size and threads).
+fn offline(request: &ScoreRequest) -> ScoreResponse {
+    let mut scorer = common::scorer(common::options());
+    score_request(&mut scorer, ID, request, None).expect("offline score")
+}
+
+fn assert_close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() < TOLERANCE, "{what}: {a} vs {b}");
+}
+
+fn f(value: &Value) -> f64 {
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+#[test]
+fn health_and_models_describe_the_served_model() {
+    let d = daemon();
+    let health = d.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        health.json(),
+        json!({"status": "ok", "models": [{"id": ID, "state": "ready"}]})
+    );
+
+    let models = d.get("/v1/models").json();
+    assert_eq!(models["object"], "list");
+    let model = &models["data"][0];
+    assert_eq!(model["id"], ID);
+    assert_eq!(model["object"], "model");
+    assert_eq!(model["owned_by"], "endorm");
+    let meta = &model["meta"];
+    for field in ["n_ctx_train", "n_vocab", "n_params", "size_bytes"] {
+        assert!(
+            meta[field].as_u64().is_some_and(|n| n > 0),
+            "{field}: {meta}"
+        );
+    }
+    assert_eq!(meta["chat_template"], true);
+    assert_eq!(meta["n_ctx"], 2048);
+    assert!(meta["path"].as_str().is_some_and(|p| p.ends_with(".gguf")));
+}
+
+#[test]
+fn score_equals_the_offline_scorer() {
+    let d = daemon();
+    for body in [
+        json!({"prompt": "What is the capital of France?", "candidates": ["Paris.", "London.", "It is Paris, of course."],
+               "return_tokens": true}),
+        json!({"format": "raw", "prompt": "def add(a, b):\n", "candidates": ["    return a + b\n", "    return a - b\n"],
+               "aggregate": "logprob_mean", "alpha": 0.5, "terminal": true, "return_tokens": true}),
+        json!({"messages": [{"role": "user", "content": "Say hi."}], "principle": "Be brief.",
+               "candidates": ["Hi!", "Hello there, how are you doing on this fine day?"]}),
+    ] {
+        let served = d.ok("/v1/score", &body);
+        let request: ScoreRequest = serde_json::from_value(body.clone()).unwrap();
+        let expected = offline(&request);
+        assert_eq!(served["model"], ID);
+        assert_eq!(served["aggregate"], json!(request.aggregate));
+        assert_eq!(served["order"], json!(expected.order), "{body}");
+        assert_eq!(served["usage"]["total_tokens"], expected.usage.total_tokens);
+        for (got, want) in served["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&expected.results)
+        {
+            assert_eq!(got["index"], want.index);
+            assert_eq!(got["rank"], want.rank);
+            assert_eq!(got["n_tokens"], want.n_tokens);
+            for (name, value) in [
+                ("score", want.score),
+                ("endo", want.endo),
+                ("endo_mean", want.endo_mean),
+                ("logprob", want.logprob),
+                ("logprob_mean", want.logprob_mean),
+            ] {
+                assert_close(f(&got[name]), value, name);
+            }
+            let tokens = got["tokens"].as_array().map_or(&[][..], Vec::as_slice);
+            assert_eq!(tokens.len(), want.tokens.as_ref().map_or(0, Vec::len));
+            for (t, w) in tokens.iter().zip(want.tokens.iter().flatten()) {
+                assert_eq!(t["id"], w.id);
+                assert_eq!(t["text"], w.text.as_str());
+                assert_close(f(&t["reward"]), w.reward, "reward");
+                assert_close(f(&t["q"]), w.q, "q");
+                assert_close(f(&t["v_next"]), w.v_next, "v_next");
+            }
+        }
+        let timings = &served["timings"];
+        for field in ["queue_ms", "prompt_ms", "candidates_ms", "total_ms"] {
+            assert!(f(&timings[field]) >= 0.0, "{field}");
+        }
+    }
+}
+
+#[test]
+fn rerank_is_score_best_first() {
+    let d = daemon();
+    let query = "What is the capital of France?";
+    let documents = ["London.", "Paris.", "Berlin is nice."];
+    let body = json!({"query": query, "documents": [documents[0], {"text": documents[1]}, documents[2]],
+                      "top_n": 2, "return_documents": true});
+    let reranked = d.ok("/v1/rerank", &body);
+    let scored = d.ok(
+        "/v1/score",
+        &json!({"prompt": query, "candidates": documents}),
+    );
+    let results = reranked["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (result, index) in results.iter().zip(scored["order"].as_array().unwrap()) {
+        assert_eq!(&result["index"], index);
+        let i = index.as_u64().unwrap() as usize;
+        assert_close(
+            f(&result["relevance_score"]),
+            f(&scored["results"][i]["endo"]),
+            "relevance",
+        );
+        assert_eq!(result["document"]["text"], documents[i]);
+    }
+    assert_eq!(
+        reranked["usage"]["total_tokens"],
+        scored["usage"]["total_tokens"]
+    );
+    assert_eq!(reranked["model"], ID);
+}
+
+#[test]
+fn get_reward_with_prompts_is_raw_endo() {
+    let d = daemon();
+    let prompt = "The capital of France is";
+    let responses = [" Paris.", " London.", " a city."];
+    let query: Vec<String> = responses.iter().map(|r| format!("{prompt}{r}")).collect();
+    let mut prompts = vec![prompt.to_owned(); 3];
+    prompts[2] = "The capital of France".to_owned();
+    let rewards = d.ok(
+        "/get_reward",
+        &json!({"query": query, "prompts": prompts, "labels": ["", "", ""]}),
+    );
+    let rewards = rewards["rewards"].as_array().unwrap();
+    assert_eq!(rewards.len(), 3);
+    let raw = |prompt: &str, candidate: &str| ScoreRequest {
+        format: Some(Format::Raw),
+        prompt: Some(prompt.into()),
+        candidates: vec![candidate.into()],
+        ..ScoreRequest::default()
+    };
+    for (i, (prompt, query)) in prompts.iter().zip(&query).enumerate() {
+        let expected = offline(&raw(prompt, &query[prompt.len()..])).results[0].endo;
+        assert_close(f(&rewards[i]), expected, "reward");
+    }
+}
+
+#[test]
+fn get_reward_without_prompts_scores_from_the_first_token() {
+    let d = daemon();
+    let text = "The capital of France is Paris.";
+    let rewards = d.ok("/get_reward", &json!({"query": [text]}));
+    let model = common::model();
+    let mut tokens = model.tokenize(text, model.adds_bos(), false).unwrap();
+    let rest = tokens.split_off(1);
+    let prepared = Prepared {
+        context: tokens,
+        candidates: vec![Candidate {
+            tokens: rest,
+            terminal: false,
+        }],
+    };
+    let mut scorer = common::scorer(common::options());
+    let scored = scorer.score(&prepared, Alpha::ONE).unwrap();
+    let expected = Aggregates::of(&scored.candidates[0], Alpha::ONE).endo;
+    assert_close(f(&rewards["rewards"][0]), expected, "reward");
+}
+
+#[test]
+fn completions_echo_logprobs_agree_with_score() {
+    let d = daemon();
+    let context = "The capital of France is";
+    let body = json!({"model": ID, "prompt": format!("{context} Paris"), "echo": true, "max_tokens": 1,
+                      "logprobs": 3, "temperature": 0, "seed": 1234});
+    let completion = d.ok("/v1/completions", &body);
+    assert_eq!(completion["object"], "text_completion");
+    let choice = &completion["choices"][0];
+    assert_eq!(choice["index"], 0);
+    let logprobs = &choice["logprobs"];
+    let tokens = logprobs["tokens"].as_array().unwrap();
+    let token_logprobs = logprobs["token_logprobs"].as_array().unwrap();
+    let top = logprobs["top_logprobs"].as_array().unwrap();
+    let offsets = logprobs["text_offset"].as_array().unwrap();
+    let n_prompt = completion["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    // The prompt's tokens, then the greedy token.
+    assert_eq!(tokens.len(), n_prompt + 1);
+    assert_eq!(token_logprobs.len(), tokens.len());
+    assert_eq!(top.len(), tokens.len());
+    assert_eq!(offsets.len(), tokens.len());
+    assert!(token_logprobs[0].is_null() && top[0].is_null());
+    assert_eq!(completion["usage"]["completion_tokens"], 1);
+    let text: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(choice["text"], text.as_str());
+    assert!(text.starts_with("The capital of France is Paris"));
+    // Each top_logprobs entry holds k alternatives, the best at least as likely as the token.
+    for (lp, alternatives) in token_logprobs.iter().zip(top).skip(1) {
+        let alternatives = alternatives.as_object().unwrap();
+        assert!(!alternatives.is_empty() && alternatives.len() <= 3);
+        let best = alternatives
+            .values()
+            .map(f)
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(best >= f(lp) - 1e-9);
+    }
+    // The greedy token is the best of the last row.
+    let last = top.last().unwrap().as_object().unwrap();
+    assert_close(
+        f(token_logprobs.last().unwrap()),
+        last.values().map(f).fold(f64::NEG_INFINITY, f64::max),
+        "greedy",
+    );
+    // " Paris" after the context: the same log-prob as /v1/score's raw per-token logprob.
+    let scored = d.ok(
+        "/v1/score",
+        &json!({"format": "raw", "prompt": context, "candidates": [" Paris"], "return_tokens": true}),
+    );
+    let paris = &scored["results"][0]["tokens"];
+    assert_eq!(paris.as_array().unwrap().len(), 1, "{paris}");
+    assert_close(
+        f(&token_logprobs[n_prompt - 1]),
+        f(&paris[0]["logprob"]),
+        "logprob of Paris",
+    );
+}
+
+#[test]
+fn completions_take_every_prompt_shape() {
+    let d = daemon();
+    let ids = d.ok("/tokenize", &json!({"content": "Hello world, hello"}))["tokens"].clone();
+    for prompt in [
+        json!(["Hello world", "Goodbye"]),
+        json!([ids.clone(), ids.clone()]),
+    ] {
+        let completion = d.ok(
+            "/v1/completions",
+            &json!({"prompt": prompt, "echo": true, "max_tokens": 0, "logprobs": 0}),
+        );
+        let choices = completion["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 2);
+        for (i, choice) in choices.iter().enumerate() {
+            assert_eq!(choice["index"], i);
+            assert!(choice["logprobs"]["token_logprobs"][1].is_f64());
+        }
+    }
+    let single = d.ok(
+        "/v1/completions",
+        &json!({"prompt": ids, "echo": true, "max_tokens": 0}),
+    );
+    assert_eq!(single["choices"][0]["text"], "Hello world, hello");
+    assert!(single["choices"][0]["logprobs"].is_null());
+}
+
+#[test]
+fn tokenize_and_detokenize_speak_both_dialects() {
+    let d = daemon();
+    let llama = d.ok("/tokenize", &json!({"content": "Hello world"}));
+    let vllm = d.ok(
+        "/tokenize",
+        &json!({"model": ID, "prompt": "Hello world", "add_special_tokens": false}),
+    );
+    assert_eq!(llama["tokens"], vllm["tokens"]);
+    assert_eq!(llama["count"], 2);
+    let pieces = d.ok(
+        "/tokenize",
+        &json!({"content": "Hello world", "with_pieces": true}),
+    );
+    assert_eq!(pieces["tokens"][1]["id"], llama["tokens"][1]);
+    assert_eq!(pieces["tokens"][1]["piece"], " world");
+    let special = d.ok("/tokenize", &json!({"content": "<|im_end|>"}));
+    assert_eq!(special["count"], 1, "special tokens are parsed by default");
+    let literal = d.ok(
+        "/tokenize",
+        &json!({"content": "<|im_end|>", "parse_special": false}),
+    );
+    assert!(literal["count"].as_u64().unwrap() > 1);
+
+    let text = d.ok("/detokenize", &json!({"tokens": llama["tokens"]}));
+    assert_eq!(
+        text,
+        json!({"content": "Hello world", "prompt": "Hello world"})
+    );
+
+    let info = d.get("/tokenizer_info").json();
+    assert_eq!(info["model"], ID);
+    assert_eq!(info["eos_token"], "<|im_end|>");
+    assert!(info["chat_template"]
+        .as_str()
+        .is_some_and(|t| t.contains("im_start")));
+    for field in ["bos_token", "pad_token"] {
+        assert!(info.get(field).is_some(), "{field}");
+    }
+}
+
+#[test]
+fn detokenize_of_a_split_character_is_replacement_not_a_crash() {
+    let d = daemon();
+    let tokens = d.ok("/tokenize", &json!({"content": "日本"}))["tokens"].clone();
+    let ids = tokens.as_array().unwrap();
+    assert!(ids.len() >= 2, "{tokens}");
+    let half = d.ok("/detokenize", &json!({"tokens": [ids[0]]}));
+    assert!(
+        half["content"].as_str().unwrap().contains('\u{FFFD}'),
+        "{half}"
+    );
+}
+
+#[test]
+fn metrics_count_requests_tokens_and_queue() {
+    let d = daemon();
+    d.ok(
+        "/v1/score",
+        &json!({"prompt": "Hi", "candidates": ["Hello"]}),
+    );
+    let metrics = d.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text();
+    for needle in [
+        "endorm_requests_total{route=\"/v1/score\",status=\"200\"}",
+        "endorm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"+Inf\"}",
+        "endorm_tokens_total ",
+        "endorm_cached_tokens_total ",
+        &format!("endorm_queue_waiting{{model=\"{ID}\"}}"),
+        &format!("endorm_model_state{{model=\"{ID}\",state=\"ready\"}} 1"),
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let tokens: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("endorm_tokens_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(tokens > 0);
+}
+
+#[test]
+fn bad_requests_get_the_statuses_of_the_api() {
+    let d = daemon();
+    let score = |body: &[u8]| d.post_raw("/v1/score", body);
+    score(b"{\"prompt\": \"hi\", \"candidates\": [").expect_error(400, "invalid_json");
+    score(b"").expect_error(400, "invalid_json");
+    score(b"{\"prompt\": \"hi\", \"candidates\": \"Paris\"}").expect_error(400, "invalid_request");
+    score(b"{\"prompt\": 3, \"candidates\": [\"a\"]}").expect_error(400, "invalid_request");
+    let unknown = score(b"{\"prompt\": \"hi\", \"candidates\": [\"a\"], \"temprature\": 1}")
+        .expect_error(400, "invalid_request");
+    assert!(unknown.contains("temprature"), "{unknown}");
+    score(b"{\"prompt\": \"hi\", \"candidates\": []}").expect_error(400, "invalid_request");
+    score(br#"{"format": "raw", "prompt": "hi", "candidates": [""]}"#)
+        .expect_error(400, "invalid_request");
+    score(br#"{"prompt": "hi", "candidates": ["a"], "alpha": -1}"#)
+        .expect_error(400, "invalid_request");
+    score(br#"{"format": "raw", "prompt": "hi", "principle": "x", "candidates": ["a"]}"#)
+        .expect_error(400, "invalid_request");
+    score(b"\xff\xfe{}").expect_error(400, "invalid_json");
+
+    let many = d.post(
+        "/v1/score",
+        &json!({"prompt": "hi", "candidates": vec!["a"; 9]}),
+    );
+    let message = many.expect_error(400, "too_many_candidates");
+    assert!(message.contains("max_candidates = 8"), "{message}");
+
+    let large = d.post(
+        "/v1/score",
+        &json!({"prompt": "x".repeat(70_000), "candidates": ["a"]}),
+    );
+    let message = large.expect_error(413, "body_too_large");
+    assert!(message.contains("65536"), "{message}");
+
+    let overflow = d.post(
+        "/v1/score",
+        &json!({"format": "raw", "prompt": long_text(1200), "candidates": ["a"]}),
+    );
+    let message = overflow.expect_error(422, "context_length_exceeded");
+    assert!(message.contains("2048"), "{message}");
+    let too_many_tokens = d.post(
+        "/v1/score",
+        &json!({"format": "raw", "prompt": long_text(2500), "candidates": ["a"]}),
+    );
+    let message = too_many_tokens.expect_error(422, "too_many_tokens");
+    assert!(message.contains("max_tokens = 4000"), "{message}");
+
+    let unknown_model = d.post(
+        "/v1/score",
+        &json!({"model": "gpt-9", "prompt": "hi", "candidates": ["a"]}),
+    );
+    let message = unknown_model.expect_error(404, "model_not_found");
+    assert!(message.contains(ID), "{message}");
+    d.get("/v2/nothing").expect_error(404, "unknown_route");
+    d.get("/v1/score").expect_error(405, "method_not_allowed");
+    d.post("/v1/rerank", &json!({"query": "q", "documents": []}))
+        .expect_error(400, "invalid_request");
+    d.post("/get_reward", &json!({"query": ["ab"], "prompts": ["xyz"]}))
+        .expect_error(400, "invalid_request");
+    d.post(
+        "/get_reward",
+        &json!({"query": ["a", "b"], "prompts": ["a"]}),
+    )
+    .expect_error(400, "invalid_request");
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    let d = daemon();
+    for tokens in [
+        json!([-1]),
+        json!([49152]),
+        json!([1, 99_999_999_999i64]),
+        json!([3.5]),
+        json!(["a"]),
+    ] {
+        let response = d.post("/detokenize", &json!({"tokens": tokens}));
+        assert_eq!(response.status, 400, "{tokens}: {}", response.text());
+    }
+    d.post("/detokenize", &json!({"tokens": [-1]}))
+        .expect_error(400, "invalid_token");
+    d.post(
+        "/v1/completions",
+        &json!({"prompt": [1, 2, 70000], "echo": true, "max_tokens": 0, "logprobs": 1}),
+    )
+    .expect_error(400, "invalid_token");
+    // The daemon is still there.
+    assert_eq!(d.get("/health").status, 200);
+}
+
+#[test]
+fn completions_outside_the_scoring_subset_say_what_is_supported() {
+    let d = daemon();
+    for body in [
+        json!({"prompt": "Hi", "max_tokens": 16}),
+        json!({"prompt": "Hi", "echo": true, "max_tokens": 5}),
+        json!({"prompt": "Hi", "echo": true, "max_tokens": 1, "temperature": 0.8}),
+        json!({"prompt": "Hi", "echo": true, "max_tokens": 0, "stream": true}),
+        json!({"prompt": "Hi", "echo": true, "max_tokens": 0, "logprobs": 21}),
+    ] {
+        let message = d
+            .post("/v1/completions", &body)
+            .expect_error(400, "unsupported");
+        assert!(message.contains("max_tokens"), "{message}");
+    }
+    d.post(
+        "/v1/completions",
+        &json!({"prompt": {"a": 1}, "echo": true}),
+    )
+    .expect_error(400, "invalid_request");
+}
+
+#[test]
+fn thirty_two_concurrent_clients_get_the_sequential_results() {
+    let d = daemon();
+    let body = |i: usize| {
+        json!({"prompt": format!("Question {i}: what is {i} plus {i}?"),
+               "candidates": [format!("{}", 2 * i), format!("{}", 2 * i + 1), "I do not know."]})
+    };
+    let sequential: Vec<Value> = (0..32).map(|i| d.ok("/v1/score", &body(i))).collect();
+    let concurrent: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|i| scope.spawn(move || d.ok("/v1/score", &body(i))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    for (i, (a, b)) in sequential.iter().zip(&concurrent).enumerate() {
+        assert_eq!(a["order"], b["order"], "request {i}");
+        for (x, y) in a["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["results"].as_array().unwrap())
+        {
+            assert_close(f(&x["endo"]), f(&y["endo"]), &format!("request {i}"));
+            assert_close(f(&x["logprob"]), f(&y["logprob"]), &format!("request {i}"));
+        }
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses() {
+    let d = daemon();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args(["serve", "--socket"])
+        .arg(&d.socket)
+        .args(["--model", common::model_path().to_str().unwrap()])
+        .output()
+        .expect("run endorm serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already serving"), "{stderr}");
+    assert_eq!(
+        d.get("/health").status,
+        200,
+        "the first daemon keeps serving"
+    );
+}
+
+#[test]
+fn the_curl_examples_of_the_docs_run() {
+    let d = daemon();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SERVER.md"))
+        .expect("docs/SERVER.md");
+    let examples: Vec<String> = doc
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains("curl") && block.contains("--unix-socket"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        examples.len() >= 10,
+        "found {} curl examples",
+        examples.len()
+    );
+    let mut routes_seen = Vec::new();
+    for example in &examples {
+        let output = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", example])
+            .env("SOCK", &d.socket)
+            .output()
+            .expect("bash");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "example failed:\n{example}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !stdout.contains("\"error\""),
+            "example answered an error:\n{example}\n{stdout}"
+        );
+        for route in [
+            "/health",
+            "/v1/models",
+            "/v1/score",
+            "/v1/rerank",
+            "/v1/completions",
+            "/get_reward",
+            "/tokenize",
+            "/detokenize",
+            "/tokenizer_info",
+            "/metrics",
+        ] {
+            if example.contains(&format!("localhost{route}")) {
+                routes_seen.push(route);
+            }
+        }
+    }
+    for route in [
+        "/health",
+        "/v1/models",
+        "/v1/score",
+        "/v1/rerank",
+        "/v1/completions",
+        "/get_reward",
+        "/tokenize",
+        "/detokenize",
+        "/tokenizer_info",
+        "/metrics",
+    ] {
+        assert!(routes_seen.contains(&route), "no curl example for {route}");
+    }
+}

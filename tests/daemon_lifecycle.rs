@@ -1,0 +1,332 @@
+//! The daemon's life, each test with its own `endorm serve`: SIGTERM during a request, hot reload
+//! while requests run, a full queue, a client that leaves, and the TCP listener's token.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use support::{long_text, model_section, Daemon};
+
+/// A request that keeps a worker busy for a while (a long raw context and several candidates).
+fn heavy() -> Value {
+    let candidates: Vec<String> = (0..8)
+        .map(|i| format!(" and then {i} more words of text follow here"))
+        .collect();
+    json!({"format": "raw", "prompt": long_text(450), "candidates": candidates})
+}
+
+fn metric(daemon: &Daemon, name: &str) -> f64 {
+    let text = daemon.get("/metrics").text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn sigterm_lets_the_running_request_finish_then_removes_the_socket() {
+    // A grace period no loaded test machine can run past: the request must finish, not be cut.
+    let config = format!(
+        "[server]\nshutdown_grace_secs = 600\n\n{}",
+        model_section("m")
+    );
+    let mut daemon = Daemon::start(&config, &[]);
+    let socket = daemon.socket.clone();
+    let answer = std::thread::scope(|scope| {
+        let request = scope.spawn(|| daemon.post("/v1/score", &heavy()));
+        daemon.wait_for("the request to start running", |d| {
+            metric(d, "endorm_queue_running{model=\"m\"}") >= 1.0
+        });
+        daemon.terminate();
+        request.join().expect("client")
+    });
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["results"].as_array().unwrap().len(), 8);
+    let status = daemon.wait_exit(60);
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        daemon.log_text()
+    );
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn hot_reload_adds_and_removes_models_while_requests_run() {
+    let daemon = Daemon::start(&model_section("a"), &[]);
+    let score = |model: &str| {
+        daemon
+            .post(
+                "/v1/score",
+                &json!({"model": model, "prompt": "Hi", "candidates": ["Hello!", "Go away."]}),
+            )
+            .status
+    };
+    let ids = |d: &Daemon| -> Vec<String> {
+        d.get("/v1/models").json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "ready")
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Requests to "a" run throughout: each answers 200 until "a" is removed, then 404; never 5xx.
+        let background = scope.spawn(|| {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(score("a"));
+            }
+            statuses
+        });
+
+        daemon.write_config(&format!("{}\n{}", model_section("a"), model_section("b")));
+        daemon.wait_for("model b to load", |d| ids(d) == ["a", "b"]);
+        assert_eq!(score("b"), 200);
+
+        daemon.write_config(&model_section("b"));
+        daemon.wait_for("model a to be removed", |d| ids(d) == ["b"]);
+        assert_eq!(score("a"), 404);
+        assert_eq!(score("b"), 200);
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let statuses = background.join().expect("background client");
+        assert!(statuses.contains(&200), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|&s| s == 200 || s == 404),
+            "{statuses:?}"
+        );
+        let first_404 = statuses
+            .iter()
+            .position(|&s| s == 404)
+            .unwrap_or(statuses.len());
+        assert!(
+            statuses[first_404..].iter().all(|&s| s == 404),
+            "{statuses:?}"
+        );
+    });
+
+    // A broken config is reported and the last good one keeps serving.
+    daemon.write_config("[models.b\npath = ");
+    daemon.wait_for("the config error in /health", |d| {
+        d.get("/health").json().get("config_error").is_some()
+    });
+    let health = daemon.get("/health").json();
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        health["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("config.toml"),
+        "{health}"
+    );
+    assert_eq!(score("b"), 200);
+    daemon.write_config(&model_section("b"));
+    daemon.wait_for("the config error to clear", |d| {
+        d.get("/health").json()["status"] == "ok"
+    });
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let config = format!("[server]\nqueue_depth = 1\n\n{}", model_section("m"));
+    let daemon = Daemon::start(&config, &[]);
+    let statuses: Vec<support::Response> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| daemon.post("/v1/score", &heavy())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let ok = statuses.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<&support::Response> = statuses.iter().filter(|r| r.status == 503).collect();
+    assert!(
+        ok >= 1,
+        "{:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        !busy.is_empty(),
+        "{:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(ok + busy.len(), 6);
+    for response in busy {
+        let message = response.expect_error(503, "queue_full");
+        assert!(message.contains("queue_depth"), "{message}");
+        assert_eq!(response.header("retry-after"), Some("1"));
+    }
+}
+
+#[test]
+fn a_client_that_leaves_before_its_job_starts_cancels_it() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| daemon.post("/v1/score", &heavy()));
+        daemon.wait_for("the first request to run", |d| {
+            metric(d, "endorm_queue_running{model=\"m\"}") >= 1.0
+        });
+        // A second request queues behind it, and its client hangs up.
+        {
+            use std::io::Write as _;
+            let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+            let body = heavy().to_string();
+            write!(
+                stream,
+                "POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            daemon.wait_for("the second request to queue", |d| {
+                metric(d, "endorm_queue_waiting{model=\"m\"}") >= 1.0
+            });
+        }
+        assert_eq!(first.join().expect("client").status, 200);
+    });
+    daemon.wait_for("the queued job to be skipped", |d| {
+        metric(d, "endorm_jobs_cancelled_total") >= 1.0
+    });
+}
+
+#[test]
+fn tcp_needs_the_bearer_token_and_loopback() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token", "s3cret"],
+    );
+    let tcp = |headers: &[(&str, &str)]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpStream::connect(&address) {
+                Ok(stream) => {
+                    return support::exchange(stream, "GET", "/v1/models", None, headers).unwrap()
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("cannot connect to {address}: {e}"),
+            }
+        }
+    };
+    let none = tcp(&[]);
+    none.expect_error(401, "invalid_token");
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    tcp(&[("Authorization", "Bearer wrong")]).expect_error(401, "invalid_token");
+    let ok = tcp(&[("Authorization", "Bearer s3cret")]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["data"][0]["id"], "m");
+    // The socket needs no token.
+    assert_eq!(daemon.get("/v1/models").status, 200);
+
+    let remote = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "serve",
+            "--socket",
+            "/tmp/endorm-never.sock",
+            "--listen",
+            "0.0.0.0:8765",
+        ])
+        .args(["--config", daemon.config.to_str().unwrap()])
+        .output()
+        .expect("run endorm serve");
+    assert!(!remote.status.success());
+    assert!(String::from_utf8_lossy(&remote.stderr).contains("loopback"));
+}
+
+#[test]
+fn a_generated_token_is_written_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let token_file = scratch.path().join("token");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {:?}\n\n{}",
+        token_file.display().to_string(),
+        model_section("m")
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let token = std::fs::read_to_string(&token_file)
+        .expect("token file")
+        .trim()
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = format!("Bearer {token}");
+    let ok =
+        support::exchange(stream, "GET", "/health", None, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(ok.status, 200);
+    let socket_mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(socket_mode, 0o600);
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let stale = scratch.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut daemon = Daemon::spawn(&model_section("m"), &["--socket", stale.to_str().unwrap()]);
+    daemon.socket = stale.clone();
+    daemon.wait_ready();
+    assert_eq!(daemon.get("/health").status, 200);
+}
+
+#[test]
+fn serve_with_model_needs_no_config() {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let socket = scratch.path().join("s.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "serve",
+            "--exit-on-eof",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .args(["--model", support::model_path().to_str().unwrap()])
+        .env("XDG_CONFIG_HOME", scratch.path())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        let answer = std::os::unix::net::UnixStream::connect(&socket)
+            .ok()
+            .and_then(|s| support::exchange(s, "GET", "/health", None, &[]).ok());
+        match answer {
+            Some(r) if r.status == 200 => break r.json(),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => panic!("no answer on {}", socket.display()),
+        }
+    };
+    assert_eq!(health["models"][0]["id"], "smollm2-135m-instruct");
+    drop(child.stdin.take());
+    assert!(
+        child.wait().unwrap().success(),
+        "closing stdin stops the daemon cleanly"
+    );
+}
