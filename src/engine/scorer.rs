@@ -396,9 +396,9 @@ impl Scorer<'_> {
                     let log_z = reward::soft_value(row, Alpha::ONE);
                     let next_logprob = match tokens.get(position + 1) {
                         Some(&next) => Some(
-                            logit(row, next)
-                                .ok_or_else(|| EngineError::Decode("a token is outside the logits row".into()))?
-                                - log_z,
+                            logit(row, next).ok_or_else(|| {
+                                EngineError::Decode("a token is outside the logits row".into())
+                            })? - log_z,
                         ),
                         None => None,
                     };
