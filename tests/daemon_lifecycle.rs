@@ -330,3 +330,131 @@ fn serve_with_model_needs_no_config() {
         "closing stdin stops the daemon cleanly"
     );
 }
+
+/// The log without terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn each_request_logs_one_line_with_route_status_tokens_and_time() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let response = daemon.post(
+        "/v1/score",
+        &json!({"prompt": "Hi", "candidates": ["Hello"]}),
+    );
+    assert_eq!(response.status, 200);
+    let id = response
+        .header("x-request-id")
+        .expect("x-request-id")
+        .to_owned();
+    daemon
+        .post_raw("/v1/score", b"{")
+        .expect_error(400, "invalid_json");
+    let tokens = response.json()["usage"]["total_tokens"].as_u64().unwrap();
+    daemon.wait_for("the log lines", |d| {
+        plain(&d.log_text()).contains("status=400")
+    });
+    let log = plain(&daemon.log_text());
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("request_id={id} ")))
+        .unwrap_or_else(|| panic!("no line for request {id} in\n{log}"));
+    for part in [
+        "method=POST",
+        "route=\"/v1/score\"",
+        "status=200",
+        &format!("tokens={tokens}"),
+        "ms=",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+}
+
+fn endorm(args: &[&str], config_home: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", config_home)
+        .output()
+        .expect("run endorm")
+}
+
+#[test]
+fn config_path_show_and_check() {
+    let home = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = endorm(&["config", "path"], home.path());
+    assert!(path.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&path.stdout).trim(),
+        home.path().join("endorm/config.toml").display().to_string()
+    );
+
+    let good = home.path().join("good.toml");
+    std::fs::write(&good, model_section("m")).unwrap();
+    let check = endorm(
+        &["config", "check", "--config", good.to_str().unwrap()],
+        home.path(),
+    );
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("ok, 1 model(s)"));
+    let show = endorm(
+        &["config", "show", "--config", good.to_str().unwrap()],
+        home.path(),
+    );
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success());
+    for part in [
+        "max_body_bytes = 8388608",
+        "queue_depth = 64",
+        "[models.m]",
+        "n_ctx = 2048",
+        "m (default)",
+    ] {
+        assert!(shown.contains(part), "{part} missing in\n{shown}");
+    }
+
+    for (text, needle) in [
+        ("[server]\nqueue_depth = \"x\"\n", "queue_depth"),
+        (
+            "[models.m]\npath = \"/nowhere/model.gguf\"\n",
+            "/nowhere/model.gguf",
+        ),
+        ("[server]\nlisten = \"192.168.1.2:80\"\n", "loopback"),
+        ("[models.m\n", "config"),
+    ] {
+        let bad = home.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let check = endorm(
+            &["config", "check", "--config", bad.to_str().unwrap()],
+            home.path(),
+        );
+        assert!(!check.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert!(stderr.contains(needle), "{needle} missing in {stderr}");
+    }
+    // The documented default config is valid.
+    let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/config/endorm.toml");
+    let check = endorm(&["config", "check", "--config", documented], home.path());
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
