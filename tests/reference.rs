@@ -63,59 +63,95 @@ struct Deltas {
     aggregates: Vec<f64>,
 }
 
-fn deltas(implementation: &str) -> Deltas {
+impl Deltas {
+    fn max_per_token(&self) -> f64 {
+        self.per_token.iter().copied().fold(0.0, f64::max)
+    }
+
+    fn mean_per_token(&self) -> f64 {
+        self.per_token.iter().sum::<f64>() / self.per_token.len() as f64
+    }
+
+    fn max_aggregate(&self) -> f64 {
+        self.aggregates.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// Scores every reference case and compares with `expected(case_index, candidate_index)`, which
+/// gives the reference candidate: `tokens[i]` holding `logprob`, `q`, `v_next`, `reward` under
+/// `key` (or at top level when `key` is empty) and the aggregates likewise.
+fn deltas(reference: &[Value], key: &str) -> Deltas {
+    let pick = |v: &Value| if key.is_empty() { v.clone() } else { v[key].clone() };
     let mut scorer = common::scorer(common::options());
     let mut deltas = Deltas {
         per_token: Vec::new(),
         aggregates: Vec::new(),
     };
-    for case in reference() {
+    for (case, expected_case) in self::reference().iter().zip(reference) {
         let name = case["name"].as_str().unwrap();
-        let response = score_request(&mut scorer, "test", &request_of(&case), None).unwrap();
-        for (result, expected) in response.results.iter().zip(case["results"].as_array().unwrap()) {
+        assert_eq!(expected_case["name"], name);
+        let response = score_request(&mut scorer, "test", &request_of(case), None).unwrap();
+        for (result, expected) in response.results.iter().zip(expected_case["results"].as_array().unwrap()) {
             let tokens = result.tokens.as_ref().unwrap();
             let expected_tokens = expected["tokens"].as_array().unwrap();
             assert_eq!(tokens.len(), expected_tokens.len(), "{name}");
             for (token, want) in tokens.iter().zip(expected_tokens) {
-                assert_eq!(token.text, want["text"].as_str().unwrap(), "{name}: token text");
+                assert_eq!(i64::from(token.id), want["id"].as_i64().unwrap(), "{name}: token id");
                 let got = [token.logprob, token.q, token.v_next, token.reward];
+                let want = pick(want);
                 for (field, got) in PER_TOKEN_FIELDS.iter().zip(got) {
-                    let want = want[implementation][field].as_f64().unwrap();
-                    deltas.per_token.push((got - want).abs());
+                    deltas.per_token.push((got - want[field].as_f64().unwrap()).abs());
                 }
             }
-            let sums = &expected[implementation];
-            for (got, field) in [
-                (result.endo, "endo"),
-                (result.logprob, "logprob"),
-                (result.endo_mean, "endo_mean"),
-                (result.logprob_mean, "logprob_mean"),
-            ] {
+            let sums = pick(expected);
+            for (got, field) in [(result.endo, "endo"), (result.logprob, "logprob")] {
                 deltas.aggregates.push((got - sums[field].as_f64().unwrap()).abs());
             }
         }
     }
+    assert!(deltas.per_token.len() > 100, "too few values compared");
+    eprintln!(
+        "against {}: per-token max |Δ| {:.4}, mean {:.4}; aggregate max |Δ| {:.4}",
+        if key.is_empty() { "local llama.cpp" } else { key },
+        deltas.max_per_token(),
+        deltas.mean_per_token(),
+        deltas.max_aggregate()
+    );
     deltas
 }
 
-fn max(values: &[f64]) -> f64 {
-    values.iter().copied().fold(0.0, f64::max)
-}
-
 #[test]
-fn values_match_llama_cpp_reference() {
-    let d = deltas("llamacpp");
-    assert!(d.per_token.len() > 100, "too few values compared");
-    assert!(max(&d.per_token) <= 0.02, "per-token max |Δ| = {}", max(&d.per_token));
-    assert!(max(&d.aggregates) <= 0.1, "aggregate max |Δ| = {}", max(&d.aggregates));
+fn token_texts_match_the_reference() {
+    let mut scorer = common::scorer(common::options());
+    for case in reference() {
+        let response = score_request(&mut scorer, "test", &request_of(&case), None).unwrap();
+        for (result, expected) in response.results.iter().zip(case["results"].as_array().unwrap()) {
+            let texts: Vec<&str> = result.tokens.iter().flatten().map(|t| t.text.as_str()).collect();
+            let want: Vec<&str> = expected["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+            assert_eq!(texts, want);
+        }
+    }
 }
 
+/// llama.cpp itself (llama-cpp-python, one sequence, `logits_all`, numpy for the math) built with
+/// endorm's kernels: what endorm must reproduce, however it batches (tests/data/README.md).
 #[test]
-fn values_match_fp32_reference_within_quantisation_noise() {
-    let d = deltas("fp32");
-    let mean = d.per_token.iter().sum::<f64>() / d.per_token.len() as f64;
-    assert!(max(&d.per_token) <= 1.0, "per-token max |Δ| = {}", max(&d.per_token));
-    assert!(mean <= 0.15, "per-token mean |Δ| = {mean}");
-    assert!(max(&d.aggregates) <= 2.5, "aggregate max |Δ| = {}", max(&d.aggregates));
+fn values_match_llama_cpp_with_the_same_kernels() {
+    let text = std::fs::read_to_string(common::data_dir().join("smollm2-llamacpp-x86-64-v3.json")).unwrap();
+    let d = deltas(&serde_json::from_str::<Vec<Value>>(&text).unwrap(), "");
+    assert!(d.max_per_token() <= 0.02, "per-token max |Δ| = {}", d.max_per_token());
+    assert!(d.max_aggregate() <= 0.1, "aggregate max |Δ| = {}", d.max_aggregate());
 }
 
+/// The shared reference's fp32 and llama.cpp columns were computed with other CPU kernels; on the
+/// x86-64-v3 kernels llama.cpp itself lands within these bounds of them (tests/data/README.md
+/// gives the measured figures), so endorm must too.
+#[test]
+fn values_are_within_quantisation_noise_of_the_shared_reference() {
+    for (column, max_per_token, mean_per_token) in [("llamacpp", 1.0, 0.2), ("fp32", 2.0, 0.2)] {
+        let d = deltas(&reference(), column);
+        assert!(d.max_per_token() <= max_per_token, "{column}: per-token max |Δ| = {}", d.max_per_token());
+        assert!(d.mean_per_token() <= mean_per_token, "{column}: per-token mean |Δ| = {}", d.mean_per_token());
+        assert!(d.max_aggregate() <= 2.5, "{column}: aggregate max |Δ| = {}", d.max_aggregate());
+    }
+}
