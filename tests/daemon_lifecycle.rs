@@ -27,6 +27,16 @@ fn metric(daemon: &Daemon, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+fn metric_or_zero(daemon: &Daemon, name: &str) -> f64 {
+    let text = daemon.get("/metrics").text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn sigterm_lets_the_running_request_finish_then_removes_the_socket() {
     // A grace period no loaded test machine can run past: the request must finish, not be cut.
@@ -169,12 +179,23 @@ fn a_full_queue_answers_503_with_retry_after() {
 #[test]
 fn a_client_that_leaves_before_its_job_starts_cancels_it() {
     let daemon = Daemon::start(&model_section("m"), &[]);
+    let running = |d: &Daemon| metric(d, "endorm_queue_running{model=\"m\"}");
+    let waiting = |d: &Daemon| metric(d, "endorm_queue_waiting{model=\"m\"}");
+    let done = |d: &Daemon| {
+        metric_or_zero(
+            d,
+            "endorm_requests_total{route=\"/v1/score\",status=\"200\"}",
+        )
+    };
     std::thread::scope(|scope| {
-        let first = scope.spawn(|| daemon.post("/v1/score", &heavy()));
-        daemon.wait_for("the first request to run", |d| {
-            metric(d, "endorm_queue_running{model=\"m\"}") >= 1.0
+        // Two slow requests: one runs, one waits behind it.
+        let ahead: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| daemon.post("/v1/score", &heavy())))
+            .collect();
+        daemon.wait_for("one request running and one waiting", |d| {
+            running(d) >= 1.0 && waiting(d) >= 1.0
         });
-        // A second request queues behind it, and its client hangs up.
+        // A third queues behind them, and its client hangs up before its turn.
         {
             use std::io::Write as _;
             let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
@@ -185,15 +206,18 @@ fn a_client_that_leaves_before_its_job_starts_cancels_it() {
                 body.len()
             )
             .unwrap();
-            daemon.wait_for("the second request to queue", |d| {
-                metric(d, "endorm_queue_waiting{model=\"m\"}") >= 1.0
+            daemon.wait_for("the third request to queue", |d| {
+                running(d) + waiting(d) + done(d) >= 3.0
             });
         }
-        assert_eq!(first.join().expect("client").status, 200);
+        for client in ahead {
+            assert_eq!(client.join().expect("client").status, 200);
+        }
     });
     daemon.wait_for("the queued job to be skipped", |d| {
         metric(d, "endorm_jobs_cancelled_total") >= 1.0
     });
+    assert_eq!(done(&daemon), 2.0, "the cancelled request was not answered");
 }
 
 #[test]
