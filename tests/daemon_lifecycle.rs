@@ -122,6 +122,25 @@ fn hot_reload_adds_and_removes_models_while_requests_run() {
         );
     });
 
+    // Changing a model's settings loads it again; the old one serves until the new one is ready,
+    // so requests never see it loading.
+    let n_ctx = |d: &Daemon| d.get("/v1/models").json()["data"][0]["meta"]["n_ctx"].clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(score("b"));
+            }
+            statuses
+        });
+        daemon.write_config(&model_section("b").replace("n_ctx = 2048", "n_ctx = 1024"));
+        daemon.wait_for("model b to reload with n_ctx 1024", |d| n_ctx(d) == 1024);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let statuses = background.join().expect("background client");
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    });
+
     // A broken config is reported and the last good one keeps serving.
     daemon.write_config("[models.b\npath = ");
     daemon.wait_for("the config error in /health", |d| {

@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Why the config file on disk is not the one serving, if it is not.
     pub config_error: Option<String>,
+    /// Reloaded models still loading; the entry in `models` serves until they are ready.
+    pub pending: BTreeMap<String, Arc<ModelEntry>>,
 }
 
 /// The served models and limits; reloads replace the snapshot.
@@ -99,6 +101,7 @@ impl Registry {
                 default_model,
                 limits: Limits::from(&config.server),
                 config_error: None,
+                pending: BTreeMap::new(),
             })),
             cli_model,
         }
@@ -106,20 +109,65 @@ impl Registry {
 
     /// The registry now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        let current = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
+        let loaded = |entry: &Arc<ModelEntry>| !matches!(entry.state(), WorkerState::Loading);
+        if current.pending.values().any(loaded) {
+            self.promote_loaded();
+            return Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
+        }
+        current
+    }
+
+    /// Moves reloaded models that finished loading (or failed to) from `pending` into `models`.
+    fn promote_loaded(&self) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let (done, pending): (BTreeMap<_, _>, BTreeMap<_, _>) = current
+            .pending
+            .iter()
+            .map(|(id, entry)| (id.clone(), Arc::clone(entry)))
+            .partition(|(_, entry)| !matches!(entry.state(), WorkerState::Loading));
+        if done.is_empty() {
+            return;
+        }
+        let mut models = current.models.clone();
+        for (id, entry) in done {
+            tracing::info!(model = %id, "reloaded model now serves");
+            models.insert(id, entry);
+        }
+        *current = Arc::new(Snapshot {
+            models,
+            default_model: current.default_model.clone(),
+            limits: current.limits,
+            config_error: current.config_error.clone(),
+            pending,
+        });
     }
 
     /// Serves `config` from now on: unchanged models keep their worker, changed ones are loaded
-    /// again, removed ones unload after their in-flight requests. Returns what changed, for the log.
+    /// again (the old one serves until the new one is ready), removed ones unload after their
+    /// in-flight requests. Returns what changed, for the log.
     pub fn apply(&self, config: &Config) -> Vec<String> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         let specs = config.model_specs(self.cli_model.as_deref());
         let default_model = config.default_model_id(&specs, self.cli_model.as_deref());
         let mut changes = Vec::new();
         let mut models = BTreeMap::new();
+        let mut pending = BTreeMap::new();
         for spec in specs {
+            let waiting = current.pending.get(&spec.id).filter(|p| p.spec == spec);
             let entry = match current.models.get(&spec.id) {
                 Some(old) if old.spec == spec => Arc::clone(old),
+                Some(old) if matches!(old.state(), WorkerState::Ready(_)) => {
+                    let fresh = match waiting {
+                        Some(fresh) => Arc::clone(fresh),
+                        None => {
+                            changes.push(format!("reloading {}", spec.id));
+                            Arc::new(ModelEntry::start(spec))
+                        }
+                    };
+                    pending.insert(fresh.id().to_owned(), fresh);
+                    Arc::clone(old)
+                }
                 Some(_) => {
                     changes.push(format!("reloaded {}", spec.id));
                     Arc::new(ModelEntry::start(spec))
@@ -139,6 +187,7 @@ impl Registry {
             default_model,
             limits: Limits::from(&config.server),
             config_error: None,
+            pending,
         });
         changes
     }
@@ -151,6 +200,7 @@ impl Registry {
             default_model: current.default_model.clone(),
             limits: current.limits,
             config_error: error,
+            pending: current.pending.clone(),
         };
         *current = Arc::new(snapshot);
     }
