@@ -146,3 +146,24 @@ fn a_bad_file_names_its_line() {
     .unwrap_err();
     assert!(error.to_string().contains("bad.jsonl:2:"), "{error}");
 }
+
+#[test]
+fn docs_quote_the_judge_prompts_verbatim() {
+    use endorm::eval::methods::{
+        pairwise_code_prompt, pairwise_prompt, verifier_code_prompt, verifier_prompt,
+    };
+    let docs =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/QUALITY.md"))
+            .unwrap();
+    for prompt in [
+        verifier_prompt("{request}", "{response}"),
+        verifier_code_prompt("{prompt}", "{completion}"),
+        pairwise_prompt("{request}", "{a}", "{b}"),
+        pairwise_code_prompt("{prompt}", "{a}", "{b}"),
+    ] {
+        assert!(
+            docs.contains(&format!("````text\n{prompt}\n````")),
+            "not in docs/QUALITY.md:\n{prompt}"
+        );
+    }
+}
