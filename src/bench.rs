@@ -54,7 +54,8 @@ impl Report {
 }
 
 /// A fixed English text, repeated to any length, so every run decodes the same tokens.
-const TEXT: &str = "The river runs past the old mill, where the miller keeps a ledger of every sack \
+const TEXT: &str =
+    "The river runs past the old mill, where the miller keeps a ledger of every sack \
     of grain. In winter the wheel freezes and the village waits; in spring the water returns and \
     the stones turn again. Children count the sacks, merchants argue over prices, and the ledger \
     grows thicker every year. ";
@@ -73,7 +74,10 @@ fn tokens(model: &Model, n: usize) -> Result<Vec<LlamaToken>, EngineError> {
 /// Runs the benchmark on `scorer`.
 pub fn run(scorer: &mut Scorer<'_>, shape: Shape) -> Result<Report, EngineError> {
     let model = scorer.model();
-    let stream = tokens(model, shape.context_tokens + shape.candidates * shape.candidate_tokens)?;
+    let stream = tokens(
+        model,
+        shape.context_tokens + shape.candidates * shape.candidate_tokens,
+    )?;
     let (context, rest) = stream.split_at(shape.context_tokens);
     let candidates: Vec<Candidate> = rest
         .chunks(shape.candidate_tokens)
@@ -124,5 +128,7 @@ pub fn run(scorer: &mut Scorer<'_>, shape: Shape) -> Result<Report, EngineError>
 
 fn median(mut times: Vec<Duration>) -> f64 {
     times.sort();
-    times.get(times.len() / 2).map_or(f64::NAN, Duration::as_secs_f64)
+    times
+        .get(times.len() / 2)
+        .map_or(f64::NAN, Duration::as_secs_f64)
 }

@@ -281,7 +281,14 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
     };
     let id = paths::model_id(&model.meta().path);
     let response = score_request(&mut scorer, &id, &request, None)?;
-    println!("{:>4}  {:>10}  {:>10}  {:>10}  {:>6}  candidate", "rank", args.aggregate.name(), "endo", "logprob", "tokens");
+    println!(
+        "{:>4}  {:>10}  {:>10}  {:>10}  {:>6}  candidate",
+        "rank",
+        args.aggregate.name(),
+        "endo",
+        "logprob",
+        "tokens"
+    );
     for &index in &response.order {
         let r = &response.results[index];
         println!(
@@ -297,12 +304,18 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
             println!("{:>48.3}  {:?}", token.reward, token.text);
         }
     }
-    println!("scores compare only within this table ({} on {id})", response.aggregate.name());
+    println!(
+        "scores compare only within this table ({} on {id})",
+        response.aggregate.name()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn one_line(text: &str, width: usize) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     match flat.char_indices().nth(width) {
         Some((cut, _)) => format!("{}…", &flat[..cut]),
         None => flat,
@@ -338,8 +351,14 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     ] {
         println!("{name:<34} {:>9.1} {:>10.0}", secs * 1e3, rate(secs));
     }
-    println!("shared vs naive: {:.2}× faster", report.speedup_over_naive());
-    println!("shared vs plain decode: {:.1}% of its tokens/s", report.fraction_of_plain() * 100.0);
+    println!(
+        "shared vs naive: {:.2}× faster",
+        report.speedup_over_naive()
+    );
+    println!(
+        "shared vs plain decode: {:.1}% of its tokens/s",
+        report.fraction_of_plain() * 100.0
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -372,7 +391,8 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     println!("{}", report.table());
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

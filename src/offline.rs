@@ -48,7 +48,9 @@ impl std::str::FromStr for Shard {
             .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
         match parsed {
             Some((index, count)) if index < count => Ok(Shard { index, count }),
-            _ => Err(format!("`{s}` is not a shard: write i/N with 0 <= i < N, e.g. 0/4")),
+            _ => Err(format!(
+                "`{s}` is not a shard: write i/N with 0 <= i < N, e.g. 0/4"
+            )),
         }
     }
 }
@@ -134,7 +136,10 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 progress.inc(1);
                 continue;
             }
-            Err(error_body("duplicate_id", format!("id {key} appears more than once in the input")))
+            Err(error_body(
+                "duplicate_id",
+                format!("id {key} appears more than once in the input"),
+            ))
         } else {
             match request {
                 Err(error) => Err(error),
@@ -162,7 +167,9 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 with_id(id, serde_json::to_value(&error).unwrap_or(Value::Null))
             }
         };
-        writeln!(output, "{value}").and_then(|()| output.flush()).map_err(io_error(&job.output))?;
+        writeln!(output, "{value}")
+            .and_then(|()| output.flush())
+            .map_err(io_error(&job.output))?;
         seen.insert(key);
         progress.inc(1);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -185,7 +192,9 @@ fn parse_line(line: &str, line_number: usize) -> (Value, Result<ScoreRequest, Er
             return (Value::from(line_number), Err(error));
         }
     };
-    let id = object.remove("id").unwrap_or_else(|| Value::from(line_number));
+    let id = object
+        .remove("id")
+        .unwrap_or_else(|| Value::from(line_number));
     let request = serde_json::from_value::<ScoreRequest>(Value::Object(object))
         .map_err(|e| error_body("invalid_request", format!("not a /v1/score request: {e}")));
     (id, request)
@@ -265,8 +274,10 @@ fn progress_bar(visible: bool, total: u64) -> ProgressBar {
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} lines  {msg}  {elapsed} elapsed, ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} lines  {msg}  {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -309,7 +320,13 @@ mod tests {
         std::fs::write(&path, "{\"id\":1,\"x\":1}\n{\"id\":2,\"x\"").unwrap();
         let (_, seen) = open_output(&path, Existing::Resume).unwrap();
         assert_eq!(seen, HashSet::from(["1".to_owned()]));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":1,\"x\":1}\n");
-        assert!(matches!(open_output(&path, Existing::Refuse), Err(OfflineError::OutputExists(_))));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"id\":1,\"x\":1}\n"
+        );
+        assert!(matches!(
+            open_output(&path, Existing::Refuse),
+            Err(OfflineError::OutputExists(_))
+        ));
     }
 }

@@ -39,7 +39,9 @@ pub fn model_id(path: &std::path::Path) -> String {
         let upper = suffix.to_ascii_uppercase();
         ["Q", "F", "BF", "IQ"].iter().any(|p| upper.starts_with(p))
             && suffix.chars().any(|c| c.is_ascii_digit())
-            && suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let name = match stem.rsplit_once('.') {
         Some((name, suffix)) if is_quantisation(suffix) => name,
@@ -55,7 +57,10 @@ mod tests {
 
     #[test]
     fn model_ids_drop_extension_and_quantisation() {
-        assert_eq!(model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), DEFAULT_MODEL_ID);
+        assert_eq!(
+            model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            DEFAULT_MODEL_ID
+        );
         assert_eq!(
             model_id(Path::new("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf")),
             "qwen2.5-coder-0.5b-instruct"

@@ -62,7 +62,11 @@ pub fn soft_value(logits: &[f32], alpha: Alpha) -> f64 {
             }
         }
         sum += lanes.iter().map(|&x| f64::from(x)).sum::<f64>();
-        sum += columns.remainder().iter().map(|&x| f64::from(exp(x))).sum::<f64>();
+        sum += columns
+            .remainder()
+            .iter()
+            .map(|&x| f64::from(exp(x)))
+            .sum::<f64>();
     }
     f64::from(max) + alpha.0 * sum.ln()
 }
@@ -81,10 +85,14 @@ fn exp_non_positive(x: f32) -> f32 {
     let i = shifted - ROUND;
     let f = t - i;
     let two_to_f = 1.0
-        + f * (0.693_147_2
+        + f * (std::f32::consts::LN_2
             + f * (0.240_226_5
-                + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
-    let exponent = shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+                + f * (0.055_504_11
+                    + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+    let exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
     f32::from_bits(exponent << 23) * two_to_f
 }
 
@@ -144,9 +152,14 @@ impl TokenValues {
 /// When `terminal`, the last row may be omitted (`rows.len() == H`): its value is defined as 0.
 ///
 /// Returns `None` when the rows do not fit that shape.
-pub fn candidate_values(rows: &[RowValue], terminal: bool, alpha: Alpha) -> Option<Vec<TokenValues>> {
+pub fn candidate_values(
+    rows: &[RowValue],
+    terminal: bool,
+    alpha: Alpha,
+) -> Option<Vec<TokenValues>> {
     let n_tokens = if terminal {
-        rows.len().checked_sub(usize::from(rows.last()?.q_next.is_none()))?
+        rows.len()
+            .checked_sub(usize::from(rows.last()?.q_next.is_none()))?
     } else {
         rows.len().checked_sub(1)?
     };
@@ -243,7 +256,11 @@ impl std::str::FromStr for Aggregate {
         Aggregate::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown aggregate `{s}` (expected endo, endo_mean, logprob or logprob_mean)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown aggregate `{s}` (expected endo, endo_mean, logprob or logprob_mean)"
+                )
+            })
     }
 }
 
@@ -302,7 +319,13 @@ mod tests {
             .collect();
         for alpha in [0.3, 1.0, 2.5] {
             let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
-            let exact = max + alpha * row.iter().map(|&x| ((x as f64 - max) / alpha).exp()).sum::<f64>().ln();
+            let exact = max
+                + alpha
+                    * row
+                        .iter()
+                        .map(|&x| ((x as f64 - max) / alpha).exp())
+                        .sum::<f64>()
+                        .ln();
             let got = soft_value(&row, Alpha::new(alpha).unwrap());
             assert!((got - exact).abs() < 1e-4, "α={alpha}: {got} vs {exact}");
         }
@@ -336,9 +359,18 @@ mod tests {
     fn candidate_values_chain_rows() {
         // Two tokens, not terminal: rows are context(V=10, q=9), tok1(V=8, q=7), tok2(V=6).
         let rows = [
-            RowValue { v: 10.0, q_next: Some(9.0) },
-            RowValue { v: 8.0, q_next: Some(7.0) },
-            RowValue { v: 6.0, q_next: None },
+            RowValue {
+                v: 10.0,
+                q_next: Some(9.0),
+            },
+            RowValue {
+                v: 8.0,
+                q_next: Some(7.0),
+            },
+            RowValue {
+                v: 6.0,
+                q_next: None,
+            },
         ];
         let values = candidate_values(&rows, false, Alpha::ONE).unwrap();
         assert_eq!(values.len(), 2);
@@ -351,9 +383,18 @@ mod tests {
     #[test]
     fn terminal_candidates_end_at_zero_value() {
         let with_last_row = [
-            RowValue { v: 10.0, q_next: Some(9.0) },
-            RowValue { v: 8.0, q_next: Some(7.0) },
-            RowValue { v: 6.0, q_next: None },
+            RowValue {
+                v: 10.0,
+                q_next: Some(9.0),
+            },
+            RowValue {
+                v: 8.0,
+                q_next: Some(7.0),
+            },
+            RowValue {
+                v: 6.0,
+                q_next: None,
+            },
         ];
         let without_last_row = &with_last_row[..2];
         for rows in [&with_last_row[..], without_last_row] {
@@ -369,10 +410,22 @@ mod tests {
         // R = α Σ log π + V(s_1) − V(s_{H+1})
         let alpha = Alpha::new(0.7).unwrap();
         let rows = [
-            RowValue { v: 3.0, q_next: Some(2.5) },
-            RowValue { v: 4.0, q_next: Some(1.0) },
-            RowValue { v: 2.0, q_next: Some(0.5) },
-            RowValue { v: 1.5, q_next: None },
+            RowValue {
+                v: 3.0,
+                q_next: Some(2.5),
+            },
+            RowValue {
+                v: 4.0,
+                q_next: Some(1.0),
+            },
+            RowValue {
+                v: 2.0,
+                q_next: Some(0.5),
+            },
+            RowValue {
+                v: 1.5,
+                q_next: None,
+            },
         ];
         let values = candidate_values(&rows, false, alpha).unwrap();
         let agg = Aggregates::of(&values, alpha);
@@ -385,7 +438,16 @@ mod tests {
     #[test]
     fn malformed_rows_are_rejected() {
         assert!(candidate_values(&[], false, Alpha::ONE).is_none());
-        let missing_q = [RowValue { v: 1.0, q_next: None }, RowValue { v: 1.0, q_next: None }];
+        let missing_q = [
+            RowValue {
+                v: 1.0,
+                q_next: None,
+            },
+            RowValue {
+                v: 1.0,
+                q_next: None,
+            },
+        ];
         assert!(candidate_values(&missing_q, false, Alpha::ONE).is_none());
         assert!(row_value(&[0.0, 1.0], Some(2), Alpha::ONE).is_none());
     }
@@ -394,7 +456,10 @@ mod tests {
     fn aggregate_names_round_trip() {
         for a in Aggregate::ALL {
             assert_eq!(a.name().parse::<Aggregate>(), Ok(a));
-            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{}\"", a.name()));
+            assert_eq!(
+                serde_json::to_string(&a).unwrap(),
+                format!("\"{}\"", a.name())
+            );
         }
         assert!("best".parse::<Aggregate>().is_err());
     }

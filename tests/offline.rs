@@ -14,7 +14,15 @@ fn endorm() -> Command {
 
 fn score(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
     endorm()
-        .args(["score", "--quiet", "--threads", "2", "--n-ctx", "1024", "--model"])
+        .args([
+            "score",
+            "--quiet",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+            "--model",
+        ])
         .arg(common::model_path())
         .arg("--input")
         .arg(input)
@@ -34,7 +42,8 @@ fn lines(path: &Path) -> Vec<Value> {
 }
 
 const GOOD_A: &str = r#"{"id": "a", "prompt": "What is 2+2?", "candidates": ["4", "5"]}"#;
-const GOOD_B: &str = r#"{"id": "b", "format": "raw", "prompt": "Once upon a", "candidates": [" time", " banana"]}"#;
+const GOOD_B: &str =
+    r#"{"id": "b", "format": "raw", "prompt": "Once upon a", "candidates": [" time", " banana"]}"#;
 const BAD: &str = r#"{"id": "bad", "prompt": "Hi", "candidates": []}"#;
 
 #[test]
@@ -44,16 +53,33 @@ fn scores_every_line_and_reports_bad_ones() {
     std::fs::write(&input, format!("{GOOD_A}\n{BAD}\nnot json\n\n{GOOD_B}\n")).unwrap();
 
     let run = score(&input, &output, &[]);
-    assert!(!run.status.success(), "bad lines make the exit status non-zero");
+    assert!(
+        !run.status.success(),
+        "bad lines make the exit status non-zero"
+    );
     let out = lines(&output);
     let ids: Vec<&Value> = out.iter().map(|l| &l["id"]).collect();
-    assert_eq!(ids, [&Value::from("a"), &Value::from("bad"), &Value::from(3), &Value::from("b")]);
+    assert_eq!(
+        ids,
+        [
+            &Value::from("a"),
+            &Value::from("bad"),
+            &Value::from(3),
+            &Value::from("b")
+        ]
+    );
     assert_eq!(out[0]["results"].as_array().unwrap().len(), 2);
     assert_eq!(out[1]["error"]["code"], "invalid_request");
     assert_eq!(out[2]["error"]["code"], "invalid_json");
-    assert_eq!(out[3]["model"], endorm::paths::model_id(&common::model_path()));
-    assert!(out[3]["results"][0]["score"].as_f64().unwrap() > out[3]["results"][1]["score"].as_f64().unwrap(),
-        "\" time\" follows \"Once upon a\" better than \" banana\"");
+    assert_eq!(
+        out[3]["model"],
+        endorm::paths::model_id(&common::model_path())
+    );
+    assert!(
+        out[3]["results"][0]["score"].as_f64().unwrap()
+            > out[3]["results"][1]["score"].as_f64().unwrap(),
+        "\" time\" follows \"Once upon a\" better than \" banana\""
+    );
 }
 
 #[test]
@@ -65,15 +91,33 @@ fn the_same_line_gives_the_same_numbers_as_rerank() {
     let offline = &lines(&output)[0];
 
     let rerank = endorm()
-        .args(["rerank", "--threads", "2", "--n-ctx", "1024", "--prompt", "What is 2+2?", "4", "5", "--model"])
+        .args([
+            "rerank",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+            "--prompt",
+            "What is 2+2?",
+            "4",
+            "5",
+            "--model",
+        ])
         .arg(common::model_path())
         .output()
         .unwrap();
-    assert!(rerank.status.success(), "{}", String::from_utf8_lossy(&rerank.stderr));
+    assert!(
+        rerank.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerank.stderr)
+    );
     let table = String::from_utf8(rerank.stdout).unwrap();
     let best = &offline["results"][offline["order"][0].as_u64().unwrap() as usize];
     let row = table.lines().nth(1).unwrap();
-    assert!(row.contains(&format!("{:.3}", best["endo"].as_f64().unwrap())), "{table}\n{offline}");
+    assert!(
+        row.contains(&format!("{:.3}", best["endo"].as_f64().unwrap())),
+        "{table}\n{offline}"
+    );
 }
 
 #[test]
@@ -93,10 +137,16 @@ fn resume_skips_done_ids_and_existing_output_is_kept() {
 
     // --resume scores only the new id, after what was there.
     let resumed = score(&input, &output, &["--resume"]);
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let out = lines(&output);
     assert_eq!(out.len(), 2);
-    assert!(std::fs::read_to_string(&output).unwrap().starts_with(&first));
+    assert!(std::fs::read_to_string(&output)
+        .unwrap()
+        .starts_with(&first));
     assert_eq!(out[1]["id"], "b");
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("1 skipped"));
 

@@ -27,13 +27,20 @@ fn request_of(case: &Value) -> ScoreRequest {
 }
 
 fn ids(values: &Value) -> Vec<i32> {
-    values.as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect()
+    values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect()
 }
 
 #[test]
 fn cases_file_and_reference_agree() {
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(common::data_dir().join("cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::data_dir().join("cases.json")).unwrap(),
+    )
+    .unwrap();
     let reference = reference();
     assert_eq!(cases.len(), reference.len());
     for (case, expected) in cases.iter().zip(&reference) {
@@ -49,8 +56,18 @@ fn context_and_candidate_token_ids_match_exactly() {
         let prepared = prepare(common::model(), &request_of(&case), None).unwrap();
         let context: Vec<i32> = prepared.context.iter().map(|t| t.0).collect();
         assert_eq!(context, ids(&case["context_ids"]), "{name}: context ids");
-        for (i, (candidate, expected)) in prepared.candidates.iter().zip(case["results"].as_array().unwrap()).enumerate() {
-            let expected_ids: Vec<i32> = expected["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap() as i32).collect();
+        for (i, (candidate, expected)) in prepared
+            .candidates
+            .iter()
+            .zip(case["results"].as_array().unwrap())
+            .enumerate()
+        {
+            let expected_ids: Vec<i32> = expected["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_i64().unwrap() as i32)
+                .collect();
             let got: Vec<i32> = candidate.tokens.iter().map(|t| t.0).collect();
             assert_eq!(got, expected_ids, "{name}: candidate {i} ids");
         }
@@ -81,7 +98,13 @@ impl Deltas {
 /// gives the reference candidate: `tokens[i]` holding `logprob`, `q`, `v_next`, `reward` under
 /// `key` (or at top level when `key` is empty) and the aggregates likewise.
 fn deltas(reference: &[Value], key: &str) -> Deltas {
-    let pick = |v: &Value| if key.is_empty() { v.clone() } else { v[key].clone() };
+    let pick = |v: &Value| {
+        if key.is_empty() {
+            v.clone()
+        } else {
+            v[key].clone()
+        }
+    };
     let mut scorer = common::scorer(common::options());
     let mut deltas = Deltas {
         per_token: Vec::new(),
@@ -91,28 +114,44 @@ fn deltas(reference: &[Value], key: &str) -> Deltas {
         let name = case["name"].as_str().unwrap();
         assert_eq!(expected_case["name"], name);
         let response = score_request(&mut scorer, "test", &request_of(case), None).unwrap();
-        for (result, expected) in response.results.iter().zip(expected_case["results"].as_array().unwrap()) {
+        for (result, expected) in response
+            .results
+            .iter()
+            .zip(expected_case["results"].as_array().unwrap())
+        {
             let tokens = result.tokens.as_ref().unwrap();
             let expected_tokens = expected["tokens"].as_array().unwrap();
             assert_eq!(tokens.len(), expected_tokens.len(), "{name}");
             for (token, want) in tokens.iter().zip(expected_tokens) {
-                assert_eq!(i64::from(token.id), want["id"].as_i64().unwrap(), "{name}: token id");
+                assert_eq!(
+                    i64::from(token.id),
+                    want["id"].as_i64().unwrap(),
+                    "{name}: token id"
+                );
                 let got = [token.logprob, token.q, token.v_next, token.reward];
                 let want = pick(want);
                 for (field, got) in PER_TOKEN_FIELDS.iter().zip(got) {
-                    deltas.per_token.push((got - want[field].as_f64().unwrap()).abs());
+                    deltas
+                        .per_token
+                        .push((got - want[field].as_f64().unwrap()).abs());
                 }
             }
             let sums = pick(expected);
             for (got, field) in [(result.endo, "endo"), (result.logprob, "logprob")] {
-                deltas.aggregates.push((got - sums[field].as_f64().unwrap()).abs());
+                deltas
+                    .aggregates
+                    .push((got - sums[field].as_f64().unwrap()).abs());
             }
         }
     }
     assert!(deltas.per_token.len() > 100, "too few values compared");
     eprintln!(
         "against {}: per-token max |Δ| {:.4}, mean {:.4}; aggregate max |Δ| {:.4}",
-        if key.is_empty() { "local llama.cpp" } else { key },
+        if key.is_empty() {
+            "local llama.cpp"
+        } else {
+            key
+        },
         deltas.max_per_token(),
         deltas.mean_per_token(),
         deltas.max_aggregate()
@@ -125,9 +164,23 @@ fn token_texts_match_the_reference() {
     let mut scorer = common::scorer(common::options());
     for case in reference() {
         let response = score_request(&mut scorer, "test", &request_of(&case), None).unwrap();
-        for (result, expected) in response.results.iter().zip(case["results"].as_array().unwrap()) {
-            let texts: Vec<&str> = result.tokens.iter().flatten().map(|t| t.text.as_str()).collect();
-            let want: Vec<&str> = expected["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+        for (result, expected) in response
+            .results
+            .iter()
+            .zip(case["results"].as_array().unwrap())
+        {
+            let texts: Vec<&str> = result
+                .tokens
+                .iter()
+                .flatten()
+                .map(|t| t.text.as_str())
+                .collect();
+            let want: Vec<&str> = expected["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["text"].as_str().unwrap())
+                .collect();
             assert_eq!(texts, want);
         }
     }
@@ -137,10 +190,19 @@ fn token_texts_match_the_reference() {
 /// endorm's kernels: what endorm must reproduce, however it batches (tests/data/README.md).
 #[test]
 fn values_match_llama_cpp_with_the_same_kernels() {
-    let text = std::fs::read_to_string(common::data_dir().join("smollm2-llamacpp-x86-64-v3.json")).unwrap();
+    let text = std::fs::read_to_string(common::data_dir().join("smollm2-llamacpp-x86-64-v3.json"))
+        .unwrap();
     let d = deltas(&serde_json::from_str::<Vec<Value>>(&text).unwrap(), "");
-    assert!(d.max_per_token() <= 0.02, "per-token max |Δ| = {}", d.max_per_token());
-    assert!(d.max_aggregate() <= 0.1, "aggregate max |Δ| = {}", d.max_aggregate());
+    assert!(
+        d.max_per_token() <= 0.02,
+        "per-token max |Δ| = {}",
+        d.max_per_token()
+    );
+    assert!(
+        d.max_aggregate() <= 0.1,
+        "aggregate max |Δ| = {}",
+        d.max_aggregate()
+    );
 }
 
 /// The shared reference's fp32 and llama.cpp columns were computed with other CPU kernels; on the
@@ -150,8 +212,20 @@ fn values_match_llama_cpp_with_the_same_kernels() {
 fn values_are_within_quantisation_noise_of_the_shared_reference() {
     for (column, max_per_token, mean_per_token) in [("llamacpp", 1.0, 0.2), ("fp32", 2.0, 0.2)] {
         let d = deltas(&reference(), column);
-        assert!(d.max_per_token() <= max_per_token, "{column}: per-token max |Δ| = {}", d.max_per_token());
-        assert!(d.mean_per_token() <= mean_per_token, "{column}: per-token mean |Δ| = {}", d.mean_per_token());
-        assert!(d.max_aggregate() <= 2.5, "{column}: aggregate max |Δ| = {}", d.max_aggregate());
+        assert!(
+            d.max_per_token() <= max_per_token,
+            "{column}: per-token max |Δ| = {}",
+            d.max_per_token()
+        );
+        assert!(
+            d.mean_per_token() <= mean_per_token,
+            "{column}: per-token mean |Δ| = {}",
+            d.mean_per_token()
+        );
+        assert!(
+            d.max_aggregate() <= 2.5,
+            "{column}: aggregate max |Δ| = {}",
+            d.max_aggregate()
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Everything that touches llama.cpp: loading models, turning requests into tokens, and the
 //! shared-prefix batched decode that feeds [`crate::reward`].
 
+mod cache;
 mod model;
 mod plan;
 mod prepare;

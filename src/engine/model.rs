@@ -51,7 +51,9 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,10 +73,11 @@ impl Model {
 
         let vocab = llama.vocab();
         let piece = |token: LlamaToken| {
-            let valid = token.0 >= 0 && token.0 < vocab.n_tokens();
-            valid
-                .then(|| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned())
-                .unwrap_or_default()
+            if token.0 >= 0 && token.0 < vocab.n_tokens() {
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            } else {
+                String::new()
+            }
         };
         let template_source = match &options.chat_template {
             Some(source) => Some(source.clone()),
@@ -158,7 +161,10 @@ impl Model {
         if text.is_empty() && !add_special {
             return Ok(Vec::new());
         }
-        Ok(self.llama.vocab().tokenize(text.as_bytes(), add_special, parse_special))
+        Ok(self
+            .llama
+            .vocab()
+            .tokenize(text.as_bytes(), add_special, parse_special))
     }
 
     /// Whether `id` is in the vocabulary: anything else must never reach llama.cpp.

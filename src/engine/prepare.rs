@@ -31,13 +31,17 @@ pub fn prepare(
     default_principle: Option<&str>,
 ) -> Result<Prepared, EngineError> {
     if request.candidates.is_empty() {
-        return Err(invalid("`candidates` is empty: send at least one text to score"));
+        return Err(invalid(
+            "`candidates` is empty: send at least one text to score",
+        ));
     }
-    let format = request.format.unwrap_or(if model.chat_template().is_some() {
-        Format::Chat
-    } else {
-        Format::Raw
-    });
+    let format = request
+        .format
+        .unwrap_or(if model.chat_template().is_some() {
+            Format::Chat
+        } else {
+            Format::Raw
+        });
     let prepared = match format {
         Format::Chat => {
             if request.terminal {
@@ -56,11 +60,18 @@ pub fn prepare(
                      need chat format",
                 ));
             }
-            raw(model, request.prompt.as_deref().unwrap_or(""), &request.candidates, request.terminal)?
+            raw(
+                model,
+                request.prompt.as_deref().unwrap_or(""),
+                &request.candidates,
+                request.terminal,
+            )?
         }
     };
     if let Some(index) = prepared.candidates.iter().position(|c| c.tokens.is_empty()) {
-        return Err(invalid(format!("candidate {index} is empty: there is nothing to score")));
+        return Err(invalid(format!(
+            "candidate {index} is empty: there is nothing to score"
+        )));
     }
     Ok(prepared)
 }
@@ -73,7 +84,10 @@ fn invalid(message: impl Into<String>) -> EngineError {
 ///
 /// A principle and a system message of the caller's own are joined (principle first, a blank line
 /// between) because many templates accept only one system message.
-fn conversation(request: &ScoreRequest, principle: Option<&str>) -> Result<Vec<Message>, EngineError> {
+fn conversation(
+    request: &ScoreRequest,
+    principle: Option<&str>,
+) -> Result<Vec<Message>, EngineError> {
     let mut messages = match (&request.messages, &request.prompt) {
         (Some(_), Some(_)) => return Err(invalid("send either `messages` or `prompt`, not both")),
         (None, None) => return Err(invalid("chat format needs `messages` or `prompt`")),
@@ -105,7 +119,11 @@ fn conversation(request: &ScoreRequest, principle: Option<&str>) -> Result<Vec<M
 ///
 /// Template text around the reply is tokenized with special-token parsing, the reply itself without,
 /// so a candidate that contains `<|im_end|>` as text cannot end its own turn early.
-fn chat(model: &Model, messages: &[Message], candidates: &[String]) -> Result<Prepared, EngineError> {
+fn chat(
+    model: &Model,
+    messages: &[Message],
+    candidates: &[String],
+) -> Result<Prepared, EngineError> {
     let template = model.chat_template().ok_or(EngineError::NoChatTemplate)?;
     let render = |reply: Option<&str>| {
         let mut turn = messages.to_vec();
@@ -167,7 +185,10 @@ fn chat(model: &Model, messages: &[Message], candidates: &[String]) -> Result<Pr
             })
         })
         .collect::<Result<_, EngineError>>()?;
-    Ok(Prepared { context, candidates })
+    Ok(Prepared {
+        context,
+        candidates,
+    })
 }
 
 /// A rendered chat context in tokens: special-token text parsed, BOS added where the model wants
@@ -184,7 +205,12 @@ fn tokenize_context(model: &Model, text: &str) -> Result<Vec<LlamaToken>, Engine
 
 /// Raw format: plain text without special-token parsing; BOS on the context as the model wants,
 /// none on a candidate; a terminal candidate gets the end-of-generation token appended.
-fn raw(model: &Model, prompt: &str, candidates: &[String], terminal: bool) -> Result<Prepared, EngineError> {
+fn raw(
+    model: &Model,
+    prompt: &str,
+    candidates: &[String],
+    terminal: bool,
+) -> Result<Prepared, EngineError> {
     let context = model.tokenize(prompt, model.adds_bos(), false)?;
     if context.is_empty() {
         return Err(invalid(
@@ -195,7 +221,11 @@ fn raw(model: &Model, prompt: &str, candidates: &[String], terminal: bool) -> Re
     let end = match (terminal, model.end_of_generation()) {
         (false, _) => None,
         (true, Some(end)) => Some(end),
-        (true, None) => return Err(invalid("`terminal` needs an end-of-generation token, and this model has none")),
+        (true, None) => {
+            return Err(invalid(
+                "`terminal` needs an end-of-generation token, and this model has none",
+            ))
+        }
     };
     let candidates = candidates
         .iter()
@@ -205,5 +235,8 @@ fn raw(model: &Model, prompt: &str, candidates: &[String], terminal: bool) -> Re
             Ok(Candidate { tokens, terminal })
         })
         .collect::<Result<_, EngineError>>()?;
-    Ok(Prepared { context, candidates })
+    Ok(Prepared {
+        context,
+        candidates,
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, TokenDetail, Timings, Usage};
+use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage};
 use crate::reward::{order_best_first, Aggregates, Alpha};
 
 use super::{prepare, EngineError, Scorer};
@@ -29,7 +29,12 @@ pub fn score_request(
     let scored = scorer.score(&prepared, alpha)?;
 
     let mut results = Vec::with_capacity(prepared.candidates.len());
-    for (index, (candidate, values)) in prepared.candidates.iter().zip(&scored.candidates).enumerate() {
+    for (index, (candidate, values)) in prepared
+        .candidates
+        .iter()
+        .zip(&scored.candidates)
+        .enumerate()
+    {
         let sums = Aggregates::of(values, alpha);
         let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
         if request.return_tokens {
@@ -61,7 +66,7 @@ pub fn score_request(
         order,
         usage: Usage {
             prompt_tokens: prepared.context.len(),
-            cached_tokens: 0,
+            cached_tokens: scored.cached_tokens,
             candidate_tokens,
             total_tokens: prepared.context.len() + candidate_tokens,
         },

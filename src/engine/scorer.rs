@@ -13,6 +13,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
+use super::cache::{Plan, PrefixCache};
 use super::plan::{group_candidates, Limits, Overflow};
 use super::{backend, EngineError, LlamaToken, Model, Prepared};
 use crate::reward::{self, Alpha, RowValue, TokenValues};
@@ -26,8 +27,12 @@ pub struct ContextOptions {
     pub n_batch: u32,
     /// CPU threads.
     pub n_threads: u32,
-    /// Most candidates decoded side by side (llama.cpp allows 255 beside the context).
+    /// Most candidates decoded side by side (llama.cpp allows 256 sequences in all).
     pub max_sequences: u32,
+    /// Recent contexts kept in the KV cache for the requests that continue them (at least 1).
+    pub cache_slots: u32,
+    /// Most tokens kept cached between requests, besides the last request's context.
+    pub cache_tokens: u32,
 }
 
 impl ContextOptions {
@@ -38,6 +43,8 @@ impl ContextOptions {
             n_batch: 512,
             n_threads: std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
             max_sequences: 64,
+            cache_slots: 4,
+            cache_tokens: 4096,
         }
     }
 }
@@ -50,6 +57,8 @@ const LLAMA_MAX_SEQ: u32 = 256;
 pub struct Scored {
     /// One entry per candidate, in order.
     pub candidates: Vec<Vec<TokenValues>>,
+    /// Leading context tokens found in the prefix cache, not decoded again.
+    pub cached_tokens: usize,
     /// Decoding the context.
     pub prompt_time: Duration,
     /// Decoding the candidates and computing their rewards.
@@ -62,6 +71,8 @@ pub struct Scorer<'m> {
     context: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     limits: Limits,
+    cache: PrefixCache,
+    cache_tokens: usize,
 }
 
 impl<'m> Scorer<'m> {
@@ -69,13 +80,14 @@ impl<'m> Scorer<'m> {
     pub fn new(model: &'m Model, options: ContextOptions) -> Result<Self, EngineError> {
         let n_ctx = NonZeroU32::new(options.n_ctx)
             .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
-        let max_sequences = options.max_sequences.clamp(1, LLAMA_MAX_SEQ - 1);
+        let cache_slots = options.cache_slots.clamp(1, LLAMA_MAX_SEQ / 2);
+        let max_sequences = options.max_sequences.clamp(1, LLAMA_MAX_SEQ - cache_slots);
         let threads = i32::try_from(options.n_threads.max(1)).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_n_ctx(Some(n_ctx))
             .with_n_batch(options.n_batch.max(1))
             .with_n_ubatch(options.n_batch.max(1))
-            .with_n_seq_max(max_sequences + 1)
+            .with_n_seq_max(cache_slots + max_sequences)
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
@@ -94,6 +106,8 @@ impl<'m> Scorer<'m> {
             context,
             batch: LlamaBatch::new(limits.n_batch, 1),
             limits,
+            cache: PrefixCache::new(cache_slots as usize),
+            cache_tokens: options.cache_tokens as usize,
         })
     }
 
@@ -108,73 +122,179 @@ impl<'m> Scorer<'m> {
     }
 
     /// Scores every candidate of `prepared` after its context.
+    ///
+    /// The context continues the longest matching one in the prefix cache: only the tokens after
+    /// the shared prefix are decoded, and none when the same context was scored last.
     pub fn score(&mut self, prepared: &Prepared, alpha: Alpha) -> Result<Scored, EngineError> {
         self.validate(prepared)?;
         let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
-        let groups = group_candidates(prepared.context.len(), &lens, self.limits)
+        // Refuse what cannot fit even in an empty cache, naming the whole window.
+        group_candidates(prepared.context.len(), &lens, self.limits)
             .map_err(|overflow| self.overflow(overflow))?;
 
-        self.context.clear_kv_cache();
-        let result = self.score_groups(prepared, &groups, alpha);
+        let result = self.score_cached(prepared, &lens, alpha);
         if result.is_err() {
-            self.context.clear_kv_cache();
+            self.reset_kv();
         }
         result
     }
 
-    fn score_groups(
+    fn score_cached(
         &mut self,
         prepared: &Prepared,
-        groups: &[std::ops::Range<usize>],
+        lens: &[usize],
         alpha: Alpha,
     ) -> Result<Scored, EngineError> {
         let started = Instant::now();
-        let last_row = self.decode_context(&prepared.context)?;
-        let (v_first, first_logits): (f64, Vec<f64>) = {
-            let row = self.row(last_row)?;
-            let firsts = prepared
-                .candidates
-                .iter()
-                .map(|c| logit(row, c.tokens[0]))
-                .collect::<Option<_>>()
-                .ok_or_else(|| EngineError::Decode("a candidate token is outside the logits row".into()))?;
-            (reward::soft_value(row, alpha), firsts)
+        let context = &prepared.context;
+        let plan = self.make_room(context, lens)?;
+        let available = self.limits.n_ctx - self.cache.tokens_besides(plan.slot);
+        let limits = Limits {
+            n_ctx: available,
+            ..self.limits
+        };
+        let groups = group_candidates(context.len(), lens, limits)
+            .map_err(|overflow| self.overflow(overflow))?;
+
+        let slot = plan.slot as i32;
+        let (v_first, first_logits) = if plan.full_hit {
+            self.cache.touch(plan.slot);
+            let row = self.cache.last_row(plan.slot).unwrap_or_default();
+            first_row_values(row, prepared, alpha)?
+        } else {
+            self.seat_prefix(plan)?;
+            let last_row = self.decode_context(&context[plan.reused..], plan.reused, slot)?;
+            let row = self.row(last_row)?.to_vec();
+            let values = first_row_values(&row, prepared, alpha)?;
+            self.cache.store(plan.slot, context, Some(row));
+            values
         };
         let prompt_time = started.elapsed();
 
         let mut rows: Vec<Vec<RowValue>> = first_logits
             .iter()
-            .map(|&q| vec![RowValue { v: v_first, q_next: Some(q) }])
+            .map(|&q| {
+                vec![RowValue {
+                    v: v_first,
+                    q_next: Some(q),
+                }]
+            })
             .collect();
-        for group in groups {
-            self.decode_group(prepared, group.clone(), &mut rows, alpha)?;
+        for group in &groups {
+            self.decode_group(prepared, slot, group.clone(), &mut rows, alpha)?;
         }
+        self.keep_within_budget(plan.slot);
         let candidates = prepared
             .candidates
             .iter()
             .zip(&rows)
             .map(|(candidate, rows)| {
-                reward::candidate_values(rows, candidate.terminal, alpha)
-                    .ok_or_else(|| EngineError::Decode("logits rows do not match the candidate".into()))
+                reward::candidate_values(rows, candidate.terminal, alpha).ok_or_else(|| {
+                    EngineError::Decode("logits rows do not match the candidate".into())
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Scored {
             candidates,
+            cached_tokens: plan.reused,
             prompt_time,
             candidates_time: started.elapsed() - prompt_time,
         })
     }
 
-    /// Decodes the context on sequence 0 and returns the batch index of its last row.
-    fn decode_context(&mut self, context: &[LlamaToken]) -> Result<i32, EngineError> {
+    /// Plans where the context goes and evicts cached contexts, least recently used first, until
+    /// the context and all candidates fit beside the rest in one group (or nothing is left to evict).
+    fn make_room(&mut self, context: &[LlamaToken], lens: &[usize]) -> Result<Plan, EngineError> {
+        let needed = context.len() + lens.iter().sum::<usize>();
+        let largest = context.len() + lens.iter().copied().max().unwrap_or(0);
+        let mut plan = self.cache.plan(context);
+        loop {
+            let others = self.cache.tokens_besides(plan.slot);
+            if others + needed <= self.limits.n_ctx {
+                return Ok(plan);
+            }
+            let victim = self
+                .cache
+                .eviction_candidate(plan.slot)
+                .filter(|&v| Some(v) != plan.copy_from || others + largest > self.limits.n_ctx);
+            let Some(victim) = victim else {
+                return Ok(plan);
+            };
+            self.remove_sequence(victim as i32, 0)?;
+            self.cache.evict(victim);
+            if Some(victim) == plan.copy_from {
+                plan = self.cache.plan(context);
+            }
+        }
+    }
+
+    /// Puts the plan's reused prefix into its slot: copied from another slot, or kept in place
+    /// with whatever followed it removed.
+    fn seat_prefix(&mut self, plan: Plan) -> Result<(), EngineError> {
+        let slot = plan.slot as i32;
+        match plan.copy_from {
+            Some(source) => {
+                self.remove_sequence(slot, 0)?;
+                self.context
+                    .copy_kv_cache_seq(source as i32, slot, Some(0), Some(plan.reused as u32))
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            None => self.remove_sequence(slot, plan.reused)?,
+        }
+        // Until the context is decoded, the slot holds no context the cache could offer.
+        self.cache.evict(plan.slot);
+        Ok(())
+    }
+
+    /// Evicts cached contexts other than `keep` while they hold more than the cache budget.
+    fn keep_within_budget(&mut self, keep: usize) {
+        while self.cache.tokens_besides(keep) > self.cache_tokens {
+            let Some(victim) = self.cache.eviction_candidate(keep) else {
+                break;
+            };
+            if self.remove_sequence(victim as i32, 0).is_err() {
+                break;
+            }
+            self.cache.evict(victim);
+        }
+    }
+
+    /// Removes positions `from..` of a sequence from the KV cache.
+    fn remove_sequence(&mut self, sequence: i32, from: usize) -> Result<(), EngineError> {
+        let removed = self
+            .context
+            .clear_kv_cache_seq(Some(sequence as u32), Some(from as u32), None)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        if removed {
+            Ok(())
+        } else {
+            Err(EngineError::Decode(format!(
+                "llama.cpp could not trim sequence {sequence}"
+            )))
+        }
+    }
+
+    /// Empties the KV cache and forgets every cached context.
+    fn reset_kv(&mut self) {
+        self.context.clear_kv_cache();
+        self.cache.clear();
+    }
+
+    /// Decodes `tokens` on `sequence` from `start` on and returns the batch index of the last row.
+    fn decode_context(
+        &mut self,
+        tokens: &[LlamaToken],
+        start: usize,
+        sequence: i32,
+    ) -> Result<i32, EngineError> {
         let mut last_row = 0;
-        for (chunk_index, chunk) in context.chunks(self.limits.n_batch).enumerate() {
+        for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
             self.batch.clear();
-            let offset = chunk_index * self.limits.n_batch;
-            let is_last_chunk = offset + chunk.len() == context.len();
+            let offset = start + chunk_index * self.limits.n_batch;
+            let is_last_chunk = offset + chunk.len() == start + tokens.len();
             for (i, &token) in chunk.iter().enumerate() {
                 let wants_row = is_last_chunk && i + 1 == chunk.len();
-                self.add(token, offset + i, 0, wants_row)?;
+                self.add(token, offset + i, sequence, wants_row)?;
             }
             last_row = self.batch.n_tokens() - 1;
             self.decode()?;
@@ -187,16 +307,17 @@ impl<'m> Scorer<'m> {
     fn decode_group(
         &mut self,
         prepared: &Prepared,
+        context_sequence: i32,
         group: std::ops::Range<usize>,
         rows: &mut [Vec<RowValue>],
         alpha: Alpha,
     ) -> Result<(), EngineError> {
         let context_len = prepared.context.len();
-        let first = group.start;
-        let sequence = move |index: usize| (index - first + 1) as i32;
+        let (first, base) = (group.start, self.cache.slot_count());
+        let sequence = move |index: usize| (base + index - first) as i32;
         for index in group.clone() {
             self.context
-                .copy_kv_cache_seq(0, sequence(index), None, None)
+                .copy_kv_cache_seq(context_sequence, sequence(index), None, None)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         // Every (candidate, position) of the group in order, with whether its row is read.
@@ -232,9 +353,7 @@ impl<'m> Scorer<'m> {
             }
         }
         for index in group {
-            self.context
-                .clear_kv_cache_seq(Some(sequence(index) as u32), None, None)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.remove_sequence(sequence(index), 0)?;
         }
         Ok(())
     }
@@ -242,7 +361,11 @@ impl<'m> Scorer<'m> {
     /// Decodes a token sequence on its own (sequence 0, from position 0), computing logits rows
     /// for the tokens from `rows_from` on and reading none of them: llama.cpp's own speed for the
     /// same work, which `endorm bench` compares the scorer against.
-    pub fn decode_plain(&mut self, tokens: &[LlamaToken], rows_from: usize) -> Result<(), EngineError> {
+    pub fn decode_plain(
+        &mut self,
+        tokens: &[LlamaToken],
+        rows_from: usize,
+    ) -> Result<(), EngineError> {
         if tokens.len() > self.limits.n_ctx {
             return Err(self.overflow(Overflow {
                 candidate: None,
@@ -252,17 +375,20 @@ impl<'m> Scorer<'m> {
         for &token in tokens {
             self.check_token(token)?;
         }
-        self.context.clear_kv_cache();
-        for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
-            self.batch.clear();
-            let offset = chunk_index * self.limits.n_batch;
-            for (i, &token) in chunk.iter().enumerate() {
-                self.add(token, offset + i, 0, offset + i >= rows_from)?;
+        self.reset_kv();
+        let decoded = (|| {
+            for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
+                self.batch.clear();
+                let offset = chunk_index * self.limits.n_batch;
+                for (i, &token) in chunk.iter().enumerate() {
+                    self.add(token, offset + i, 0, offset + i >= rows_from)?;
+                }
+                self.decode()?;
             }
-            self.decode()?;
-        }
-        self.context.clear_kv_cache();
-        Ok(())
+            Ok(())
+        })();
+        self.reset_kv();
+        decoded
     }
 
     fn validate(&self, prepared: &Prepared) -> Result<(), EngineError> {
@@ -270,7 +396,9 @@ impl<'m> Scorer<'m> {
             return Err(EngineError::InvalidInput("the context is empty".into()));
         }
         if let Some(index) = prepared.candidates.iter().position(|c| c.tokens.is_empty()) {
-            return Err(EngineError::InvalidInput(format!("candidate {index} has no tokens")));
+            return Err(EngineError::InvalidInput(format!(
+                "candidate {index} has no tokens"
+            )));
         }
         let all_tokens = prepared
             .context
@@ -307,9 +435,16 @@ impl<'m> Scorer<'m> {
 
     /// Adds one token; positions and sequences were planned within the limits, checked again here
     /// because llama.cpp aborts the process on a bad one.
-    fn add(&mut self, token: LlamaToken, position: usize, sequence: i32, wants_row: bool) -> Result<(), EngineError> {
+    fn add(
+        &mut self,
+        token: LlamaToken,
+        position: usize,
+        sequence: i32,
+        wants_row: bool,
+    ) -> Result<(), EngineError> {
         let in_limits = position < self.limits.n_ctx
-            && (0..=self.limits.max_sequences as i32).contains(&sequence)
+            && (0..(self.cache.slot_count() + self.limits.max_sequences) as i32)
+                .contains(&sequence)
             && (self.batch.n_tokens() as usize) < self.limits.n_batch;
         if !in_limits {
             return Err(EngineError::Decode(format!(
@@ -330,6 +465,21 @@ impl<'m> Scorer<'m> {
     fn row(&self, batch_index: i32) -> Result<&[f32], EngineError> {
         Ok(self.context.get_logits_ith(batch_index))
     }
+}
+
+/// `V(s_1)` and each candidate's first logit, from the row after the context.
+fn first_row_values(
+    row: &[f32],
+    prepared: &Prepared,
+    alpha: Alpha,
+) -> Result<(f64, Vec<f64>), EngineError> {
+    let firsts = prepared
+        .candidates
+        .iter()
+        .map(|c| logit(row, c.tokens[0]))
+        .collect::<Option<_>>()
+        .ok_or_else(|| EngineError::Decode("a candidate token is outside the logits row".into()))?;
+    Ok((reward::soft_value(row, alpha), firsts))
 }
 
 fn logit(row: &[f32], token: LlamaToken) -> Option<f64> {
@@ -378,7 +528,7 @@ impl Scorer<'_> {
         let rows_wanted = tokens.len() - usize::from(!after_last);
         let top_k = top_k.max(1);
         let mut rows = Vec::with_capacity(rows_wanted);
-        self.context.clear_kv_cache();
+        self.reset_kv();
         let result = (|| {
             for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
                 self.batch.clear();
@@ -411,7 +561,7 @@ impl Scorer<'_> {
             }
             Ok(())
         })();
-        self.context.clear_kv_cache();
+        self.reset_kv();
         result.map(|()| rows)
     }
 }

@@ -39,7 +39,11 @@ impl ChatTemplate {
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's reply begins.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, Error> {
         self.env.get_template(TEMPLATE_NAME)?.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -73,7 +77,8 @@ mod tests {
 
     #[test]
     fn renders_chatml_with_generation_prompt() {
-        let t = ChatTemplate::new(CHATML_WITH_DEFAULT_SYSTEM, String::new(), String::new()).unwrap();
+        let t =
+            ChatTemplate::new(CHATML_WITH_DEFAULT_SYSTEM, String::new(), String::new()).unwrap();
         let text = t.render(&[user("Hi")], true).unwrap();
         assert_eq!(
             text,
