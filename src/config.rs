@@ -123,6 +123,12 @@ pub struct ModelDefaults {
     /// Candidates decoded side by side [default: 64].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sequences: Option<u32>,
+    /// Recent contexts kept in the prefix cache [default: 0, off].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_slots: Option<u32>,
+    /// Most tokens the prefix cache keeps besides the last request's context [default: 4096].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_tokens: Option<u32>,
     /// System message for chat requests that name no `principle`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principle: Option<String>,
@@ -151,6 +157,12 @@ pub struct ModelConfig {
     pub max_sequences: Option<u32>,
     /// As in `[defaults]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_slots: Option<u32>,
+    /// As in `[defaults]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_tokens: Option<u32>,
+    /// As in `[defaults]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principle: Option<String>,
     /// A Jinja chat template that replaces the GGUF's; `""` disables chat format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +178,8 @@ impl ModelConfig {
             n_threads: self.n_threads,
             n_gpu_layers: self.n_gpu_layers,
             max_sequences: self.max_sequences,
+            cache_slots: self.cache_slots,
+            cache_tokens: self.cache_tokens,
             principle: self.principle.clone(),
         }
     }
@@ -314,6 +328,8 @@ impl Config {
                 n_batch: own.n_batch.or(d.n_batch),
                 n_threads: own.n_threads.or(d.n_threads),
                 max_sequences: own.max_sequences.or(d.max_sequences),
+                cache_slots: own.cache_slots.or(d.cache_slots),
+                cache_tokens: own.cache_tokens.or(d.cache_tokens),
                 queue_depth: self.server.queue_depth,
             },
             principle: own.principle.clone().or_else(|| d.principle.clone()),
@@ -353,10 +369,14 @@ fn check_settings(section: &str, settings: &ModelDefaults) -> Result<(), String>
         ("n_batch", settings.n_batch),
         ("n_threads", settings.n_threads),
         ("max_sequences", settings.max_sequences),
+        ("cache_slots", settings.cache_slots),
     ] {
         if value == Some(0) {
             return Err(format!("{section} {name} must be at least 1"));
         }
+    }
+    if settings.cache_slots.is_some_and(|n| n > 128) {
+        return Err(format!("{section} cache_slots must be at most 128"));
     }
     if settings.max_sequences.is_some_and(|n| n > 255) {
         return Err(format!(

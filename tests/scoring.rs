@@ -346,10 +346,20 @@ fn file_prefix(name: &str, n: usize) -> String {
 
 #[test]
 fn prefix_cache_hits_give_the_values_of_a_cold_request_within_llama_cpp_noise() {
-    let mut warm = common::scorer(common::options());
+    let cached = ContextOptions {
+        cache_slots: 4,
+        ..common::options()
+    };
+    let mut warm = common::scorer(cached);
     let cold =
         |request: &ScoreRequest| score(&mut common::scorer(common::options()), request).unwrap();
     let candidates = ["    return 1\n", "    pass\n", "    raise ValueError()\n"];
+
+    // Without the cache every request starts cold.
+    let mut uncached = common::scorer(common::options());
+    let first = raw(&file_prefix("a", 8), &candidates);
+    score(&mut uncached, &first).unwrap();
+    assert_eq!(score(&mut uncached, &first).unwrap().usage.cached_tokens, 0);
 
     // The same request twice: the second decodes no context at all.
     let first = raw(&file_prefix("a", 8), &candidates);
@@ -406,6 +416,7 @@ fn a_full_window_evicts_cached_contexts_without_changing_values() {
     // 512 cells: two 150-token files and their candidates cannot all stay.
     let tight = ContextOptions {
         n_ctx: 512,
+        cache_slots: 3,
         ..common::options()
     };
     let mut warm = common::scorer(tight);
@@ -414,7 +425,11 @@ fn a_full_window_evicts_cached_contexts_without_changing_values() {
         for name in ["a", "b", "c"] {
             let request = raw(&file_prefix(name, 6), &candidates);
             let got = score(&mut warm, &request).unwrap();
-            let want = score(&mut common::scorer(tight), &request).unwrap();
+            let cold = ContextOptions {
+                cache_slots: 0,
+                ..tight
+            };
+            let want = score(&mut common::scorer(cold), &request).unwrap();
             assert_within_noise(&got, &want, &format!("round {round}, file {name}"));
         }
     }

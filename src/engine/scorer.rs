@@ -29,7 +29,8 @@ pub struct ContextOptions {
     pub n_threads: u32,
     /// Most candidates decoded side by side (llama.cpp allows 256 sequences in all).
     pub max_sequences: u32,
-    /// Recent contexts kept in the KV cache for the requests that continue them (at least 1).
+    /// Recent contexts kept in the KV cache for the requests that continue them; 0 turns the prefix
+    /// cache off, so every request starts cold and gives the same values whatever came before.
     pub cache_slots: u32,
     /// Most tokens kept cached between requests, besides the last request's context.
     pub cache_tokens: u32,
@@ -43,7 +44,7 @@ impl ContextOptions {
             n_batch: 512,
             n_threads: std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
             max_sequences: 64,
-            cache_slots: 4,
+            cache_slots: 0,
             cache_tokens: 4096,
         }
     }
@@ -72,6 +73,7 @@ pub struct Scorer<'m> {
     batch: LlamaBatch<'static>,
     limits: Limits,
     cache: PrefixCache,
+    cache_enabled: bool,
     cache_tokens: usize,
 }
 
@@ -107,6 +109,7 @@ impl<'m> Scorer<'m> {
             batch: LlamaBatch::new(limits.n_batch, 1),
             limits,
             cache: PrefixCache::new(cache_slots as usize),
+            cache_enabled: options.cache_slots > 0,
             cache_tokens: options.cache_tokens as usize,
         })
     }
@@ -132,6 +135,9 @@ impl<'m> Scorer<'m> {
         group_candidates(prepared.context.len(), &lens, self.limits)
             .map_err(|overflow| self.overflow(overflow))?;
 
+        if !self.cache_enabled {
+            self.reset_kv();
+        }
         let result = self.score_cached(prepared, &lens, alpha);
         if result.is_err() {
             self.reset_kv();
@@ -274,7 +280,11 @@ impl<'m> Scorer<'m> {
         }
     }
 
-    /// Empties the KV cache and forgets every cached context.
+    /// Empties the KV cache and forgets every cached context: the next request starts cold.
+    pub fn clear_cache(&mut self) {
+        self.reset_kv();
+    }
+
     fn reset_kv(&mut self) {
         self.context.clear_kv_cache();
         self.cache.clear();

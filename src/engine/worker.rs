@@ -35,6 +35,10 @@ pub struct WorkerSettings {
     pub n_threads: Option<u32>,
     /// Candidates decoded side by side.
     pub max_sequences: Option<u32>,
+    /// Recent contexts kept in the prefix cache.
+    pub cache_slots: Option<u32>,
+    /// Most tokens the prefix cache keeps besides the last request's context.
+    pub cache_tokens: Option<u32>,
     /// Jobs that may wait while one runs; a further one is refused ([`SubmitError::Full`]).
     pub queue_depth: usize,
 }
@@ -54,6 +58,12 @@ impl WorkerSettings {
         }
         if let Some(max_sequences) = self.max_sequences {
             options.max_sequences = max_sequences;
+        }
+        if let Some(cache_slots) = self.cache_slots {
+            options.cache_slots = cache_slots;
+        }
+        if let Some(cache_tokens) = self.cache_tokens {
+            options.cache_tokens = cache_tokens;
         }
         options
     }

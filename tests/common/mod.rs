@@ -28,7 +28,7 @@ pub fn options() -> ContextOptions {
         n_batch: 512,
         n_threads: 2,
         max_sequences: 16,
-        cache_slots: 4,
+        cache_slots: 0,
         cache_tokens: 2048,
     }
 }
