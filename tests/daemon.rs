@@ -3,7 +3,6 @@
 //! error status of API.md provoked for real, 32 concurrent clients, a second instance refused,
 //! and each curl example of docs/SERVER.md run as written.
 
-mod common;
 mod support;
 
 use std::sync::OnceLock;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 use endorm::api::{Format, ScoreRequest, ScoreResponse};
 use endorm::engine::{score_request, Candidate, Prepared};
 use endorm::reward::{Aggregates, Alpha};
-use support::{long_text, model_section, Daemon};
+use support::{common, long_text, model_section, Daemon};
 
 const ID: &str = "smollm2-135m-instruct";
 const TOLERANCE: f64 = 1e-4;

@@ -376,15 +376,7 @@ impl<'m> Scorer<'m> {
         tokens: &[LlamaToken],
         rows_from: usize,
     ) -> Result<(), EngineError> {
-        if tokens.len() > self.limits.n_ctx {
-            return Err(self.overflow(Overflow {
-                candidate: None,
-                needed: tokens.len(),
-            }));
-        }
-        for &token in tokens {
-            self.check_token(token)?;
-        }
+        self.check_sequence(tokens)?;
         self.reset_kv();
         let decoded = (|| {
             for (chunk_index, chunk) in tokens.chunks(self.limits.n_batch).enumerate() {
@@ -418,6 +410,17 @@ impl<'m> Scorer<'m> {
             self.check_token(token)?;
         }
         Ok(())
+    }
+
+    /// Checks a token sequence decoded on its own from position 0: it fits, every id is valid.
+    fn check_sequence(&self, tokens: &[LlamaToken]) -> Result<(), EngineError> {
+        if tokens.len() > self.limits.n_ctx {
+            return Err(self.overflow(Overflow {
+                candidate: None,
+                needed: tokens.len(),
+            }));
+        }
+        tokens.iter().try_for_each(|&token| self.check_token(token))
     }
 
     fn check_token(&self, token: LlamaToken) -> Result<(), EngineError> {
@@ -526,15 +529,7 @@ impl Scorer<'_> {
         if tokens.is_empty() {
             return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
         }
-        if tokens.len() > self.limits.n_ctx {
-            return Err(self.overflow(Overflow {
-                candidate: None,
-                needed: tokens.len(),
-            }));
-        }
-        for &token in tokens {
-            self.check_token(token)?;
-        }
+        self.check_sequence(tokens)?;
         let rows_wanted = tokens.len() - usize::from(!after_last);
         let top_k = top_k.max(1);
         let mut rows = Vec::with_capacity(rows_wanted);

@@ -10,14 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The default model (see tests/common).
-pub fn model_path() -> PathBuf {
-    std::env::var_os("ENDORM_TEST_MODEL")
-        .map(PathBuf::from)
-        .or_else(endorm::paths::default_model)
-        .filter(|p| p.is_file())
-        .expect("the default model is missing: run scripts/fetch-model (or set ENDORM_TEST_MODEL)")
-}
+#[path = "../common/mod.rs"]
+pub mod common;
+
+pub use common::model_path;
 
 /// A config serving the default model as `id` with the tests' small context and two threads.
 pub fn model_section(id: &str) -> String {
