@@ -1,0 +1,252 @@
+"""Sync and async clients for the endorm daemon over its Unix socket (docs/API.md)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import httpx
+
+from ._types import BestOfN, EndormError, RerankResult, ScoreResult
+
+Message = Mapping[str, str]
+Document = Union[str, Mapping[str, str]]
+
+
+def default_socket() -> str:
+    """Where the daemon listens by default: ``$ENDORM_SOCKET``, else like ``endorm serve``:
+    ``$XDG_RUNTIME_DIR/endorm/endorm.sock``, else the per-user cache directory
+    (``~/Library/Caches/endorm`` on macOS, ``$XDG_CACHE_HOME/endorm`` or ``~/.cache/endorm``)."""
+    env = os.environ.get("ENDORM_SOCKET")
+    if env:
+        return env
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and sys.platform != "darwin" and os.path.isabs(runtime):
+        return os.path.join(runtime, "endorm", "endorm.sock")
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return str(base / "endorm" / "endorm.sock")
+
+
+def _no_daemon(path: str, err: Exception) -> EndormError:
+    return EndormError(
+        0,
+        "no_daemon",
+        f"cannot reach the endorm daemon at {path} ({err}); start it with `endorm serve` "
+        "(or pass socket=... / set ENDORM_SOCKET to where it listens)",
+    )
+
+
+def _check(resp: httpx.Response) -> Any:
+    """The JSON body of a 2xx answer; otherwise raise EndormError with the daemon's message."""
+    if resp.is_success:
+        return resp.json()
+    code: Optional[str] = None
+    message = resp.text
+    try:
+        err = resp.json().get("error", {})
+        message = err.get("message", message)
+        code = err.get("code") or err.get("type")
+    except (ValueError, AttributeError):
+        pass
+    raise EndormError(resp.status_code, code, message)
+
+
+def _score_body(
+    candidates: Sequence[str],
+    prompt: Optional[str],
+    messages: Optional[Sequence[Message]],
+    format: Optional[str],
+    principle: Optional[str],
+    aggregate: str,
+    alpha: Optional[float],
+    terminal: bool,
+    return_tokens: bool,
+    model: Optional[str],
+) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"candidates": list(candidates), "aggregate": aggregate}
+    optional = {
+        "prompt": prompt,
+        "messages": [dict(m) for m in messages] if messages is not None else None,
+        "format": format,
+        "principle": principle,
+        "alpha": alpha,
+        "model": model,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if terminal:
+        body["terminal"] = True
+    if return_tokens:
+        body["return_tokens"] = True
+    return body
+
+
+def _rerank_body(
+    query: str, documents: Sequence[Document], top_n: Optional[int], model: Optional[str]
+) -> Dict[str, Any]:
+    body: Dict[str, Any] = {
+        "query": query,
+        "documents": [d if isinstance(d, str) else dict(d) for d in documents],
+        "return_documents": True,
+    }
+    if top_n is not None:
+        body["top_n"] = top_n
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+class Client:
+    """Blocking client. ``socket`` defaults to :func:`default_socket`; ``timeout`` is in seconds.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, socket: Optional[str] = None, timeout: float = 120.0) -> None:
+        self.socket = str(socket) if socket is not None else default_socket()
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket),
+            base_url="http://endorm",
+            timeout=timeout,
+        )
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+        try:
+            resp = self._http.request(method, path, json=body)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise _no_daemon(self.socket, e) from e
+        return _check(resp)
+
+    def health(self) -> Dict[str, Any]:
+        """``GET /health``: ``{"status": "ok"|"loading"|"degraded", "models": [...]}``."""
+        return self._request("GET", "/health")
+
+    def models(self) -> List[Dict[str, Any]]:
+        """``GET /v1/models``: the served models (``id``, ``meta``, ...)."""
+        return self._request("GET", "/v1/models")["data"]
+
+    def score(
+        self,
+        candidates: Sequence[str],
+        prompt: Optional[str] = None,
+        messages: Optional[Sequence[Message]] = None,
+        format: Optional[str] = None,
+        principle: Optional[str] = None,
+        aggregate: str = "endo",
+        alpha: Optional[float] = None,
+        terminal: bool = False,
+        return_tokens: bool = False,
+        model: Optional[str] = None,
+    ) -> ScoreResult:
+        """``POST /v1/score``: score ``candidates`` as answers to ``prompt`` (or ``messages``)."""
+        body = _score_body(candidates, prompt, messages, format, principle, aggregate, alpha,
+                           terminal, return_tokens, model)
+        return ScoreResult.from_json(self._request("POST", "/v1/score", body))
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[Document],
+        top_n: Optional[int] = None,
+        model: Optional[str] = None,
+    ) -> RerankResult:
+        """``POST /v1/rerank``: ``documents`` as answers to ``query``, best first."""
+        body = _rerank_body(query, documents, top_n, model)
+        return RerankResult.from_json(self._request("POST", "/v1/rerank", body))
+
+    def best_of_n(
+        self, generate: Callable[[str], str], prompt: str, n: int, **score_kwargs: Any
+    ) -> BestOfN:
+        """Call ``generate(prompt)`` ``n`` times and score all candidates in one request."""
+        candidates = [generate(prompt) for _ in range(n)]
+        return BestOfN(candidates, self.score(candidates, prompt=prompt, **score_kwargs))
+
+
+class AsyncClient:
+    """asyncio client with the same methods as :class:`Client` (all awaitable)."""
+
+    def __init__(self, socket: Optional[str] = None, timeout: float = 120.0) -> None:
+        self.socket = str(socket) if socket is not None else default_socket()
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=self.socket),
+            base_url="http://endorm",
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+        try:
+            resp = await self._http.request(method, path, json=body)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise _no_daemon(self.socket, e) from e
+        return _check(resp)
+
+    async def health(self) -> Dict[str, Any]:
+        return await self._request("GET", "/health")
+
+    async def models(self) -> List[Dict[str, Any]]:
+        return (await self._request("GET", "/v1/models"))["data"]
+
+    async def score(
+        self,
+        candidates: Sequence[str],
+        prompt: Optional[str] = None,
+        messages: Optional[Sequence[Message]] = None,
+        format: Optional[str] = None,
+        principle: Optional[str] = None,
+        aggregate: str = "endo",
+        alpha: Optional[float] = None,
+        terminal: bool = False,
+        return_tokens: bool = False,
+        model: Optional[str] = None,
+    ) -> ScoreResult:
+        body = _score_body(candidates, prompt, messages, format, principle, aggregate, alpha,
+                           terminal, return_tokens, model)
+        return ScoreResult.from_json(await self._request("POST", "/v1/score", body))
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[Document],
+        top_n: Optional[int] = None,
+        model: Optional[str] = None,
+    ) -> RerankResult:
+        body = _rerank_body(query, documents, top_n, model)
+        return RerankResult.from_json(await self._request("POST", "/v1/rerank", body))
+
+    async def best_of_n(
+        self,
+        generate: Callable[[str], Union[str, Awaitable[str]]],
+        prompt: str,
+        n: int,
+        **score_kwargs: Any,
+    ) -> BestOfN:
+        """Like :meth:`Client.best_of_n`; ``generate`` may be sync or async (awaited in turn)."""
+        candidates: List[str] = []
+        for _ in range(n):
+            out = generate(prompt)
+            candidates.append(await out if inspect.isawaitable(out) else out)  # type: ignore[misc]
+        return BestOfN(candidates, await self.score(candidates, prompt=prompt, **score_kwargs))

@@ -1,0 +1,168 @@
+"""Tests against the real daemon: `target/release/endorm serve` on a temporary socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from endorm import AsyncClient, Client, EndormError
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("ENDORM_BIN", REPO / "target" / "release" / "endorm"))
+MODEL = Path(
+    os.environ.get(
+        "ENDORM_TEST_MODEL",
+        Path.home() / ".cache" / "endorm" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+).expanduser()
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="session")
+def socket_path() -> Iterator[str]:
+    if not BIN.exists():
+        pytest.skip(f"no endorm binary at {BIN} (set ENDORM_BIN)")
+    if not MODEL.exists():
+        pytest.skip(f"no model at {MODEL} (set ENDORM_TEST_MODEL)")
+    # Short directory: socket paths are limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="endorm-", dir="/tmp") as tmp:
+        sock = os.path.join(tmp, "e.sock")
+        config = os.path.join(tmp, "endorm.toml")
+        Path(config).write_text("")  # an empty config: the user's own one does not leak in
+        log = open(os.path.join(tmp, "serve.log"), "wb")
+        proc = subprocess.Popen(
+            [str(BIN), "serve", "--socket", sock, "--exit-on-eof", "--model", str(MODEL),
+             "--config", config],
+            stdin=subprocess.PIPE,
+            stderr=log,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            with Client(sock, timeout=5) as c:
+                while True:
+                    if proc.poll() is not None:
+                        err = Path(tmp, "serve.log").read_text(errors="replace")
+                        pytest.fail(f"endorm serve exited {proc.returncode}: {err}")
+                    try:
+                        if c.health()["status"] == "ok":
+                            break
+                    except EndormError:
+                        pass
+                    if time.monotonic() > deadline:
+                        pytest.fail("endorm serve did not become healthy in 120 s")
+                    time.sleep(0.1)
+            yield sock
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()  # --exit-on-eof: the daemon stops
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+@pytest.fixture()
+def client(socket_path: str) -> Iterator[Client]:
+    with Client(socket_path) as c:
+        yield c
+
+
+def test_health_and_models(client: Client) -> None:
+    assert client.health()["status"] == "ok"
+    models = client.models()
+    assert models and "id" in models[0]
+
+
+def test_score_ranks_paris_first(client: Client) -> None:
+    r = client.score(["London.", "Paris."], prompt=QUESTION)
+    assert [c.index for c in r.results] == [0, 1]
+    assert r.best_index == 1
+    assert r.results[1].rank == 1 and r.results[0].rank == 2
+    assert r.results[1].score > r.results[0].score
+    assert r.aggregate == "endo" and r.model
+    assert r.results[0].n_tokens and r.results[0].tokens is None
+
+
+def test_score_return_tokens(client: Client) -> None:
+    r = client.score(["Paris."], prompt=QUESTION, return_tokens=True)
+    toks = r.results[0].tokens
+    assert toks and len(toks) == r.results[0].n_tokens
+
+
+def test_rerank_best_first(client: Client) -> None:
+    r = client.rerank(QUESTION, ["London.", "Paris.", "Berlin."])
+    assert r.results[0].index == 1
+    assert r.results[0].document == "Paris."
+    scores = [x.relevance_score for x in r.results]
+    assert scores == sorted(scores, reverse=True)
+    assert len(client.rerank(QUESTION, ["London.", "Paris."], top_n=1).results) == 1
+
+
+def test_best_of_n_picks_daemon_best(client: Client) -> None:
+    answers = iter(["London.", "Paris.", "Berlin."])
+    out = client.best_of_n(lambda prompt: next(answers), QUESTION, 3)
+    assert out.candidates == ["London.", "Paris.", "Berlin."]
+    direct = client.score(out.candidates, prompt=QUESTION)
+    assert out.best_index == direct.order[0]
+    assert out.best == out.candidates[direct.order[0]]
+    assert out.scores == pytest.approx(direct.scores)
+
+
+def test_async_client_same_scores(client: Client, socket_path: str) -> None:
+    sync = client.score(["London.", "Paris."], prompt=QUESTION)
+
+    async def run() -> list:
+        async with AsyncClient(socket_path) as ac:
+            assert (await ac.health())["status"] == "ok"
+            r = await ac.score(["London.", "Paris."], prompt=QUESTION)
+
+            async def gen(prompt: str) -> str:
+                return "Paris."
+
+            b = await ac.best_of_n(gen, QUESTION, 2)
+            assert b.candidates == ["Paris.", "Paris."]
+            return r.scores
+
+    assert asyncio.run(run()) == pytest.approx(sync.scores)
+
+
+def test_empty_candidates_is_400(client: Client) -> None:
+    with pytest.raises(EndormError) as e:
+        client.score([], prompt=QUESTION)
+    assert e.value.status == 400
+    assert "candidates" in e.value.message
+    assert e.value.message in str(e.value)
+
+
+def test_missing_socket_says_start_daemon(tmp_path: Path) -> None:
+    with Client(str(tmp_path / "nope.sock")) as c:
+        with pytest.raises(EndormError, match="endorm serve") as e:
+            c.health()
+    assert e.value.status == 0
+
+    async def run() -> None:
+        async with AsyncClient(str(tmp_path / "nope.sock")) as ac:
+            await ac.score(["x"], prompt="y")
+
+    with pytest.raises(EndormError, match="endorm serve"):
+        asyncio.run(run())
+
+
+def test_default_socket_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from endorm import default_socket
+
+    monkeypatch.setenv("ENDORM_SOCKET", "/x/y.sock")
+    assert default_socket() == "/x/y.sock"
+    monkeypatch.delenv("ENDORM_SOCKET")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/7")
+    assert default_socket() == "/run/user/7/endorm/endorm.sock"
