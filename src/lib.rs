@@ -15,5 +15,6 @@ pub mod engine;
 pub mod eval;
 pub mod offline;
 pub mod paths;
+pub mod progress;
 pub mod reward;
 pub mod server;

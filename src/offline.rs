@@ -11,7 +11,6 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
@@ -118,7 +117,7 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     let input = File::open(&job.input).map_err(io_error(&job.input))?;
     let total = count_lines(&job.input)?;
     let (mut output, mut seen) = open_output(&job.output, job.existing)?;
-    let progress = progress_bar(job.progress, total);
+    let progress = crate::progress::bar(job.progress, total, "lines");
     let started = Instant::now();
     let mut summary = Summary::default();
 
@@ -264,22 +263,6 @@ fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>
         }
     };
     Ok((file, seen))
-}
-
-fn progress_bar(visible: bool, total: u64) -> ProgressBar {
-    let target = if visible {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} lines  {msg}  {elapsed} elapsed, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineError, Scorer};
@@ -180,7 +179,11 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         principle: config.principle.clone(),
     };
     let model_passes = passes.iter().filter(|p| p.uses_model()).count();
-    let progress = progress_bar(config.progress, (items.len() * model_passes) as u64);
+    let progress = crate::progress::bar(
+        config.progress,
+        (items.len() * model_passes) as u64,
+        "item passes",
+    );
     let mut resumed = 0;
     // Item by item, every pass on an item before the next item: a run stopped early leaves every
     // method scored on the same first items, which `--limit` then compares fairly.
@@ -341,22 +344,6 @@ fn preference_outcomes(n_chosen: usize, n_rejected: usize, scores: &Scores) -> O
         ),
         _ => None,
     }
-}
-
-fn progress_bar(visible: bool, total: u64) -> ProgressBar {
-    let target = if visible {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} item passes  {msg}  {elapsed} elapsed, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 impl Report {
