@@ -52,13 +52,7 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
         path: path.to_owned(),
         reason,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
-    }
+    create_private_parent(path).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt as _;
@@ -112,13 +106,7 @@ pub fn token_from_file(path: &Path) -> Result<String, ServerError> {
         Err(e) => return Err(fail(e.to_string())),
     }
     let token = random_token().map_err(|e| fail(format!("cannot read /dev/urandom: {e}")))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
-    }
+    create_private_parent(path).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -131,6 +119,17 @@ pub fn token_from_file(path: &Path) -> Result<String, ServerError> {
 }
 
 /// 32 random bytes from the OS, as hex.
+/// Creates the directory `path` lives in, readable by this user only (0700), if it is missing.
+fn create_private_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        None => Ok(()),
+    }
+}
+
 fn random_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
