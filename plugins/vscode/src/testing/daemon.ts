@@ -1,0 +1,79 @@
+/**
+ * Starts the real endorm daemon for tests: `endorm serve --exit-on-eof` on a temporary socket with
+ * an empty config, waits for /health to say ok. Binary: $ENDORM_BIN (default
+ * ../../target/release/endorm from plugins/vscode); model: $ENDORM_MODEL (default SmolLM2-135M).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { EndormClient, EndormError } from "../client";
+
+/** plugins/vscode (this file runs from out/testing/). */
+const PLUGIN_DIR = path.resolve(__dirname, "..", "..");
+
+export const ENDORM_BIN = process.env.ENDORM_BIN || path.resolve(PLUGIN_DIR, "..", "..", "target", "release", "endorm");
+export const ENDORM_MODEL =
+  process.env.ENDORM_MODEL ||
+  path.join(os.homedir(), ".cache", "endorm", "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+
+/** A running daemon; `stop()` closes its stdin (it exits) and removes the temp directory. */
+export interface Daemon {
+  socketPath: string;
+  dir: string;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Start the daemon and wait until it serves; rejects (never skips) if it cannot. */
+export async function startDaemon(timeoutMs = 180_000): Promise<Daemon> {
+  for (const [what, p, env] of [["binary", ENDORM_BIN, "ENDORM_BIN"], ["model", ENDORM_MODEL, "ENDORM_MODEL"]]) {
+    if (!fs.existsSync(p)) throw new Error(`no endorm ${what} at ${p} (set ${env})`);
+  }
+  // Short path: Unix socket paths are limited to 107 bytes.
+  const dir = fs.mkdtempSync(path.join("/tmp", "endorm-vsc-"));
+  const socketPath = path.join(dir, "e.sock");
+  const config = path.join(dir, "endorm.toml");
+  fs.writeFileSync(config, ""); // the user's own config must not leak in
+  const logFd = fs.openSync(path.join(dir, "serve.log"), "w");
+  const proc = spawn(
+    ENDORM_BIN,
+    ["serve", "--socket", socketPath, "--exit-on-eof", "--model", ENDORM_MODEL, "--config", config],
+    { stdio: ["pipe", "ignore", logFd] },
+  );
+  fs.closeSync(logFd);
+  let exited: number | null | undefined;
+  proc.on("exit", (code) => (exited = code));
+
+  const stop = async () => {
+    if (exited === undefined) {
+      const gone = new Promise<void>((r) => proc.once("exit", () => r()));
+      proc.stdin?.end(); // --exit-on-eof
+      const killer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+      await gone;
+      clearTimeout(killer);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  const client = new EndormClient({ socketPath, timeoutMs: 5_000 });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (exited !== undefined) {
+      const log = fs.readFileSync(path.join(dir, "serve.log"), "utf8");
+      await stop();
+      throw new Error(`endorm serve exited ${exited}: ${log}`);
+    }
+    try {
+      if ((await client.health()).status === "ok") break;
+    } catch (e) {
+      if (!(e instanceof EndormError)) throw e;
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`endorm serve did not become healthy within ${timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { socketPath, dir, proc, stop };
+}
