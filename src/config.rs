@@ -129,6 +129,9 @@ pub struct ModelDefaults {
     /// Most tokens the prefix cache keeps besides the last request's context [default: 4096].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_tokens: Option<u32>,
+    /// Score queued requests together in one pass [default: false].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<bool>,
     /// System message for chat requests that name no `principle`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principle: Option<String>,
@@ -163,6 +166,9 @@ pub struct ModelConfig {
     pub cache_tokens: Option<u32>,
     /// As in `[defaults]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<bool>,
+    /// As in `[defaults]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principle: Option<String>,
     /// A Jinja chat template that replaces the GGUF's; `""` disables chat format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +186,7 @@ impl ModelConfig {
             max_sequences: self.max_sequences,
             cache_slots: self.cache_slots,
             cache_tokens: self.cache_tokens,
+            batching: self.batching,
             principle: self.principle.clone(),
         }
     }
@@ -330,6 +337,7 @@ impl Config {
                 max_sequences: own.max_sequences.or(d.max_sequences),
                 cache_slots: own.cache_slots.or(d.cache_slots),
                 cache_tokens: own.cache_tokens.or(d.cache_tokens),
+                batching: own.batching.or(d.batching).unwrap_or(false),
                 queue_depth: self.server.queue_depth,
             },
             principle: own.principle.clone().or_else(|| d.principle.clone()),

@@ -5,7 +5,8 @@ mod common;
 
 use endorm::api::{Format, Message, ScoreRequest, ScoreResponse};
 use endorm::engine::{
-    prepare, score_request, ContextOptions, EngineError, Model, ModelOptions, Scorer,
+    prepare, score_request, ContextOptions, EngineError, Model, ModelOptions, PassBudget,
+    PreparedRequest, Scorer,
 };
 
 const TOLERANCE: f64 = 1e-3;
@@ -57,11 +58,13 @@ fn assert_same_values(a: &ScoreResponse, b: &ScoreResponse, what: &str) {
     }
 }
 
-/// Within llama.cpp's own float-order noise. Decoding a context in other chunks (as a cache hit
-/// that decodes only the new tokens does) changes the attention's summation order; the 8-bit
-/// activation quantisation of a Q4_1 model turns that into per-token differences of up to a few
-/// tenths of a nat, the same as flash attention on/off (tests/data/README.md). A wrong position or a
-/// missing token moves values by whole nats.
+/// Within llama.cpp's own float-order noise. Its CPU attention sums over the KV cells in cell
+/// order, and switches kernels by decode size (a tiled one from 64 tokens, a split-KV one for a
+/// lone token): a context decoded in other pieces (a cache hit that decodes only the new tokens),
+/// into other cells (a fork into freed cells) or beside other requests' tokens sums in another
+/// order. The 8-bit activation quantisation of a Q4_1 model turns that into per-token differences
+/// of a few tenths of a nat, the same as flash attention on/off (tests/data/README.md). A wrong
+/// position or a missing token moves values by whole nats.
 fn assert_within_noise(a: &ScoreResponse, b: &ScoreResponse, what: &str) {
     let mut deltas = Vec::new();
     for (x, y) in a.results.iter().zip(&b.results) {
@@ -78,7 +81,7 @@ fn assert_within_noise(a: &ScoreResponse, b: &ScoreResponse, what: &str) {
     let max = deltas.iter().copied().fold(0.0, f64::max);
     let mean = deltas.iter().sum::<f64>() / deltas.len() as f64;
     assert!(
-        max <= 1.0 && mean <= 0.2,
+        max <= 1.0 && mean <= 0.3,
         "{what}: per-token max |Δ| {max:.3}, mean {mean:.3}"
     );
 }
@@ -119,6 +122,52 @@ fn candidates_scored_together_equal_candidates_scored_alone() {
             let mut expected = together.clone();
             expected.results = vec![together.results[i].clone()];
             assert_same_values(&alone, &expected, &format!("candidate {i} alone"));
+        }
+    }
+}
+
+#[test]
+fn requests_batched_into_one_pass_get_the_values_of_each_alone() {
+    let mut requests = mixed_requests();
+    requests.push(raw("The capital of France is", &[" Paris.", " a banana"]));
+    requests.push(raw(&file_prefix("lib", 20), &[" x", " fn main() {}"]));
+    requests.push(chat("Say hi.", &["Hi!", "Hello there, how can I help?"]));
+    for request in &mut requests {
+        request.return_tokens = true;
+    }
+    // n_batch at most 63 keeps llama.cpp's attention on one kernel (ContextOptions::n_batch);
+    for n_batch in [63] {
+        let options = ContextOptions {
+            n_batch,
+            ..common::options()
+        };
+        let mut scorer = common::scorer(options);
+        let alone: Vec<ScoreResponse> = requests
+            .iter()
+            .map(|request| score(&mut scorer, request).unwrap())
+            .collect();
+        let model = scorer.model();
+        let prepared: Vec<PreparedRequest> = requests
+            .iter()
+            .map(|request| PreparedRequest::new(model, request, None).unwrap())
+            .collect();
+        for pass in [vec![0, 1, 2], vec![2, 1, 0, 4], vec![3, 0, 4, 2]] {
+            let mut budget = PassBudget::default();
+            assert!(pass
+                .iter()
+                .all(|&i| scorer.admit(&mut budget, &prepared[i].prepared)));
+            let together: Vec<_> = pass
+                .iter()
+                .map(|&i| (&prepared[i].prepared, prepared[i].alpha))
+                .collect();
+            let scored = scorer.score_batch(&together).unwrap();
+            for (&i, scored) in pass.iter().zip(&scored) {
+                let got = prepared[i]
+                    .respond(model, "test", &requests[i], scored)
+                    .unwrap();
+                let what = format!("request {i} in pass {pass:?}, n_batch {n_batch}");
+                assert_same_values(&got, &alone[i], &what);
+            }
         }
     }
 }
@@ -346,17 +395,30 @@ fn file_prefix(name: &str, n: usize) -> String {
 
 #[test]
 fn prefix_cache_hits_give_the_values_of_a_cold_request_within_llama_cpp_noise() {
-    let cached = ContextOptions {
-        cache_slots: 4,
+    editor_session(common::options(), assert_within_noise);
+}
+
+#[test]
+fn prefix_cache_hits_equal_cold_requests_when_decodes_stay_on_one_kernel() {
+    let options = ContextOptions {
+        n_batch: 63,
         ..common::options()
     };
+    editor_session(options, assert_same_values);
+}
+
+/// An editor's requests through the prefix cache, each compared with `same` to a cold request.
+fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreResponse, &str)) {
+    let cached = ContextOptions {
+        cache_slots: 4,
+        ..options
+    };
     let mut warm = common::scorer(cached);
-    let cold =
-        |request: &ScoreRequest| score(&mut common::scorer(common::options()), request).unwrap();
+    let cold = |request: &ScoreRequest| score(&mut common::scorer(options), request).unwrap();
     let candidates = ["    return 1\n", "    pass\n", "    raise ValueError()\n"];
 
     // Without the cache every request starts cold.
-    let mut uncached = common::scorer(common::options());
+    let mut uncached = common::scorer(options);
     let first = raw(&file_prefix("a", 8), &candidates);
     score(&mut uncached, &first).unwrap();
     assert_eq!(score(&mut uncached, &first).unwrap().usage.cached_tokens, 0);
@@ -382,9 +444,19 @@ fn prefix_cache_hits_give_the_values_of_a_cold_request_within_llama_cpp_noise() 
         response.usage.cached_tokens
     );
     assert!(response.usage.cached_tokens < response.usage.prompt_tokens);
-    assert_within_noise(&response, &cold(&typed), "extended context");
+    same(&response, &cold(&typed), "extended context");
+    // One more character: (nearly) a one-token extension.
+    let typed = raw(
+        &(file_prefix("a", 8) + "def next_one(y):\n    r"),
+        &candidates,
+    );
+    let response = score(&mut warm, &typed).unwrap();
+    assert!(response.usage.cached_tokens > 100);
+    same(&response, &cold(&typed), "one more character");
 
     // Another file, then back to an edit of the first: divergent prefixes in their own slots.
+    // A fork can land in cells freed by an evicted context, before its prefix's: llama.cpp then
+    // sums attention in another order, and values agree within its noise only.
     let other = raw(&file_prefix("b", 6), &candidates);
     assert_within_noise(
         &score(&mut warm, &other).unwrap(),

@@ -17,9 +17,10 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 
 pub use llama_cpp_2::token::LlamaToken;
 pub use model::{Model, ModelMeta, ModelOptions};
+pub use plan::PassBudget;
 pub use prepare::{prepare, Candidate, Prepared};
-pub use request::score_request;
-pub use scorer::{ContextOptions, RowLogprobs, Scorer};
+pub use request::{score_request, PreparedRequest};
+pub use scorer::{ContextOptions, RowLogprobs, Scored, Scorer};
 pub use template::ChatTemplate;
 
 /// Everything that can go wrong between a request and its scores.

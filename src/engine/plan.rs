@@ -60,6 +60,40 @@ pub fn group_candidates(
     Ok(groups)
 }
 
+/// What the requests of one batched pass take of a context: each context and all its candidates
+/// must fit the KV cells and sequences at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassBudget {
+    cells: usize,
+    sequences: usize,
+}
+
+impl PassBudget {
+    /// Adds a request of `context_len` tokens and candidates of `candidate_lens` tokens if it fits
+    /// beside the requests added so far in `n_ctx` cells and `max_sequences` sequences (one for
+    /// its context, one per candidate).
+    pub fn try_add(
+        &mut self,
+        context_len: usize,
+        candidate_lens: &[usize],
+        n_ctx: usize,
+        max_sequences: usize,
+    ) -> bool {
+        let cells = self.cells + context_len + candidate_lens.iter().sum::<usize>();
+        let sequences = self.sequences + 1 + candidate_lens.len();
+        if cells > n_ctx || sequences > max_sequences {
+            return false;
+        }
+        *self = PassBudget { cells, sequences };
+        true
+    }
+
+    /// Tokens admitted so far.
+    pub fn cells(&self) -> usize {
+        self.cells
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +149,16 @@ mod tests {
     #[test]
     fn no_candidates_no_groups() {
         assert_eq!(group_candidates(10, &[], LIMITS), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_pass_admits_requests_while_cells_and_sequences_last() {
+        let mut budget = PassBudget::default();
+        assert!(budget.try_add(40, &[10, 10], 100, 8)); // 60 cells, 3 sequences
+        assert!(budget.try_add(20, &[5, 5], 100, 8)); // 90 cells, 6 sequences
+        assert!(!budget.try_add(5, &[6], 100, 8), "101 cells");
+        assert!(!budget.try_add(1, &[1, 1], 100, 8), "9 sequences");
+        assert!(budget.try_add(1, &[1], 100, 8));
+        assert_eq!(budget.cells(), 92);
     }
 }

@@ -1,12 +1,12 @@
 //! One `/v1/score` request end to end: tokens, scores, ranks, response. The server and the offline
 //! scorer both come through here, so the same input gives the same numbers everywhere.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage};
 use crate::reward::{order_best_first, Aggregates, Alpha};
 
-use super::{prepare, EngineError, Scorer};
+use super::{prepare, EngineError, Model, Prepared, Scored, Scorer};
 
 /// Scores `request` on `scorer`. `model_id` names the model in the response; `default_principle`
 /// is the model's configured principle.
@@ -16,65 +16,118 @@ pub fn score_request(
     request: &ScoreRequest,
     default_principle: Option<&str>,
 ) -> Result<ScoreResponse, EngineError> {
-    let started = Instant::now();
-    let alpha = match request.alpha {
-        None => Alpha::ONE,
-        Some(value) => Alpha::new(value).ok_or_else(|| {
-            EngineError::InvalidInput(format!("`alpha` must be a finite number > 0, not {value}"))
-        })?,
-    };
-    let model = scorer.model();
-    let prepared = prepare(model, request, default_principle)?;
-    let tokenize_time = started.elapsed();
-    let scored = scorer.score(&prepared, alpha)?;
+    let prepared = PreparedRequest::new(scorer.model(), request, default_principle)?;
+    let scored = scorer.score(&prepared.prepared, prepared.alpha)?;
+    prepared.respond(scorer.model(), model_id, request, &scored)
+}
 
-    let mut results = Vec::with_capacity(prepared.candidates.len());
-    for (index, (candidate, values)) in prepared
-        .candidates
-        .iter()
-        .zip(&scored.candidates)
-        .enumerate()
-    {
-        let sums = Aggregates::of(values, alpha);
-        let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
-        if request.return_tokens {
-            let texts = model.token_texts(&candidate.tokens)?;
-            result.tokens = Some(
-                candidate
-                    .tokens
-                    .iter()
-                    .zip(texts)
-                    .zip(values)
-                    .map(|((token, text), values)| TokenDetail::new(token.0, text, values))
-                    .collect(),
-            );
+/// A score request in tokens, ready for a scorer, and when it arrived.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    /// The tokens to score.
+    pub prepared: Prepared,
+    /// The request's `alpha`.
+    pub alpha: Alpha,
+    started: Instant,
+    tokenize_time: Duration,
+}
+
+impl PreparedRequest {
+    /// Checks and tokenizes `request` on `model`.
+    pub fn new(
+        model: &Model,
+        request: &ScoreRequest,
+        default_principle: Option<&str>,
+    ) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let alpha = match request.alpha {
+            None => Alpha::ONE,
+            Some(value) => Alpha::new(value).ok_or_else(|| {
+                EngineError::InvalidInput(format!(
+                    "`alpha` must be a finite number > 0, not {value}"
+                ))
+            })?,
+        };
+        let prepared = prepare(model, request, default_principle)?;
+        Ok(PreparedRequest {
+            prepared,
+            alpha,
+            started,
+            tokenize_time: started.elapsed(),
+        })
+    }
+
+    /// Tokens of the context and all candidates.
+    pub fn tokens(&self) -> usize {
+        self.prepared.context.len() + self.candidate_tokens()
+    }
+
+    fn candidate_tokens(&self) -> usize {
+        self.prepared
+            .candidates
+            .iter()
+            .map(|c| c.tokens.len())
+            .sum()
+    }
+
+    /// The response to `request` from its scores. `total_ms` counts from [`PreparedRequest::new`],
+    /// so it includes any time spent queued.
+    pub fn respond(
+        &self,
+        model: &Model,
+        model_id: &str,
+        request: &ScoreRequest,
+        scored: &Scored,
+    ) -> Result<ScoreResponse, EngineError> {
+        let alpha = self.alpha;
+        let mut results = Vec::with_capacity(self.prepared.candidates.len());
+        for (index, (candidate, values)) in self
+            .prepared
+            .candidates
+            .iter()
+            .zip(&scored.candidates)
+            .enumerate()
+        {
+            let sums = Aggregates::of(values, alpha);
+            let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
+            if request.return_tokens {
+                let texts = model.token_texts(&candidate.tokens)?;
+                result.tokens = Some(
+                    candidate
+                        .tokens
+                        .iter()
+                        .zip(texts)
+                        .zip(values)
+                        .map(|((token, text), values)| TokenDetail::new(token.0, text, values))
+                        .collect(),
+                );
+            }
+            results.push(result);
         }
-        results.push(result);
-    }
-    let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
-    let order = order_best_first(&scores);
-    for (rank, &index) in order.iter().enumerate() {
-        results[index].rank = rank + 1;
-    }
+        let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
+        let order = order_best_first(&scores);
+        for (rank, &index) in order.iter().enumerate() {
+            results[index].rank = rank + 1;
+        }
 
-    let candidate_tokens = prepared.candidates.iter().map(|c| c.tokens.len()).sum();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    Ok(ScoreResponse {
-        model: model_id.to_owned(),
-        aggregate: request.aggregate,
-        results,
-        order,
-        usage: Usage {
-            prompt_tokens: prepared.context.len(),
-            cached_tokens: scored.cached_tokens,
-            candidate_tokens,
-            total_tokens: prepared.context.len() + candidate_tokens,
-        },
-        timings: Timings {
-            queue_ms: 0.0,
-            prompt_ms: ms(tokenize_time + scored.prompt_time),
-            candidates_ms: ms(scored.candidates_time),
-            total_ms: ms(started.elapsed()),
-        },
-    })
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Ok(ScoreResponse {
+            model: model_id.to_owned(),
+            aggregate: request.aggregate,
+            results,
+            order,
+            usage: Usage {
+                prompt_tokens: self.prepared.context.len(),
+                cached_tokens: scored.cached_tokens,
+                candidate_tokens: self.candidate_tokens(),
+                total_tokens: self.tokens(),
+            },
+            timings: Timings {
+                queue_ms: 0.0,
+                prompt_ms: ms(self.tokenize_time + scored.prompt_time),
+                candidates_ms: ms(scored.candidates_time),
+                total_ms: ms(self.started.elapsed()),
+            },
+        })
+    }
 }

@@ -6,6 +6,8 @@
 //! the rows the reward reads are computed: the context's last row, and each candidate token's row
 //! except after a terminal token.
 
+mod batch;
+
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,10 @@ use crate::reward::{self, Alpha, RowValue, TokenValues};
 pub struct ContextOptions {
     /// Context window in tokens (KV cells shared by the context and all candidates of a group).
     pub n_ctx: u32,
-    /// Most tokens per decode.
+    /// Most tokens per decode. At most 63 keeps llama.cpp on its row-by-row attention kernel
+    /// (64 and more switch to a tiled one with other sums), which makes values independent of what
+    /// is decoded beside them: prefix-cache hits and batched requests then equal cold requests
+    /// exactly, at some cost in speed (BENCHMARKS.md).
     pub n_batch: u32,
     /// CPU threads.
     pub n_threads: u32,
@@ -80,16 +85,28 @@ pub struct Scorer<'m> {
 impl<'m> Scorer<'m> {
     /// Creates a context on `model`.
     pub fn new(model: &'m Model, options: ContextOptions) -> Result<Self, EngineError> {
-        let n_ctx = NonZeroU32::new(options.n_ctx)
+        // One KV cell more than asked, for the padding token of `decode`.
+        let n_ctx = NonZeroU32::new(options.n_ctx.saturating_add(1))
+            .filter(|_| options.n_ctx > 0)
             .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
         let cache_slots = options.cache_slots.clamp(1, LLAMA_MAX_SEQ / 2);
-        let max_sequences = options.max_sequences.clamp(1, LLAMA_MAX_SEQ - cache_slots);
+        let n_batch = options.n_batch.max(1);
+        // One sequence is kept for the padding token of `decode`; and llama.cpp
+        // aborts when a context has more sequences than tokens per decode (its `n_outputs_max`).
+        let room = n_batch.min(LLAMA_MAX_SEQ).saturating_sub(cache_slots + 1);
+        if room == 0 {
+            return Err(EngineError::Backend(format!(
+                "n_batch ({n_batch}) must be larger than the prefix cache's slots + 1 ({})",
+                cache_slots + 1
+            )));
+        }
+        let max_sequences = options.max_sequences.clamp(1, room);
         let threads = i32::try_from(options.n_threads.max(1)).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_n_ctx(Some(n_ctx))
-            .with_n_batch(options.n_batch.max(1))
-            .with_n_ubatch(options.n_batch.max(1))
-            .with_n_seq_max(cache_slots + max_sequences)
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_seq_max(cache_slots + max_sequences + 1)
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
@@ -97,9 +114,9 @@ impl<'m> Scorer<'m> {
             .llama()
             .new_context(backend()?, params)
             .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
-        // llama.cpp may round n_ctx and cap n_batch: plan with what it actually made.
+        // llama.cpp rounds n_ctx up and may cap n_batch: plan with what was asked and it made.
         let limits = Limits {
-            n_ctx: context.n_ctx() as usize,
+            n_ctx: (options.n_ctx as usize).min(context.n_ctx() as usize - 1),
             n_batch: context.n_batch() as usize,
             max_sequences: max_sequences as usize,
         };
@@ -177,7 +194,7 @@ impl<'m> Scorer<'m> {
         };
         let prompt_time = started.elapsed();
 
-        let mut rows: Vec<Vec<RowValue>> = first_logits
+        let rows: Vec<Vec<RowValue>> = first_logits
             .iter()
             .map(|&q| {
                 vec![RowValue {
@@ -186,9 +203,18 @@ impl<'m> Scorer<'m> {
                 }]
             })
             .collect();
-        for group in &groups {
-            self.decode_group(prepared, slot, group.clone(), &mut rows, alpha)?;
+        let mut rows = vec![rows];
+        for group in groups {
+            let branch = Branch {
+                request: 0,
+                prepared,
+                context_sequence: slot,
+                group,
+                alpha,
+            };
+            self.decode_branches(&[branch], self.cache.slot_count(), &mut rows)?;
         }
+        let rows = rows.remove(0);
         self.keep_within_budget(plan.slot);
         let candidates = prepared
             .candidates
@@ -312,58 +338,55 @@ impl<'m> Scorer<'m> {
         Ok(last_row)
     }
 
-    /// Decodes one group of candidates, each on its own sequence branched from the context, and
-    /// appends the rows each candidate needs to `rows`.
-    fn decode_group(
+    /// Decodes the candidates of `branches` together, each on its own sequence (from
+    /// `first_sequence` on) branched from its context's, and appends the rows each candidate needs
+    /// to `rows[branch.request][candidate]`.
+    fn decode_branches(
         &mut self,
-        prepared: &Prepared,
-        context_sequence: i32,
-        group: std::ops::Range<usize>,
-        rows: &mut [Vec<RowValue>],
-        alpha: Alpha,
+        branches: &[Branch<'_>],
+        first_sequence: usize,
+        rows: &mut [Vec<Vec<RowValue>>],
     ) -> Result<(), EngineError> {
-        let context_len = prepared.context.len();
-        let (first, base) = (group.start, self.cache.slot_count());
-        let sequence = move |index: usize| (base + index - first) as i32;
-        for index in group.clone() {
-            self.context
-                .copy_kv_cache_seq(context_sequence, sequence(index), None, None)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        // Every (branch, candidate, position, sequence) in order, with whether its row is read.
+        let mut steps = Vec::new();
+        let mut sequence = first_sequence as i32;
+        for (b, branch) in branches.iter().enumerate() {
+            for index in branch.group.clone() {
+                self.context
+                    .copy_kv_cache_seq(branch.context_sequence, sequence, None, None)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                let candidate = &branch.prepared.candidates[index];
+                let len = candidate.tokens.len();
+                steps.extend((0..len).map(|t| (b, index, t, sequence)));
+                sequence += 1;
+            }
         }
-        // Every (candidate, position) of the group in order, with whether its row is read.
-        let steps = group.clone().flat_map(|index| {
-            let candidate = &prepared.candidates[index];
-            let len = candidate.tokens.len();
-            (0..len).map(move |t| (index, t, !(candidate.terminal && t + 1 == len)))
-        });
-        let steps: Vec<(usize, usize, bool)> = steps.collect();
         for chunk in steps.chunks(self.limits.n_batch) {
             self.batch.clear();
-            for &(index, t, wants_row) in chunk {
-                let token = prepared.candidates[index].tokens[t];
-                self.add(token, context_len + t, sequence(index), wants_row)?;
+            for &(b, index, t, sequence) in chunk {
+                let branch = &branches[b];
+                let candidate = &branch.prepared.candidates[index];
+                let wants_row = !(candidate.terminal && t + 1 == candidate.tokens.len());
+                let position = branch.prepared.context.len() + t;
+                self.add(candidate.tokens[t], position, sequence, wants_row)?;
             }
             self.decode()?;
-            for (batch_index, &(index, t, wants_row)) in chunk.iter().enumerate() {
-                if !wants_row {
+            for (batch_index, &(b, index, t, _)) in chunk.iter().enumerate() {
+                let branch = &branches[b];
+                let candidate = &branch.prepared.candidates[index];
+                if candidate.terminal && t + 1 == candidate.tokens.len() {
                     continue;
                 }
-                let next = prepared.candidates[index].tokens.get(t + 1).copied();
-                let row = self.row(batch_index as i32)?;
-                let q_next = match next {
-                    Some(token) => Some(logit(row, token).ok_or_else(|| {
+                let next = candidate.tokens.get(t + 1).map(|token| token.0 as usize);
+                let row = reward::row_value(self.row(batch_index as i32)?, next, branch.alpha)
+                    .ok_or_else(|| {
                         EngineError::Decode("a candidate token is outside the logits row".into())
-                    })?),
-                    None => None,
-                };
-                rows[index].push(RowValue {
-                    v: reward::soft_value(row, alpha),
-                    q_next,
-                });
+                    })?;
+                rows[branch.request][index].push(row);
             }
         }
-        for index in group {
-            self.remove_sequence(sequence(index), 0)?;
+        for sequence in first_sequence as i32..sequence {
+            self.remove_sequence(sequence, 0)?;
         }
         Ok(())
     }
@@ -470,14 +493,41 @@ impl<'m> Scorer<'m> {
     }
 
     fn decode(&mut self) -> Result<(), EngineError> {
-        self.context
+        // llama.cpp attends a lone token over a long KV view with another kernel (split-KV), whose
+        // sums differ from the row-by-row one; a throwaway token on a spare sequence keeps every
+        // decode on the same kernels, so a one-token cache extension equals a cold request.
+        let spare = (self.cache.slot_count() + self.limits.max_sequences) as i32;
+        let padded = self.batch.n_tokens() == 1 && self.limits.n_batch > 1;
+        if padded {
+            self.batch
+                .add(LlamaToken(0), 0, &[spare], false)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        let decoded = self
+            .context
             .decode(&mut self.batch)
-            .map_err(|e| EngineError::Decode(e.to_string()))
+            .map_err(|e| EngineError::Decode(e.to_string()));
+        if padded {
+            self.remove_sequence(spare, 0)?;
+        }
+        decoded
     }
 
     fn row(&self, batch_index: i32) -> Result<&[f32], EngineError> {
         Ok(self.context.get_logits_ith(batch_index))
     }
+}
+
+/// Some candidates of one request, decoded beside those of other branches.
+struct Branch<'a> {
+    /// Index of the request among those scored together (0 when alone).
+    request: usize,
+    prepared: &'a Prepared,
+    /// The sequence that holds the request's context.
+    context_sequence: i32,
+    /// Which of its candidates.
+    group: std::ops::Range<usize>,
+    alpha: Alpha,
 }
 
 /// `V(s_1)` and each candidate's first logit, from the row after the context.

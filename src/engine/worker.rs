@@ -2,9 +2,10 @@
 //!
 //! A llama.cpp context is not `Send`, so it is created on the worker thread and never leaves it.
 //! The model itself is shared (read-only) with whoever needs its tokenizer. The thread loads the
-//! model, creates the context, then runs jobs one at a time in arrival order. Dropping (or
-//! [`Worker::stop`]ping) the handle closes the queue: the jobs already queued still run, then the
-//! thread ends and the model is unloaded.
+//! model, creates the context, then runs jobs in arrival order; with `batching` on, score jobs
+//! waiting behind one another are scored together in one pass while they fit (continuous
+//! batching, see [`Scorer::score_batch`]). Dropping (or [`Worker::stop`]ping) the handle closes
+//! the queue: the jobs already queued still run, then the thread ends and the model is unloaded.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -12,11 +13,57 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use super::{ContextOptions, EngineError, Model, ModelOptions, Scorer};
+use super::{
+    ContextOptions, EngineError, Model, ModelOptions, PassBudget, PreparedRequest, Scored, Scorer,
+};
 
-/// A unit of work for a worker: it gets the worker's context and sends its own result back.
-pub type Job = Box<dyn FnOnce(&mut Scorer<'_>) + Send + 'static>;
+/// A unit of work for a worker.
+pub enum Job {
+    /// Work on the worker's context that sends its own result back.
+    Run(Box<dyn FnOnce(&mut Scorer<'_>) + Send + 'static>),
+    /// A score request, batched with the score jobs queued behind it.
+    Score(ScoreJob),
+}
+
+/// A prepared score request and where its scores go.
+pub struct ScoreJob {
+    request: PreparedRequest,
+    queued: Instant,
+    reply: Box<dyn ScoreReply>,
+}
+
+impl ScoreJob {
+    /// A job for `request` whose outcome goes to `reply`.
+    pub fn new(request: PreparedRequest, reply: Box<dyn ScoreReply>) -> Self {
+        ScoreJob {
+            request,
+            queued: Instant::now(),
+            reply,
+        }
+    }
+}
+
+/// Where a [`ScoreJob`]'s outcome goes.
+pub trait ScoreReply: Send {
+    /// Whether anyone still waits for the outcome. Asked once, when the job's turn comes: `false`
+    /// (its client left) skips the job.
+    fn is_wanted(&self) -> bool;
+    /// Delivers the outcome, on the worker thread.
+    fn send(self: Box<Self>, outcome: ScoreOutcome);
+}
+
+/// What a [`ScoreReply`] receives.
+#[derive(Debug)]
+pub struct ScoreOutcome {
+    /// The request, given back.
+    pub request: PreparedRequest,
+    /// Its scores, or why there are none.
+    pub result: Result<Scored, EngineError>,
+    /// Time from [`ScoreJob::new`] to the start of its pass.
+    pub waited: Duration,
+}
 
 /// What a worker loads and how it sizes its context. `None` fields take [`ContextOptions::for_model`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +86,8 @@ pub struct WorkerSettings {
     pub cache_slots: Option<u32>,
     /// Most tokens the prefix cache keeps besides the last request's context.
     pub cache_tokens: Option<u32>,
+    /// Score queued requests together in one pass (continuous batching).
+    pub batching: bool,
     /// Jobs that may wait while one runs; a further one is refused ([`SubmitError::Full`]).
     pub queue_depth: usize,
 }
@@ -126,6 +175,7 @@ struct Shared {
     state: Mutex<WorkerState>,
     waiting: AtomicUsize,
     running: AtomicUsize,
+    batched: AtomicUsize,
 }
 
 impl Shared {
@@ -161,6 +211,7 @@ impl Worker {
             state: Mutex::new(WorkerState::Loading),
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            batched: AtomicUsize::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -192,6 +243,11 @@ impl Worker {
     /// Jobs running now (0 or 1).
     pub fn running(&self) -> usize {
         self.shared.running.load(Ordering::Relaxed)
+    }
+
+    /// Requests scored so far in a pass shared with other requests.
+    pub fn batched(&self) -> usize {
+        self.shared.batched.load(Ordering::Relaxed)
     }
 
     /// The queue's capacity.
@@ -258,16 +314,105 @@ fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));
-    while let Ok(job) = receiver.recv() {
+    let mut held = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
         shared.running.fetch_add(1, Ordering::Relaxed);
+        let work: Box<dyn FnOnce(&mut Scorer<'_>)> = match job {
+            Job::Run(work) => work,
+            Job::Score(first) => {
+                let (batch, next) = if settings.batching {
+                    gather(&scorer, first, &receiver, shared)
+                } else {
+                    (vec![first], None)
+                };
+                held = next;
+                Box::new(move |scorer: &mut Scorer<'_>| score_jobs(scorer, batch))
+            }
+        };
         // A panicking job drops its reply channel (its caller sees an error); the worker goes on.
-        if catch_unwind(AssertUnwindSafe(|| job(&mut scorer))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| work(&mut scorer))).is_err() {
             tracing::error!(path = %settings.path.display(), "a job panicked");
         }
         shared.running.fetch_sub(1, Ordering::Relaxed);
     }
     tracing::info!(path = %settings.path.display(), "model unloaded");
+}
+
+/// Takes the score jobs queued right behind `first` while they fit one pass beside it. Returns them
+/// and the first job that did not join, which runs next.
+fn gather(
+    scorer: &Scorer<'_>,
+    first: ScoreJob,
+    receiver: &Receiver<Job>,
+    shared: &Shared,
+) -> (Vec<ScoreJob>, Option<Job>) {
+    let mut budget = PassBudget::default();
+    if !scorer.batches() || !scorer.admit(&mut budget, &first.request.prepared) {
+        return (vec![first], None);
+    }
+    let mut batch = vec![first];
+    while let Ok(job) = receiver.try_recv() {
+        match job {
+            Job::Score(job) if scorer.admit(&mut budget, &job.request.prepared) => {
+                shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                batch.push(job);
+            }
+            other => return counted(batch, Some(other), shared),
+        }
+    }
+    counted(batch, None, shared)
+}
+
+fn counted(
+    batch: Vec<ScoreJob>,
+    next: Option<Job>,
+    shared: &Shared,
+) -> (Vec<ScoreJob>, Option<Job>) {
+    if batch.len() > 1 {
+        shared.batched.fetch_add(batch.len(), Ordering::Relaxed);
+    }
+    (batch, next)
+}
+
+/// Scores the jobs still wanted, together when there are several. Should the pass fail, each
+/// job is scored again alone, so one bad request cannot fail the others.
+fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
+    let batch: Vec<ScoreJob> = batch
+        .into_iter()
+        .filter(|job| job.reply.is_wanted())
+        .collect();
+    let waited: Vec<Duration> = batch.iter().map(|job| job.queued.elapsed()).collect();
+    let together = match batch.len() {
+        0 => return,
+        1 => None,
+        _ => {
+            let requests: Vec<_> = batch
+                .iter()
+                .map(|job| (&job.request.prepared, job.request.alpha))
+                .collect();
+            scorer.score_batch(&requests).ok()
+        }
+    };
+    let mut together = together.map(Vec::into_iter);
+    for (job, waited) in batch.into_iter().zip(waited) {
+        let result = match together.as_mut().and_then(Iterator::next) {
+            Some(scored) => Ok(scored),
+            None => scorer.score(&job.request.prepared, job.request.alpha),
+        };
+        job.reply.send(ScoreOutcome {
+            request: job.request,
+            result,
+            waited,
+        });
+    }
 }
 
 fn tokenizer_info(model: &Model, settings: &WorkerSettings) -> TokenizerInfo {

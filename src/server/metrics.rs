@@ -149,6 +149,7 @@ impl Metrics {
             text,
             "# HELP endorm_queue_waiting Requests waiting for a model.\n# TYPE endorm_queue_waiting gauge\n\
              # HELP endorm_queue_running Requests a model is running.\n# TYPE endorm_queue_running gauge\n\
+             # HELP endorm_batched_requests_total Requests scored in a pass shared with others.\n# TYPE endorm_batched_requests_total counter\n\
              # HELP endorm_model_state 1 for the state each model is in.\n# TYPE endorm_model_state gauge"
         );
         for (id, entry) in &snapshot.models {
@@ -162,6 +163,11 @@ impl Metrics {
                     text,
                     "endorm_queue_running{{model=\"{id}\"}} {}",
                     worker.running()
+                );
+                let _ = writeln!(
+                    text,
+                    "endorm_batched_requests_total{{model=\"{id}\"}} {}",
+                    worker.batched()
                 );
             }
             let state = state_name(&entry.state());

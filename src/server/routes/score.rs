@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{check_count, check_tokens};
 use crate::api::{ScoreRequest, ScoreResponse};
-use crate::engine::{prepare, score_request};
+use crate::engine::PreparedRequest;
 use crate::reward::Aggregate;
 use crate::server::body::read_json;
 use crate::server::error::ApiError;
@@ -33,29 +33,24 @@ pub async fn score(State(app): State<Arc<App>>, body: Body) -> Result<Response, 
     Ok(with_tokens(Json(response), tokens))
 }
 
-/// Scores `request` on `entry` through [`score_request`], the offline scorer's code path.
+/// Scores `request` on `entry` the way the offline scorer does ([`PreparedRequest`]), in a pass
+/// it may share with other queued requests.
 pub async fn score_on(
     app: &Arc<App>,
     entry: &Arc<ModelEntry>,
     request: ScoreRequest,
     limits: Limits,
 ) -> Result<ScoreResponse, ApiError> {
-    let id = entry.id().to_owned();
-    let principle = entry.spec.principle.clone();
-    let (mut response, queue_ms) = jobs::run(entry, &app.metrics, move |scorer| {
-        let prepared = prepare(scorer.model(), &request, principle.as_deref())?;
-        let tokens = prepared.context.len()
-            + prepared
-                .candidates
-                .iter()
-                .map(|c| c.tokens.len())
-                .sum::<usize>();
-        check_tokens(tokens, &limits)?;
-        Ok(score_request(scorer, &id, &request, principle.as_deref())?)
-    })
-    .await?;
-    response.timings.queue_ms = queue_ms;
-    response.timings.total_ms += queue_ms;
+    let loaded = jobs::loaded(entry)?;
+    let principle = entry.spec.principle.as_deref();
+    let prepared = PreparedRequest::new(&loaded.model, &request, principle)?;
+    check_tokens(prepared.tokens(), &limits)?;
+    let outcome = jobs::score(entry, &app.metrics, prepared).await?;
+    let scored = outcome.result?;
+    let mut response = outcome
+        .request
+        .respond(&loaded.model, entry.id(), &request, &scored)?;
+    response.timings.queue_ms = outcome.waited.as_secs_f64() * 1e3;
     Ok(response)
 }
 
