@@ -9,6 +9,10 @@
 
 use super::LlamaToken;
 
+/// A context that diverges from a slot at most this many tokens before the slot's end continues it
+/// in place instead of forking it.
+const REWRITTEN_TAIL: usize = 16;
+
 /// A cached context.
 #[derive(Debug, Clone, Default)]
 struct Slot {
@@ -82,6 +86,17 @@ impl PrefixCache {
             };
             return Plan {
                 slot: target,
+                copy_from: None,
+                reused,
+                full_hit: false,
+            };
+        }
+        if slot.tokens.len() - reused <= REWRITTEN_TAIL {
+            // Diverges only in the slot's last few tokens (text deleted at the end, or the
+            // tokenizer merging the last token with what was typed after it): continue it in
+            // place, nobody is left to resume those tokens.
+            return Plan {
+                slot: best,
                 copy_from: None,
                 reused,
                 full_hit: false,
@@ -226,7 +241,8 @@ mod tests {
     #[test]
     fn a_diverging_context_forks_into_the_least_recently_used_slot() {
         let mut cache = PrefixCache::new(3);
-        cache.store(0, &tokens(&[1, 2, 3, 4]), Some(vec![]));
+        let long: Vec<i32> = (1..=40).collect();
+        cache.store(0, &tokens(&long), Some(vec![]));
         cache.store(1, &tokens(&[9, 9]), Some(vec![]));
         let plan = cache.plan(&tokens(&[1, 2, 7]));
         assert_eq!(
@@ -238,17 +254,21 @@ mod tests {
                 full_hit: false
             }
         );
-        // A shorter context (text deleted at the end) also keeps the longer one for later.
-        let plan = cache.plan(&tokens(&[1, 2, 3]));
-        assert_eq!(
-            plan,
-            Plan {
-                slot: 2,
-                copy_from: Some(0),
-                reused: 2,
-                full_hit: false
-            }
-        );
+    }
+
+    #[test]
+    fn a_rewritten_tail_continues_the_slot_in_place() {
+        let mut cache = PrefixCache::new(3);
+        let long: Vec<i32> = (1..=40).collect();
+        cache.store(0, &tokens(&long), Some(vec![]));
+        // The last token retokenized with what was typed after it.
+        let mut typed: Vec<i32> = (1..=39).collect();
+        typed.extend([77, 78]);
+        let plan = cache.plan(&tokens(&typed));
+        assert_eq!((plan.slot, plan.copy_from, plan.reused), (0, None, 39));
+        // Text deleted at the end.
+        let plan = cache.plan(&tokens(&long[..30]));
+        assert_eq!((plan.slot, plan.copy_from, plan.reused), (0, None, 29));
     }
 
     #[test]

@@ -237,10 +237,17 @@ impl<'m> Scorer<'m> {
     /// Plans where the context goes and evicts cached contexts, least recently used first, until
     /// the context and all candidates fit beside the rest in one group (or nothing is left to evict).
     fn make_room(&mut self, context: &[LlamaToken], lens: &[usize]) -> Result<Plan, EngineError> {
-        let needed = context.len() + lens.iter().sum::<usize>();
+        let candidates = lens.iter().sum::<usize>();
         let largest = context.len() + lens.iter().copied().max().unwrap_or(0);
         let mut plan = self.cache.plan(context);
         loop {
+            // A fork shares its prefix's cells with the slot it is copied from.
+            let shared = if plan.copy_from.is_some() {
+                plan.reused
+            } else {
+                0
+            };
+            let needed = context.len() - shared + candidates;
             let others = self.cache.tokens_besides(plan.slot);
             if others + needed <= self.limits.n_ctx {
                 return Ok(plan);
