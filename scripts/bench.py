@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""endorm's benchmark scenarios A-D, each beside the peer a user would otherwise use.
+
+    scripts/bench.py [--endorm target/release/endorm] [--model GGUF] [--threads 2] [--json out.json]
+
+A  one request, 512 context tokens + 8 candidates x 64 tokens, cold (`endorm bench`, in process)
+B  editor typing: a ~2000-token file prefix growing by a few tokens per request, 5 candidates
+   x ~16 tokens, 50 requests through the daemon with the prefix cache on: p50 / p99, hit ratio
+C  16 concurrent clients each sending an A-like request to the daemon vs. one client
+D  the daemon's resident memory after load and after C, and time from start to a healthy /health
+
+Peers, in the same run and on the same tokens: llama-cpp-python (`logits_all`, the log-probs read
+from its scores) naively (one full evaluation per candidate) and rewinding (the context evaluated
+once, each candidate evaluated after rewinding to it). Install it built for the same CPU target as
+endorm (BENCHMARKS.md), or the peer columns are left out. Prints a Markdown table (BENCHMARKS.md).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = Path.home() / ".cache/endorm/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The same text `endorm bench` decodes (src/bench.rs), so scenario A's peers see its tokens.
+TEXT = (
+    "The river runs past the old mill, where the miller keeps a ledger of every sack "
+    "of grain. In winter the wheel freezes and the village waits; in spring the water returns and "
+    "the stones turn again. Children count the sacks, merchants argue over prices, and the ledger "
+    "grows thicker every year. "
+)
+
+
+def code_file(functions):
+    """A Python file an editor might hold, one small function after another."""
+    return "".join(
+        f"def step_{i}(values, scale={i}):\n"
+        f"    \"\"\"Scale every value by {i} and drop the negative ones.\"\"\"\n"
+        f"    return [v * scale for v in values if v >= 0]\n\n"
+        for i in range(functions)
+    )
+
+
+EDITOR_CANDIDATES = [
+    "    return sorted(values, key=abs)[:scale]\n",
+    "    total = sum(values)\n    return total / max(len(values), 1)\n",
+    "    raise NotImplementedError('step not written yet')\n",
+    "    return [v for v in values if v % scale == 0]\n",
+    "    print(values)\n    return None  # debugging\n",
+]
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=600):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def call(sock, method, path, body=None):
+    connection = UnixHTTPConnection(sock)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        connection.request(method, path, payload, headers)
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data else None)
+    finally:
+        connection.close()
+
+
+def score(sock, body):
+    started = time.perf_counter()
+    status, response = call(sock, "POST", "/v1/score", body)
+    if status != 200:
+        raise RuntimeError(f"/v1/score answered {status}: {response}")
+    return response, time.perf_counter() - started
+
+
+class Daemon:
+    """`endorm serve` on a temp socket with a config of `settings`; stops when its stdin closes."""
+
+    def __init__(self, endorm, model, threads, **settings):
+        self.dir = tempfile.TemporaryDirectory()
+        self.sock = os.path.join(self.dir.name, "endorm.sock")
+        config = os.path.join(self.dir.name, "endorm.toml")
+        lines = [f"[models.bench]", f"path = {json.dumps(str(model))}", f"n_threads = {threads}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        Path(config).write_text("\n".join(lines) + "\n")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [endorm, "serve", "--config", config, "--socket", self.sock, "--exit-on-eof"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        while not self.healthy():
+            if self.process.poll() is not None or time.perf_counter() - started > 60:
+                raise RuntimeError("the daemon did not become healthy")
+            time.sleep(0.005)
+        self.start_s = time.perf_counter() - started
+
+    def healthy(self):
+        try:
+            status, body = call(self.sock, "GET", "/health")
+        except OSError:
+            return False
+        return status == 200 and body.get("status") == "ok"
+
+    def rss_mib(self):
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        return kib / 1024
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.dir.cleanup()
+
+
+# --- llama-cpp-python peers -------------------------------------------------------------------
+
+
+class Peer:
+    """llama-cpp-python with every row's logits kept (`logits_all`), as a user would score with it."""
+
+    def __init__(self, model, threads, n_ctx):
+        import llama_cpp
+        import numpy
+
+        self.np = numpy
+        started = time.perf_counter()
+        self.llm = llama_cpp.Llama(
+            model_path=str(model),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_ubatch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            flash_attn=True,
+            verbose=False,
+        )
+        self.load_s = time.perf_counter() - started
+
+    def tokenize(self, text):
+        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
+
+    def rewards(self, start, tokens):
+        """Sum of log-probs and the soft values of the rows that score `tokens` at `start`."""
+        rows = self.np.asarray(self.llm.scores[start - 1 : start - 1 + len(tokens)], dtype=self.np.float64)
+        top = rows.max(axis=1)
+        v = top + self.np.log(self.np.exp(rows - top[:, None]).sum(axis=1))
+        q = rows[self.np.arange(len(tokens)), tokens]
+        return float((q - v).sum())
+
+    def naive(self, context, candidates):
+        for candidate in candidates:
+            self.llm.reset()
+            self.llm.eval(context + candidate)
+            self.rewards(len(context), candidate)
+
+    def rewinding(self, context, candidates):
+        """The context once (reusing the longest prefix still in the KV cache), then each candidate
+        after rewinding to the context's end."""
+        shared = 0
+        for a, b in zip(self.llm.input_ids[: self.llm.n_tokens], context):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(context) - 1)
+        self.llm.n_tokens = shared
+        self.llm.eval(context[shared:])
+        for candidate in candidates:
+            self.llm.n_tokens = len(context)
+            self.llm.eval(candidate)
+            self.rewards(len(context), candidate)
+
+    def decode_after(self, context, tokens, repeats=5):
+        """Median seconds to evaluate `tokens` after `context` (the context itself not timed)."""
+        self.llm.reset()
+        self.llm.eval(context)
+        times = []
+        for _ in range(repeats):
+            self.llm.n_tokens = len(context)
+            started = time.perf_counter()
+            self.llm.eval(tokens)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+
+def peer_or_none(model, threads, n_ctx):
+    try:
+        return Peer(model, threads, n_ctx)
+    except ImportError as error:
+        print(f"peers left out: {error}", file=sys.stderr)
+        return None
+
+
+def timed(f, *args):
+    started = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - started
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+def bench_tokens(peer, n):
+    text, tokens = "", []
+    while len(tokens) < n:
+        text += TEXT
+        tokens = peer.tokenize(text)
+    return tokens[:n]
+
+
+def scenario_a(args, peer):
+    result = {}
+    for n_batch in (512, 63):
+        out = subprocess.run(
+            [args.endorm, "bench", "--json", "--model", str(args.model), "--threads", str(args.threads),
+             "--n-batch", str(n_batch), "--repeats", str(args.repeats)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        report = json.loads(out)
+        result[f"endorm_n_batch_{n_batch}"] = {k: report[k] for k in ("shared_s", "naive_s", "plain_s")}
+    if peer:
+        tokens = bench_tokens(peer, 512 + 8 * 64)
+        context, candidates = tokens[:512], [tokens[512 + 64 * i : 512 + 64 * (i + 1)] for i in range(8)]
+        peer.rewinding(context, candidates)  # warm-up
+        result["peer_naive_s"] = statistics.median(timed(peer.naive, context, candidates) for _ in range(args.repeats))
+        rewinds = []
+        for _ in range(args.repeats):
+            peer.llm.reset()
+            rewinds.append(timed(peer.rewinding, context, candidates))
+        result["peer_rewinding_s"] = statistics.median(rewinds)
+    return result
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def editor_requests(requests):
+    """A file prefix of ~2000 tokens, then the same file a few characters longer each time."""
+    base = code_file(48)
+    more = code_file(60)[len(base) :]
+    return [base + more[: 9 * i] for i in range(requests + 1)]
+
+
+def scenario_b(args, peer):
+    prefixes = editor_requests(args.requests)
+    result = {}
+    for n_batch in (512, 63):
+        daemon = Daemon(args.endorm, args.model, args.threads, n_ctx=4096, n_batch=n_batch, cache_slots=4)
+        try:
+            latencies, cached, prompt, candidate_tokens = [], 0, 0, 0
+            for i, prefix in enumerate(prefixes):
+                response, seconds = score(daemon.sock, {"format": "raw", "prompt": prefix, "candidates": EDITOR_CANDIDATES})
+                if i == 0:
+                    continue  # the file's first request is cold: typing starts after it
+                latencies.append(seconds)
+                cached += response["usage"]["cached_tokens"]
+                prompt += response["usage"]["prompt_tokens"]
+                candidate_tokens = response["usage"]["candidate_tokens"]
+            result[f"endorm_n_batch_{n_batch}"] = {
+                "p50_s": percentile(latencies, 50),
+                "p99_s": percentile(latencies, 99),
+                "hit_ratio": cached / prompt,
+                "prompt_tokens": response["usage"]["prompt_tokens"],
+                "candidate_tokens": candidate_tokens,
+            }
+        finally:
+            daemon.close()
+    if peer:
+        contexts = [peer.tokenize(p) for p in prefixes]
+        candidates = [peer.tokenize(c) for c in EDITOR_CANDIDATES]
+        flat = [t for c in candidates for t in c]
+        result["decode_candidates_alone_s"] = peer.decode_after(contexts[-1], flat)
+        peer.llm.reset()
+        peer.rewinding(contexts[0], candidates)
+        rewinding = [timed(peer.rewinding, c, candidates) for c in contexts[1:]]
+        result["peer_rewinding"] = {"p50_s": percentile(rewinding, 50), "p99_s": percentile(rewinding, 99)}
+        naive = [timed(peer.naive, c, candidates) for c in contexts[1 : 1 + args.naive_requests]]
+        result["peer_naive"] = {"p50_s": percentile(naive, 50), "requests": len(naive)}
+    return result
+
+
+def client_request(i):
+    """An A-like request: ~512 tokens of context, 8 candidates of ~64 tokens; each client its own."""
+    words = TEXT.split()
+    context = " ".join(words[i % len(words) :] + words) + " " + TEXT * 6
+    candidates = [" ".join(words[(i + 7 * j) % len(words) :] + words[: 10]) for j in range(8)]
+    return {"format": "raw", "prompt": context, "candidates": candidates}
+
+
+def scenario_c_d(args, peer):
+    result = {}
+    for batching in (False, True):
+        daemon = Daemon(args.endorm, args.model, args.threads, batching=batching)
+        try:
+            key = "batching" if batching else "default"
+            if not batching:
+                result["start_to_healthy_s"] = daemon.start_s
+                result["rss_after_load_mib"] = daemon.rss_mib()
+            score(daemon.sock, client_request(0))  # warm-up
+            tokens, started = 0, time.perf_counter()
+            for i in range(args.single_requests):
+                tokens += score(daemon.sock, client_request(i))[0]["usage"]["total_tokens"]
+            single = tokens / (time.perf_counter() - started)
+
+            failures, totals = [], []
+            lock = threading.Lock()
+
+            def client(i):
+                try:
+                    response, _ = score(daemon.sock, client_request(i))
+                    with lock:
+                        totals.append(response["usage"]["total_tokens"])
+                except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+                    with lock:
+                        failures.append(str(error))
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+            started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            concurrent = sum(totals) / (time.perf_counter() - started)
+            result[key] = {"single_tok_s": single, "concurrent_tok_s": concurrent, "failed": len(failures)}
+            if not batching:
+                result["rss_after_c_mib"] = daemon.rss_mib()
+        finally:
+            daemon.close()
+    return result
+
+
+def model_budget_mib(args, peer):
+    """Model file + KV cache of the daemon's default context (4096 tokens, f16 K and V)."""
+    file_mib = args.model.stat().st_size / 2**20
+    if not peer:
+        return file_mib, None
+    meta = peer.llm.metadata
+    arch = meta["general.architecture"]
+    layers = int(meta[f"{arch}.block_count"])
+    embd = int(meta[f"{arch}.embedding_length"])
+    heads = int(meta[f"{arch}.attention.head_count"])
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    kv_mib = 4096 * layers * 2 * (embd // heads * kv_heads) * 2 / 2**20
+    return file_mib, kv_mib
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def report(r, args):
+    a, b, c = r["A"], r["B"], r["C_D"]
+    lines = ["| scenario | measure | endorm | llama-cpp-python naive | llama-cpp-python rewinding | target |", "|---|---|---:|---:|---:|---|"]
+    e = a["endorm_n_batch_512"]
+    naive, rewind = a.get("peer_naive_s"), a.get("peer_rewinding_s")
+    fmt = lambda x, unit="s": "—" if x is None else f"{x:.3f} {unit}"
+    lines.append(f"| A | one cold request (1,024 tokens) | {fmt(e['shared_s'])} | {fmt(naive)} | {fmt(rewind)} | |")
+    lines.append(f"| A | vs plain decode of the same tokens ({fmt(e['plain_s'])}) | {e['shared_s'] / e['plain_s']:.2f}× | | | ≤ 1.1× |")
+    if naive:
+        lines.append(f"| A | speed-up over the peer | | {naive / e['shared_s']:.2f}× | {rewind / e['shared_s']:.2f}× | ≥ 5× naive, > 1× rewinding |")
+    lines.append(f"| A | endorm's own naive path | {e['naive_s'] / e['shared_s']:.2f}× slower | | | |")
+    e63 = a["endorm_n_batch_63"]
+    lines.append(f"| A | n_batch 63 (exact mode): request / plain | {fmt(e63['shared_s'])} / {fmt(e63['plain_s'])} | | | |")
+    for n_batch in (512, 63):
+        eb = b[f"endorm_n_batch_{n_batch}"]
+        peer = b.get("peer_rewinding", {})
+        naive_b = b.get("peer_naive", {})
+        lines.append(
+            f"| B | p50 / p99 latency, n_batch {n_batch} | {fmt(eb['p50_s'])} / {fmt(eb['p99_s'])} | "
+            f"{fmt(naive_b.get('p50_s'))} (p50 of {naive_b.get('requests', 0)}) | {fmt(peer.get('p50_s'))} / {fmt(peer.get('p99_s'))} | |"
+        )
+        lines.append(f"| B | cache hit ratio, n_batch {n_batch} | {eb['hit_ratio']:.3f} | | | |")
+        alone = b.get("decode_candidates_alone_s")
+        if alone:
+            lines.append(f"| B | p50 / decode of the {eb['candidate_tokens']} candidate tokens alone ({fmt(alone)}), n_batch {n_batch} | {eb['p50_s'] / alone:.2f}× | | | ≤ 1.2× |")
+    for key in ("default", "batching"):
+        ck = c[key]
+        lines.append(
+            f"| C | {args.clients} clients vs 1 ({key}) | {ck['concurrent_tok_s']:.0f} vs {ck['single_tok_s']:.0f} tok/s = "
+            f"{ck['concurrent_tok_s'] / ck['single_tok_s']:.2f}×, {ck['failed']} failed | | | ≥ 0.9×, 0 failed |"
+        )
+    if rewind:
+        lines.append(f"| C | peer, one request at a time (from A) | | {1024 / naive:.0f} tok/s | {1024 / rewind:.0f} tok/s | |")
+    file_mib, kv_mib = r["budget"]
+    budget = "—" if kv_mib is None else f"≤ {file_mib + kv_mib + 64:.0f} MiB (model {file_mib:.0f} + KV {kv_mib:.0f} + 64)"
+    lines.append(f"| D | resident memory after load / after C | {c['rss_after_load_mib']:.0f} / {c['rss_after_c_mib']:.0f} MiB | | {r.get('peer_rss_mib', 0):.0f} MiB after load | {budget} |")
+    lines.append(f"| D | start to healthy | {fmt(c['start_to_healthy_s'])} | | {fmt(r.get('peer_load_s'))} (load) | ≤ 1 s |")
+    return "\n".join(lines)
+
+
+def peer_rss_mib():
+    status = Path("/proc/self/status").read_text()
+    return next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmRSS:")) / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endorm", default=str(ROOT / "target/release/endorm"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of A (median)")
+    parser.add_argument("--requests", type=int, default=50, help="typed requests of B")
+    parser.add_argument("--naive-requests", type=int, default=3, help="B requests the naive peer runs")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of C")
+    parser.add_argument("--single-requests", type=int, default=3, help="requests of C's single client")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+
+    results = {"machine": machine(), "threads": args.threads, "model": args.model.name}
+    # The daemon scenarios run before the peer is loaded, so its memory does not compete with them.
+    results["C_D"] = scenario_c_d(args, None)
+    before = peer_rss_mib()
+    peer = peer_or_none(args.model, args.threads, 4096)
+    if peer:
+        results["peer_rss_mib"] = peer_rss_mib() - before
+        results["peer_load_s"] = peer.load_s
+    results["budget"] = model_budget_mib(args, peer)
+    results["A"] = scenario_a(args, peer)
+    results["B"] = scenario_b(args, peer)
+    table = report(results, args)
+    print(f"{results['machine']}, {args.threads} threads, {args.model.name}\n")
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def machine():
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs"
+
+
+if __name__ == "__main__":
+    main()
