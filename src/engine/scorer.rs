@@ -216,18 +216,8 @@ impl<'m> Scorer<'m> {
         }
         let rows = rows.remove(0);
         self.keep_within_budget(plan.slot);
-        let candidates = prepared
-            .candidates
-            .iter()
-            .zip(&rows)
-            .map(|(candidate, rows)| {
-                reward::candidate_values(rows, candidate.terminal, alpha).ok_or_else(|| {
-                    EngineError::Decode("logits rows do not match the candidate".into())
-                })
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Scored {
-            candidates,
+            candidates: candidate_values(prepared, &rows, alpha)?,
             cached_tokens: plan.reused,
             prompt_time,
             candidates_time: started.elapsed() - prompt_time,
@@ -535,6 +525,23 @@ struct Branch<'a> {
     /// Which of its candidates.
     group: std::ops::Range<usize>,
     alpha: Alpha,
+}
+
+/// Each candidate's per-token values from the rows read for it.
+fn candidate_values(
+    prepared: &Prepared,
+    rows: &[Vec<RowValue>],
+    alpha: Alpha,
+) -> Result<Vec<Vec<TokenValues>>, EngineError> {
+    prepared
+        .candidates
+        .iter()
+        .zip(rows)
+        .map(|(candidate, rows)| {
+            reward::candidate_values(rows, candidate.terminal, alpha)
+                .ok_or_else(|| EngineError::Decode("logits rows do not match the candidate".into()))
+        })
+        .collect()
 }
 
 /// `V(s_1)` and each candidate's first logit, from the row after the context.

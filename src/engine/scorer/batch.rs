@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
-use super::{first_row_values, Branch, Scored, Scorer};
+use super::{candidate_values, first_row_values, Branch, Scored, Scorer};
 use crate::engine::plan::PassBudget;
 use crate::engine::{EngineError, Prepared};
-use crate::reward::{self, Alpha, RowValue};
+use crate::reward::{Alpha, RowValue};
 
 impl Scorer<'_> {
     /// Whether this context batches requests: only with the prefix cache off, where every request
@@ -76,18 +76,8 @@ impl Scorer<'_> {
             .iter()
             .zip(rows)
             .map(|(&(prepared, alpha), rows)| {
-                let candidates = prepared
-                    .candidates
-                    .iter()
-                    .zip(&rows)
-                    .map(|(candidate, rows)| {
-                        reward::candidate_values(rows, candidate.terminal, alpha).ok_or_else(|| {
-                            EngineError::Decode("logits rows do not match the candidate".into())
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
                 Ok(Scored {
-                    candidates,
+                    candidates: candidate_values(prepared, &rows, alpha)?,
                     cached_tokens: 0,
                     prompt_time,
                     candidates_time,
