@@ -72,16 +72,7 @@ function M.active(buf)
   return #vim.api.nvim_buf_get_extmarks(buf, M.ns, 0, -1, { limit = 1 }) > 0
 end
 
-local function finish(result, done)
-  M.runs = M.runs + 1
-  M.last = result
-  if result.err then
-    vim.notify(result.err, vim.log.levels.ERROR, { title = 'endorm' })
-  end
-  if done then
-    done(result)
-  end
-end
+local finish = require('endorm.command').finisher(M)
 
 --- Score and colour lines line1..line2 (1-based) of `buf`; with `use_visual`, a charwise visual
 --- selection on those lines is coloured exactly. done(result) when finished.

@@ -51,16 +51,7 @@ function M.split(lines, mode)
   return alts, 'blocks'
 end
 
-local function finish(result, done)
-  M.runs = M.runs + 1
-  M.last = result
-  if result.err then
-    vim.notify(result.err, vim.log.levels.ERROR, { title = 'endorm' })
-  end
-  if done then
-    done(result)
-  end
-end
+local finish = require('endorm.command').finisher(M)
 
 --- Rerank lines line1..line2 (1-based, inclusive) of `buf`.
 --- opts: { show_only?: boolean }; done(result) is called when finished.
