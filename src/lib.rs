@@ -5,7 +5,7 @@
 //! * [`reward`] — the math of REWARD.md, free of llama.cpp.
 //! * [`engine`] — models, tokens and the shared-prefix batched decode.
 //! * [`api`] — the wire types of API.md.
-//! * [`offline`] — JSONL in, JSONL out, resumable.
+//! * [`offline`] — JSONL in, JSONL out, resumable ([`jsonl`]).
 //! * [`server`] — the daemon: HTTP over a Unix socket; [`config`] — its TOML config.
 
 pub mod api;
@@ -13,6 +13,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod eval;
+pub mod jsonl;
 pub mod offline;
 pub mod paths;
 pub mod progress;

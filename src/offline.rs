@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{score_request, EngineError, Scorer};
+use crate::jsonl::open_resumable;
 
 /// What to do with an output file that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,7 +106,7 @@ pub enum OfflineError {
     Engine(EngineError),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> OfflineError + '_ {
+fn io_error(path: &Path) -> impl Fn(io::Error) -> OfflineError + '_ {
     move |source| OfflineError::Io {
         path: path.to_owned(),
         source,
@@ -238,29 +239,15 @@ fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>
                 _ => io_error(path)(e),
             })?,
         Existing::Overwrite => File::create(path).map_err(io_error(path))?,
-        Existing::Resume => {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(io_error(path))?;
-            let mut complete = 0u64;
-            for line in BufReader::new(&file).split(b'\n') {
-                let line = line.map_err(io_error(path))?;
-                let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&line) else {
-                    break;
-                };
-                complete += line.len() as u64 + 1;
-                if let Some(id) = object.remove("id") {
-                    seen.insert(id.to_string());
-                }
+        Existing::Resume => open_resumable(path, io_error(path), |line| {
+            let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
+                return Ok(false);
+            };
+            if let Some(id) = object.remove("id") {
+                seen.insert(id.to_string());
             }
-            file.set_len(complete).map_err(io_error(path))?;
-            file.seek(SeekFrom::End(0)).map_err(io_error(path))?;
-            file
-        }
+            Ok(true)
+        })?,
     };
     Ok((file, seen))
 }

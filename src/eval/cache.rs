@@ -6,14 +6,15 @@
 //! crash is dropped.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::methods::{Pass, PassScores};
 use super::EvalError;
+use crate::jsonl::open_resumable;
 
 /// What cached scores depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,40 +80,29 @@ impl Cache {
             path: path.to_owned(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
         let mut records = HashMap::new();
-        let mut complete = 0u64;
         let mut header_seen = false;
-        for line in BufReader::new(&file).split(b'\n') {
-            let line = line.map_err(io)?;
-            if !header_seen {
-                let Ok(header) = serde_json::from_slice::<Header>(&line) else {
-                    break;
-                };
-                if header.endorm_eval_cache != *fingerprint {
-                    return Err(EvalError::CacheMismatch {
-                        path: path.to_owned(),
-                        cached: Box::new(header.endorm_eval_cache),
-                        wanted: Box::new(fingerprint.clone()),
-                    });
-                }
-                header_seen = true;
-            } else {
-                let Ok(record) = serde_json::from_slice::<Record>(&line) else {
-                    break;
+        let mut file = open_resumable(path, io, |line| {
+            if header_seen {
+                let Ok(record) = serde_json::from_slice::<Record>(line) else {
+                    return Ok(false);
                 };
                 records.insert((record.pass, record.id), record.outcome);
+                return Ok(true);
             }
-            complete += line.len() as u64 + 1;
-        }
-        file.set_len(complete).map_err(io)?;
-        file.seek(SeekFrom::End(0)).map_err(io)?;
+            let Ok(header) = serde_json::from_slice::<Header>(line) else {
+                return Ok(false);
+            };
+            if header.endorm_eval_cache != *fingerprint {
+                return Err(EvalError::CacheMismatch {
+                    path: path.to_owned(),
+                    cached: Box::new(header.endorm_eval_cache),
+                    wanted: Box::new(fingerprint.clone()),
+                });
+            }
+            header_seen = true;
+            Ok(true)
+        })?;
         if !header_seen {
             let header = Header {
                 endorm_eval_cache: fingerprint.clone(),
@@ -185,6 +175,7 @@ mod tests {
 
     use super::super::methods::Scores;
     use super::*;
+    use std::fs::OpenOptions;
 
     fn fingerprint(model: &str) -> Fingerprint {
         Fingerprint {
