@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::{Candidate, EngineError, LlamaToken, Model, Prepared, Scorer};
+use crate::engine::{prepare, EngineError, Scorer};
 use crate::reward::Alpha;
 
 /// The shape of the benchmark.
@@ -55,50 +55,16 @@ impl Report {
     }
 }
 
-/// A fixed English text, repeated to any length, so every run decodes the same tokens.
-const TEXT: &str =
-    "The river runs past the old mill, where the miller keeps a ledger of every sack \
-    of grain. In winter the wheel freezes and the village waits; in spring the water returns and \
-    the stones turn again. Children count the sacks, merchants argue over prices, and the ledger \
-    grows thicker every year. ";
-
-fn tokens(model: &Model, n: usize) -> Result<Vec<LlamaToken>, EngineError> {
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    while tokens.len() < n {
-        text.push_str(TEXT);
-        tokens = model.tokenize(&text, false, false)?;
-    }
-    tokens.truncate(n);
-    Ok(tokens)
-}
-
 /// Runs the benchmark on `scorer`.
 pub fn run(scorer: &mut Scorer<'_>, shape: Shape) -> Result<Report, EngineError> {
-    let model = scorer.model();
-    let stream = tokens(
-        model,
-        shape.context_tokens + shape.candidates * shape.candidate_tokens,
+    let shared = prepare::synthetic(
+        scorer.model(),
+        shape.context_tokens,
+        shape.candidates,
+        shape.candidate_tokens,
     )?;
-    let (context, rest) = stream.split_at(shape.context_tokens);
-    let candidates: Vec<Candidate> = rest
-        .chunks(shape.candidate_tokens)
-        .map(|tokens| Candidate {
-            tokens: tokens.to_vec(),
-            terminal: false,
-        })
-        .collect();
-    let shared = Prepared {
-        context: context.to_vec(),
-        candidates: candidates.clone(),
-    };
-    let alone: Vec<Prepared> = candidates
-        .iter()
-        .map(|c| Prepared {
-            context: context.to_vec(),
-            candidates: vec![c.clone()],
-        })
-        .collect();
+    let alone = shared.one_per_candidate();
+    let stream = shared.concatenated();
 
     // Warm-up: first touch of the mapped weights and of llama.cpp's compute buffers.
     scorer.score(&shared, Alpha::ONE)?;
@@ -125,7 +91,7 @@ pub fn run(scorer: &mut Scorer<'_>, shape: Shape) -> Result<Report, EngineError>
     }
     Ok(Report {
         shape,
-        tokens: stream.len(),
+        tokens: shared.tokens(),
         shared_s: median(shared_times),
         naive_s: median(naive_times),
         plain_s: median(plain_times),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use endorm::api::{Format, ScoreRequest};
-use endorm::engine::{score_request, ContextOptions, Model, ModelOptions, Scorer};
+use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer};
 use endorm::offline::{self, Existing, Shard};
 use endorm::reward::Aggregate;
 use endorm::{bench, eval, paths};
@@ -282,7 +282,7 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
         ..ScoreRequest::default()
     };
     let id = paths::model_id(&model.meta().path);
-    let response = score_request(&mut scorer, &id, &request, None)?;
+    let response = scorer.score_request(&id, &request, None)?;
     println!(
         "{:>4}  {:>10}  {:>10}  {:>10}  {:>6}  candidate",
         "rank",

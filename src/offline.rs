@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
-use crate::engine::{score_request, EngineError, Scorer};
+use crate::engine::{EngineError, Scorer};
 use crate::jsonl::open_resumable;
 
 /// What to do with an output file that already exists.
@@ -144,9 +144,9 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
             match request {
                 Err(error) => Err(error),
                 Ok(request) => {
-                    match score_request(scorer, &job.model_id, &request, job.principle.as_deref()) {
+                    match scorer.score_request(&job.model_id, &request, job.principle.as_deref()) {
                         Ok(response) => Ok(response),
-                        Err(e) if e.is_input_error() => Err(ErrorBody::from(&e)),
+                        Err(e) if e.is_input_error() => Err(error_line(&e)),
                         // A model that cannot decode fails every line after: stop, keep the output.
                         Err(e) => {
                             progress.abandon();
@@ -198,6 +198,12 @@ fn parse_line(line: &str, line_number: usize) -> (Value, Result<ScoreRequest, Er
     let request = serde_json::from_value::<ScoreRequest>(Value::Object(object))
         .map_err(|e| error_body("invalid_request", format!("not a /v1/score request: {e}")));
     (id, request)
+}
+
+/// The error line for a request the engine refused (always the caller's input: other errors stop
+/// the run).
+fn error_line(error: &EngineError) -> ErrorBody {
+    ErrorBody::new("invalid_request_error", error.code(), error.to_string())
 }
 
 fn error_body(code: &str, message: String) -> ErrorBody {

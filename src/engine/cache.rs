@@ -5,9 +5,10 @@
 //! types) decodes only the new tokens; one that shares a prefix with a slot but diverges (another
 //! file, an edit in the middle) gets the shared part copied into the least recently used slot,
 //! which costs no memory in the unified KV cache, the cells being shared. Pure bookkeeping: the
-//! scorer carries out the [`Plan`] on llama.cpp.
+//! scorer carries out the [`SlotPlan`] on llama.cpp.
 
-use super::LlamaToken;
+use super::prepare::common_prefix;
+use super::Token;
 
 /// A context that diverges from a slot at most this many tokens before the slot's end continues it
 /// in place instead of forking it.
@@ -16,7 +17,7 @@ const REWRITTEN_TAIL: usize = 16;
 /// A cached context.
 #[derive(Debug, Clone, Default)]
 struct Slot {
-    tokens: Vec<LlamaToken>,
+    tokens: Vec<Token>,
     /// Logits after the last token, when kept: a request with exactly this context decodes nothing.
     last_row: Option<Vec<f32>>,
     last_used: u64,
@@ -24,7 +25,7 @@ struct Slot {
 
 /// How to get a context's KV into a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct SlotPlan {
     /// The slot (sequence id) that will hold the context.
     pub slot: usize,
     /// Copy positions `0..reused` from this slot first (`None`: the target already holds them).
@@ -58,17 +59,17 @@ impl PrefixCache {
 
     /// Where `context` goes. The plan always leaves at least the last context token to decode,
     /// unless the whole context and its last row are cached.
-    pub fn plan(&self, context: &[LlamaToken]) -> Plan {
+    pub fn plan(&self, context: &[Token]) -> SlotPlan {
         let (best, shared) = self
             .slots
             .iter()
             .enumerate()
-            .map(|(i, slot)| (i, common_prefix(&slot.tokens, context)))
+            .map(|(i, slot)| (i, common_prefix(&[&slot.tokens, context])))
             .max_by_key(|&(i, shared)| (shared, self.slots[i].last_used))
             .unwrap_or((0, 0));
         let slot = &self.slots[best];
         if shared == context.len() && slot.tokens.len() == shared && slot.last_row.is_some() {
-            return Plan {
+            return SlotPlan {
                 slot: best,
                 copy_from: None,
                 reused: shared,
@@ -84,7 +85,7 @@ impl PrefixCache {
             } else {
                 best
             };
-            return Plan {
+            return SlotPlan {
                 slot: target,
                 copy_from: None,
                 reused,
@@ -95,7 +96,7 @@ impl PrefixCache {
             // Diverges only in the slot's last few tokens (text deleted at the end, or the
             // tokenizer merging the last token with what was typed after it): continue it in
             // place, nobody is left to resume those tokens.
-            return Plan {
+            return SlotPlan {
                 slot: best,
                 copy_from: None,
                 reused,
@@ -104,7 +105,7 @@ impl PrefixCache {
         }
         // Diverges from the slot: keep the slot for whoever continues it, fork the shared part.
         let target = self.least_recently_used();
-        Plan {
+        SlotPlan {
             slot: target,
             copy_from: (target != best).then_some(best),
             reused,
@@ -118,7 +119,7 @@ impl PrefixCache {
     }
 
     /// Records that `slot` now holds `context`, with the row after its last token.
-    pub fn store(&mut self, slot: usize, context: &[LlamaToken], last_row: Option<Vec<f32>>) {
+    pub fn store(&mut self, slot: usize, context: &[Token], last_row: Option<Vec<f32>>) {
         self.clock += 1;
         if let Some(s) = self.slots.get_mut(slot) {
             s.tokens.clear();
@@ -182,16 +183,12 @@ impl PrefixCache {
     }
 }
 
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tokens(ids: &[i32]) -> Vec<LlamaToken> {
-        ids.iter().map(|&i| LlamaToken(i)).collect()
+    fn tokens(ids: &[i32]) -> Vec<Token> {
+        ids.iter().map(|&i| Token(i)).collect()
     }
 
     #[test]
@@ -211,7 +208,7 @@ mod tests {
         let plan = cache.plan(&tokens(&[1, 2, 3, 4, 5]));
         assert_eq!(
             plan,
-            Plan {
+            SlotPlan {
                 slot: 1,
                 copy_from: None,
                 reused: 3,
@@ -247,7 +244,7 @@ mod tests {
         let plan = cache.plan(&tokens(&[1, 2, 7]));
         assert_eq!(
             plan,
-            Plan {
+            SlotPlan {
                 slot: 2,
                 copy_from: Some(0),
                 reused: 2,

@@ -1,27 +1,60 @@
-//! Everything that touches llama.cpp: loading models, turning requests into tokens, and the
-//! shared-prefix batched decode that feeds [`crate::reward`].
+//! Everything that touches llama.cpp, behind one facade: no llama-cpp-2 type crosses this module's
+//! boundary, and nothing here knows HTTP.
+//!
+//! * [`Model`] — a loaded GGUF: metadata, tokenizer ([`Token`]), chat template.
+//! * [`prepare`] — every token layout: a `/v1/score` request (chat or raw), texts scored from
+//!   their first token, judge probes, the benchmark's synthetic request.
+//! * [`Scorer`] — one llama.cpp context and its typed operations: [`Scorer::score`] (shared-prefix
+//!   batched decode, prefix cache), [`Scorer::score_request`], [`Scorer::sequence_logprobs`],
+//!   [`Scorer::probe`]. Used directly by the offline scorer, `eval` and `bench`.
+//! * [`Worker`] — a thread that owns a `Scorer` and runs typed [`Job`]s from a bounded queue, for
+//!   the daemon; it batches score jobs queued together (continuous batching).
+//!
+//! Inside: `context` alone holds the `LlamaContext` and its batch; `plan` and `cache` are pure
+//! arithmetic and bookkeeping, tested without llama.cpp.
 
+mod batch;
 mod cache;
+mod context;
+mod logprobs;
 mod model;
 mod plan;
-mod prepare;
+pub mod prepare;
+mod probe;
 mod request;
 mod scorer;
 mod template;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::token::LlamaToken;
 
-pub use llama_cpp_2::token::LlamaToken;
-pub use model::{Model, ModelMeta, ModelOptions};
-pub use plan::PassBudget;
-pub use prepare::{prepare, Candidate, Prepared};
-pub use request::{score_request, PreparedRequest};
-pub use scorer::{ContextOptions, RowLogprobs, Scored, Scorer};
-pub use template::ChatTemplate;
+pub use logprobs::{RowLogprobs, SequenceLogprobs};
+pub use model::{Model, ModelInfo, ModelOptions};
+pub use prepare::{Candidate, Prepared};
+pub use probe::Probed;
+pub use request::PreparedRequest;
+pub use scorer::{ContextOptions, Scored, Scorer};
+pub(crate) use worker::{LoadedModel, LogprobsInput, SubmitError, Worker, WorkerState};
+
+/// A token of a model's vocabulary. Tokens come only from the model's tokenizer or from
+/// [`Model::token`], which checks the id: llama.cpp aborts the process on an id outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(i32);
+
+impl Token {
+    /// The token's id in the vocabulary.
+    pub fn id(self) -> i32 {
+        self.0
+    }
+
+    fn llama(self) -> LlamaToken {
+        LlamaToken(self.0)
+    }
+}
 
 /// Everything that can go wrong between a request and its scores.
 #[derive(Debug, thiserror::Error)]
@@ -37,27 +70,27 @@ pub enum EngineError {
     /// llama.cpp could not start or build a context.
     #[error("llama.cpp: {0}")]
     Backend(String),
-    /// The request is malformed or inconsistent (HTTP 400).
+    /// The request is malformed or inconsistent.
     #[error("{0}")]
     InvalidInput(String),
-    /// A token id outside the vocabulary (HTTP 400).
+    /// A token id outside the vocabulary.
     #[error("token id {id} is not in the model's vocabulary (0..{n_vocab})")]
     InvalidToken {
         /// The offending id.
-        id: i32,
+        id: i64,
         /// The vocabulary size.
         n_vocab: u32,
     },
-    /// Chat format was asked of a model without a chat template (HTTP 400).
+    /// Chat format was asked of a model without a chat template.
     #[error(
         "this model has no chat template: send \"format\": \"raw\", or give the model a \
          `chat_template` in the config"
     )]
     NoChatTemplate,
-    /// The model's chat template failed on these messages (HTTP 400).
+    /// The model's chat template failed on these messages.
     #[error("the chat template cannot render this conversation: {0}")]
     Template(String),
-    /// The input does not fit the context window (HTTP 422).
+    /// The input does not fit the context window.
     #[error(
         "{what} needs {needed} tokens but the context holds {n_ctx} (raise n_ctx up to the \
          model's {n_ctx_train}, or shorten the input)"
@@ -72,52 +105,75 @@ pub enum EngineError {
         /// The model's trained context length.
         n_ctx_train: u32,
     },
-    /// llama.cpp failed while decoding (HTTP 500).
+    /// One item of a request with several (a query, a prompt) failed.
+    #[error("{item}: {error}")]
+    Item {
+        /// Which item, e.g. `query[3]`.
+        item: String,
+        /// What went wrong with it.
+        error: Box<EngineError>,
+    },
+    /// llama.cpp failed while decoding.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    /// The scores came out non-finite (a model file changed under the daemon, or a bad `alpha`).
+    #[error("the scores are not finite numbers: {0}")]
+    NotFinite(String),
+    /// A bug in endorm's own planning: a layout llama.cpp was never shown.
+    #[error("internal error (a bug in endorm, please report it): {0}")]
+    Internal(String),
 }
 
 impl EngineError {
     /// Whether the caller's input is at fault (and retrying it unchanged cannot help).
     pub fn is_input_error(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            EngineError::Item { error, .. } => error.is_input_error(),
             EngineError::InvalidInput(_)
-                | EngineError::InvalidToken { .. }
-                | EngineError::NoChatTemplate
-                | EngineError::Template(_)
-                | EngineError::ContextOverflow { .. }
-        )
+            | EngineError::InvalidToken { .. }
+            | EngineError::NoChatTemplate
+            | EngineError::Template(_)
+            | EngineError::ContextOverflow { .. } => true,
+            _ => false,
+        }
     }
 
-    /// A stable machine-readable code for the error body.
+    /// A stable machine-readable name of the error (the item an error happened on does not change
+    /// it), for error bodies and error lines.
     pub fn code(&self) -> &'static str {
-        match self {
+        match self.root() {
             EngineError::Load { .. } => "model_load_failed",
             EngineError::Backend(_) => "backend_error",
-            EngineError::InvalidInput(_) => "invalid_request",
+            EngineError::InvalidInput(_) | EngineError::Item { .. } => "invalid_request",
             EngineError::InvalidToken { .. } => "invalid_token",
             EngineError::NoChatTemplate => "no_chat_template",
             EngineError::Template(_) => "chat_template_error",
             EngineError::ContextOverflow { .. } => "context_length_exceeded",
             EngineError::Decode(_) => "decode_failed",
+            EngineError::NotFinite(_) => "scores_not_finite",
+            EngineError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The error without the item it happened on.
+    pub fn root(&self) -> &EngineError {
+        match self {
+            EngineError::Item { error, .. } => error.root(),
+            other => other,
+        }
+    }
+
+    /// Names the item of a request this error happened on.
+    pub fn at(self, item: impl Into<String>) -> EngineError {
+        EngineError::Item {
+            item: item.into(),
+            error: Box::new(self),
         }
     }
 }
 
-impl From<&EngineError> for crate::api::ErrorBody {
-    fn from(error: &EngineError) -> Self {
-        let kind = if error.is_input_error() {
-            "invalid_request_error"
-        } else {
-            "server_error"
-        };
-        crate::api::ErrorBody::new(kind, error.code(), error.to_string())
-    }
-}
-
 /// The process-wide llama.cpp backend, initialised on first use with its logs sent to `tracing`.
-pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use serde::Serialize;
 
 use super::template::ChatTemplate;
-use super::{backend, EngineError};
+use super::{backend, EngineError, Token};
 
 /// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
 const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
@@ -24,9 +23,9 @@ pub struct ModelOptions {
     pub chat_template: Option<String>,
 }
 
-/// What `/v1/models` tells about a model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelMeta {
+/// What a model is: sizes and capabilities, read from the GGUF at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
     /// Context length the model was trained with.
     pub n_ctx_train: u32,
     /// Vocabulary size.
@@ -44,9 +43,9 @@ pub struct ModelMeta {
 /// A GGUF model loaded through llama.cpp (memory-mapped).
 pub struct Model {
     llama: LlamaModel,
-    meta: ModelMeta,
+    meta: ModelInfo,
     template: Option<ChatTemplate>,
-    end_of_generation: Option<LlamaToken>,
+    end_of_generation: Option<Token>,
 }
 
 impl std::fmt::Debug for Model {
@@ -90,9 +89,10 @@ impl Model {
             .map_err(|e| not_loaded(format!("its chat template does not compile: {e}")))?;
         let end_of_generation = [vocab.eos(), vocab.eot()]
             .into_iter()
-            .find(|&t| t.0 >= 0 && vocab.is_eog(t));
+            .find(|&t| t.0 >= 0 && t.0 < vocab.n_tokens() && vocab.is_eog(t))
+            .map(|t| Token(t.0));
 
-        let meta = ModelMeta {
+        let meta = ModelInfo {
             n_ctx_train: llama.n_ctx_train(),
             n_vocab: u32::try_from(vocab.n_tokens()).unwrap_or(0),
             n_params: llama.n_params(),
@@ -108,14 +108,19 @@ impl Model {
         })
     }
 
-    /// Metadata for `/v1/models`.
-    pub fn meta(&self) -> &ModelMeta {
+    /// Sizes and capabilities.
+    pub fn meta(&self) -> &ModelInfo {
         &self.meta
     }
 
     /// The llama.cpp model, for building contexts.
-    pub(crate) fn llama(&self) -> &LlamaModel {
+    pub(super) fn llama(&self) -> &LlamaModel {
         &self.llama
+    }
+
+    /// The chat template the GGUF carries, as Jinja source.
+    pub fn template_source(&self) -> Option<String> {
+        self.llama.meta_val_str("tokenizer.chat_template").ok()
     }
 
     /// The chat template, if the model has one.
@@ -124,13 +129,13 @@ impl Model {
     }
 
     /// The token that ends a raw terminal candidate: EOS, else EOT.
-    pub fn end_of_generation(&self) -> Option<LlamaToken> {
+    pub fn end_of_generation(&self) -> Option<Token> {
         self.end_of_generation
     }
 
     /// Whether `token` ends a generation (EOS, EOT, `<|im_end|>`...).
-    pub fn is_end_of_generation(&self, token: LlamaToken) -> bool {
-        self.is_valid_token(token.0) && self.llama.vocab().is_eog(token)
+    pub fn is_end_of_generation(&self, token: Token) -> bool {
+        self.llama.vocab().is_eog(token.llama())
     }
 
     /// Whether the tokenizer adds a BOS token to the start of a text.
@@ -139,9 +144,26 @@ impl Model {
     }
 
     /// The BOS token, if the model has one.
-    pub fn bos(&self) -> Option<LlamaToken> {
-        let bos = self.llama.vocab().bos();
-        self.is_valid_token(bos.0).then_some(bos)
+    pub fn bos(&self) -> Option<Token> {
+        let bos = self.llama.vocab().bos().0;
+        self.is_valid_token(bos).then_some(Token(bos))
+    }
+
+    /// The token with this id, if the vocabulary has it (an id from a client).
+    pub fn token(&self, id: i64) -> Result<Token, EngineError> {
+        i32::try_from(id)
+            .ok()
+            .filter(|&id| self.is_valid_token(id))
+            .map(Token)
+            .ok_or(EngineError::InvalidToken {
+                id,
+                n_vocab: self.meta.n_vocab,
+            })
+    }
+
+    /// The tokens with these ids; the first id outside the vocabulary is an error.
+    pub fn tokens(&self, ids: &[i64]) -> Result<Vec<Token>, EngineError> {
+        ids.iter().map(|&id| self.token(id)).collect()
     }
 
     /// Tokenizes `text`. `add_special` adds BOS where the model wants one; `parse_special` turns
@@ -151,7 +173,7 @@ impl Model {
         text: &str,
         add_special: bool,
         parse_special: bool,
-    ) -> Result<Vec<LlamaToken>, EngineError> {
+    ) -> Result<Vec<Token>, EngineError> {
         if text.len() > MAX_TEXT_BYTES {
             return Err(EngineError::InvalidInput(format!(
                 "a text of {} bytes is longer than the {MAX_TEXT_BYTES} bytes endorm tokenizes",
@@ -161,44 +183,36 @@ impl Model {
         if text.is_empty() && !add_special {
             return Ok(Vec::new());
         }
-        Ok(self
+        let tokens = self
             .llama
             .vocab()
-            .tokenize(text.as_bytes(), add_special, parse_special))
+            .tokenize(text.as_bytes(), add_special, parse_special);
+        Ok(tokens.into_iter().map(|t| Token(t.0)).collect())
     }
 
     /// Whether `id` is in the vocabulary: anything else must never reach llama.cpp.
-    pub fn is_valid_token(&self, id: i32) -> bool {
+    fn is_valid_token(&self, id: i32) -> bool {
         u32::try_from(id).is_ok_and(|id| id < self.meta.n_vocab)
     }
 
     /// The bytes of one token (special tokens as their text).
-    pub fn token_bytes(&self, token: LlamaToken) -> Result<Vec<u8>, EngineError> {
-        if !self.is_valid_token(token.0) {
-            return Err(EngineError::InvalidToken {
-                id: token.0,
-                n_vocab: self.meta.n_vocab,
-            });
-        }
-        Ok(self.llama.vocab().token_to_piece(token, true, None))
+    pub fn token_bytes(&self, token: Token) -> Vec<u8> {
+        self.llama.vocab().token_to_piece(token.llama(), true, None)
     }
 
     /// Text of a token sequence; special tokens are rendered as their text.
-    pub fn detokenize(&self, tokens: &[LlamaToken]) -> Result<String, EngineError> {
-        let mut bytes = Vec::new();
-        for &token in tokens {
-            bytes.extend(self.token_bytes(token)?);
-        }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    pub fn detokenize(&self, tokens: &[Token]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.token_bytes(t)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The text of each token, such that joining them gives the whole text: a character whose bytes
     /// span several tokens is given to the token that completes it.
-    pub fn token_texts(&self, tokens: &[LlamaToken]) -> Result<Vec<String>, EngineError> {
+    pub fn token_texts(&self, tokens: &[Token]) -> Vec<String> {
         let mut pending = Vec::new();
         let mut texts = Vec::with_capacity(tokens.len());
         for &token in tokens {
-            pending.extend(self.token_bytes(token)?);
+            pending.extend(self.token_bytes(token));
             texts.push(take_complete_utf8(&mut pending));
         }
         if !pending.is_empty() {
@@ -206,7 +220,7 @@ impl Model {
                 last.push_str(&String::from_utf8_lossy(&pending));
             }
         }
-        Ok(texts)
+        texts
     }
 }
 

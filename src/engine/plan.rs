@@ -87,11 +87,6 @@ impl PassBudget {
         *self = PassBudget { cells, sequences };
         true
     }
-
-    /// Tokens admitted so far.
-    pub fn cells(&self) -> usize {
-        self.cells
-    }
 }
 
 #[cfg(test)]
@@ -158,7 +153,7 @@ mod tests {
         assert!(budget.try_add(20, &[5, 5], 100, 8)); // 90 cells, 6 sequences
         assert!(!budget.try_add(5, &[6], 100, 8), "101 cells");
         assert!(!budget.try_add(1, &[1, 1], 100, 8), "9 sequences");
-        assert!(budget.try_add(1, &[1], 100, 8));
-        assert_eq!(budget.cells(), 92);
+        assert!(budget.try_add(1, &[1], 100, 8), "92 cells, 8 sequences");
+        assert!(!budget.try_add(0, &[], 100, 8), "9 sequences");
     }
 }

@@ -1,31 +1,66 @@
-//! From a score request to tokens: the context and, per candidate, the tokens that are scored
-//! (REWARD.md, "Which tokens are the candidate").
+//! Every token layout the engine scores is built here, in one place: a `/v1/score` request in
+//! chat or raw format (REWARD.md, "Which tokens are the candidate"), texts scored from their first
+//! token, texts split at their prompt, a judge's question, the benchmark's synthetic request.
+//!
+//! Tokenizing is CPU work that can take a while (a request may hold 65,536 tokens): callers on an
+//! async executor run these functions on a blocking thread.
+
+use std::collections::BTreeMap;
 
 use crate::api::{Format, Message, ScoreRequest};
 
-use super::{EngineError, LlamaToken, Model};
+use super::{EngineError, Model, Token};
 
 /// A request in tokens, ready for the scorer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     /// The context, decoded once and shared by every candidate.
-    pub context: Vec<LlamaToken>,
+    pub context: Vec<Token>,
     /// The candidates, in request order.
     pub candidates: Vec<Candidate>,
+}
+
+impl Prepared {
+    /// Tokens of all candidates together.
+    pub fn candidate_tokens(&self) -> usize {
+        self.candidates.iter().map(|c| c.tokens.len()).sum()
+    }
+
+    /// Tokens of the context and all candidates.
+    pub fn tokens(&self) -> usize {
+        self.context.len() + self.candidate_tokens()
+    }
+
+    /// The same request split into one request per candidate, each with the whole context.
+    pub fn one_per_candidate(&self) -> Vec<Prepared> {
+        self.candidates
+            .iter()
+            .map(|candidate| Prepared {
+                context: self.context.clone(),
+                candidates: vec![candidate.clone()],
+            })
+            .collect()
+    }
+
+    /// The context followed by every candidate, as one sequence.
+    pub fn concatenated(&self) -> Vec<Token> {
+        let candidates = self.candidates.iter().flat_map(|c| &c.tokens);
+        self.context.iter().chain(candidates).copied().collect()
+    }
 }
 
 /// The scored tokens of one candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     /// `a_1 … a_H`.
-    pub tokens: Vec<LlamaToken>,
+    pub tokens: Vec<Token>,
     /// Whether `a_H` ends the trajectory (`V(s_{H+1}) = 0`).
     pub terminal: bool,
 }
 
-/// Tokenizes a request. `default_principle` is the model's configured principle, used when the
-/// request names none.
-pub fn prepare(
+/// Tokenizes a `/v1/score` request. `default_principle` is the model's configured principle, used
+/// when the request names none.
+pub fn score_request(
     model: &Model,
     request: &ScoreRequest,
     default_principle: Option<&str>,
@@ -68,12 +103,7 @@ pub fn prepare(
             )?
         }
     };
-    if let Some(index) = prepared.candidates.iter().position(|c| c.tokens.is_empty()) {
-        return Err(invalid(format!(
-            "candidate {index} is empty: there is nothing to score"
-        )));
-    }
-    Ok(prepared)
+    non_empty(prepared)
 }
 
 fn invalid(message: impl Into<String>) -> EngineError {
@@ -193,7 +223,7 @@ fn chat(
 
 /// A rendered chat context in tokens: special-token text parsed, BOS added where the model wants
 /// one unless the template already wrote it.
-fn tokenize_context(model: &Model, text: &str) -> Result<Vec<LlamaToken>, EngineError> {
+fn tokenize_context(model: &Model, text: &str) -> Result<Vec<Token>, EngineError> {
     let mut tokens = model.tokenize(text, model.adds_bos(), true)?;
     if let (Some(bos), [first, second, ..]) = (model.bos(), tokens.as_slice()) {
         if *first == bos && *second == bos {
@@ -239,4 +269,166 @@ fn raw(
         context,
         candidates,
     })
+}
+
+/// The context of a one-message chat: the template over `messages` with its generation prompt,
+/// exactly as a chat-format `/v1/score` request renders its context.
+pub fn chat_context(model: &Model, messages: &[Message]) -> Result<Vec<Token>, EngineError> {
+    let template = model.chat_template().ok_or(EngineError::NoChatTemplate)?;
+    let text = template
+        .render(messages, true)
+        .map_err(|e| EngineError::Template(e.to_string()))?;
+    tokenize_context(model, &text)
+}
+
+/// A text scored from its first token (OpenRLHF's `/get_reward` without prompts): raw text, BOS as
+/// the model wants; the first token is the context, the rest one unterminated candidate.
+pub fn from_first_token(model: &Model, text: &str) -> Result<Prepared, EngineError> {
+    let mut context = model.tokenize(text, model.adds_bos(), false)?;
+    if context.len() < 2 {
+        return Err(invalid(format!(
+            "it has {} token(s): a reward needs a first token and at least one after it",
+            context.len()
+        )));
+    }
+    let rest = context.split_off(1);
+    Ok(Prepared {
+        context,
+        candidates: vec![Candidate {
+            tokens: rest,
+            terminal: false,
+        }],
+    })
+}
+
+/// Texts that each begin with their prompt, grouped by prompt: one raw-format request per distinct
+/// prompt, its texts' remainders as candidates. Returns each group with the indices of its texts.
+pub fn split_at_prompts(
+    model: &Model,
+    texts: &[String],
+    prompts: &[String],
+) -> Result<Vec<(Prepared, Vec<usize>)>, EngineError> {
+    if prompts.len() != texts.len() {
+        return Err(invalid(format!(
+            "`prompts` has {} entries and `query` {}: give one prompt per query",
+            prompts.len(),
+            texts.len()
+        )));
+    }
+    let mut by_prompt: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, (text, prompt)) in texts.iter().zip(prompts).enumerate() {
+        if !text.starts_with(prompt.as_str()) {
+            return Err(invalid(format!(
+                "query[{index}] does not start with prompts[{index}]"
+            )));
+        }
+        by_prompt.entry(prompt).or_default().push(index);
+    }
+    by_prompt
+        .into_iter()
+        .map(|(prompt, indices)| {
+            let candidates: Vec<String> = indices
+                .iter()
+                .map(|&i| texts[i][prompt.len()..].to_owned())
+                .collect();
+            let prepared = raw(model, prompt, &candidates, false)
+                .and_then(non_empty)
+                .map_err(|e| e.at(format!("query[{}]", indices[0])))?;
+            Ok((prepared, indices))
+        })
+        .collect()
+}
+
+/// A prompt for log-probabilities along it (`/v1/completions`): text is tokenized as a model
+/// server would (BOS as the model wants, special-token text parsed); ids are checked.
+pub fn sequence(model: &Model, prompt: SequenceText<'_>) -> Result<Vec<Token>, EngineError> {
+    let tokens = match prompt {
+        SequenceText::Text(text) => model.tokenize(text, model.adds_bos(), true)?,
+        SequenceText::Ids(ids) => model.tokens(ids)?,
+    };
+    if tokens.is_empty() {
+        return Err(invalid("it has no tokens"));
+    }
+    Ok(tokens)
+}
+
+/// A prompt given as text or as token ids.
+#[derive(Debug, Clone, Copy)]
+pub enum SequenceText<'a> {
+    /// Text, tokenized by the model.
+    Text(&'a str),
+    /// Token ids, checked against the vocabulary.
+    Ids(&'a [i64]),
+}
+
+/// The benchmark's request: `context_tokens` tokens of a fixed English text, then `candidates`
+/// candidates of `candidate_tokens` tokens each (the text's continuation), unterminated.
+pub fn synthetic(
+    model: &Model,
+    context_tokens: usize,
+    candidates: usize,
+    candidate_tokens: usize,
+) -> Result<Prepared, EngineError> {
+    const TEXT: &str =
+        "The river runs past the old mill, where the miller keeps a ledger of every \
+        sack of grain. In winter the wheel freezes and the village waits; in spring the water \
+        returns and the stones turn again. Children count the sacks, merchants argue over prices, \
+        and the ledger grows thicker every year. ";
+    let n = context_tokens + candidates * candidate_tokens;
+    let mut text = String::new();
+    let mut stream = Vec::new();
+    while stream.len() < n {
+        text.push_str(TEXT);
+        stream = model.tokenize(&text, false, false)?;
+    }
+    stream.truncate(n);
+    let rest = stream.split_off(context_tokens);
+    Ok(Prepared {
+        context: stream,
+        candidates: rest
+            .chunks(candidate_tokens.max(1))
+            .map(|tokens| Candidate {
+                tokens: tokens.to_vec(),
+                terminal: false,
+            })
+            .collect(),
+    })
+}
+
+/// Length of the longest prefix that all `sequences` share.
+pub(super) fn common_prefix<T: PartialEq>(sequences: &[&[T]]) -> usize {
+    let Some((first, rest)) = sequences.split_first() else {
+        return 0;
+    };
+    rest.iter().fold(first.len(), |n, sequence| {
+        first[..n]
+            .iter()
+            .zip(sequence.iter())
+            .take_while(|(a, b)| a == b)
+            .count()
+    })
+}
+
+fn non_empty(prepared: Prepared) -> Result<Prepared, EngineError> {
+    match prepared.candidates.iter().position(|c| c.tokens.is_empty()) {
+        None => Ok(prepared),
+        Some(index) => Err(invalid(format!(
+            "candidate {index} is empty: there is nothing to score"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn common_prefix_of_several() {
+        let (a, b, c) = ([1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 4]);
+        assert_eq!(common_prefix::<i32>(&[&a, &b, &c]), 2);
+        assert_eq!(common_prefix::<i32>(&[&a, &b]), 3);
+        assert_eq!(common_prefix::<i32>(&[&a]), 4);
+        assert_eq!(common_prefix::<i32>(&[]), 0);
+        assert_eq!(common_prefix::<i32>(&[&a, &[]]), 0);
+    }
 }

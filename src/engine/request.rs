@@ -6,20 +6,7 @@ use std::time::{Duration, Instant};
 use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage};
 use crate::reward::{order_best_first, Aggregates, Alpha};
 
-use super::{prepare, EngineError, Model, Prepared, Scored, Scorer};
-
-/// Scores `request` on `scorer`. `model_id` names the model in the response; `default_principle`
-/// is the model's configured principle.
-pub fn score_request(
-    scorer: &mut Scorer<'_>,
-    model_id: &str,
-    request: &ScoreRequest,
-    default_principle: Option<&str>,
-) -> Result<ScoreResponse, EngineError> {
-    let prepared = PreparedRequest::new(scorer.model(), request, default_principle)?;
-    let scored = scorer.score(&prepared.prepared, prepared.alpha)?;
-    prepared.respond(scorer.model(), model_id, request, &scored)
-}
+use super::{prepare, EngineError, Model, Prepared, Scored};
 
 /// A score request in tokens, ready for a scorer, and when it arrived.
 #[derive(Debug, Clone)]
@@ -48,7 +35,7 @@ impl PreparedRequest {
                 ))
             })?,
         };
-        let prepared = prepare(model, request, default_principle)?;
+        let prepared = prepare::score_request(model, request, default_principle)?;
         Ok(PreparedRequest {
             prepared,
             alpha,
@@ -59,15 +46,7 @@ impl PreparedRequest {
 
     /// Tokens of the context and all candidates.
     pub fn tokens(&self) -> usize {
-        self.prepared.context.len() + self.candidate_tokens()
-    }
-
-    fn candidate_tokens(&self) -> usize {
-        self.prepared
-            .candidates
-            .iter()
-            .map(|c| c.tokens.len())
-            .sum()
+        self.prepared.tokens()
     }
 
     /// The response to `request` from its scores. `total_ms` counts from [`PreparedRequest::new`],
@@ -89,16 +68,25 @@ impl PreparedRequest {
             .enumerate()
         {
             let sums = Aggregates::of(values, alpha);
+            if ![sums.endo, sums.endo_mean, sums.logprob, sums.logprob_mean]
+                .iter()
+                .all(|x| x.is_finite())
+            {
+                return Err(EngineError::NotFinite(format!(
+                    "candidate {index} scored {} (endo); is the model file intact?",
+                    sums.endo
+                )));
+            }
             let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
             if request.return_tokens {
-                let texts = model.token_texts(&candidate.tokens)?;
+                let texts = model.token_texts(&candidate.tokens);
                 result.tokens = Some(
                     candidate
                         .tokens
                         .iter()
                         .zip(texts)
                         .zip(values)
-                        .map(|((token, text), values)| TokenDetail::new(token.0, text, values))
+                        .map(|((token, text), values)| TokenDetail::new(token.id(), text, values))
                         .collect(),
                 );
             }
@@ -119,7 +107,7 @@ impl PreparedRequest {
             usage: Usage {
                 prompt_tokens: self.prepared.context.len(),
                 cached_tokens: scored.cached_tokens,
-                candidate_tokens: self.candidate_tokens(),
+                candidate_tokens: self.prepared.candidate_tokens(),
                 total_tokens: self.tokens(),
             },
             timings: Timings {

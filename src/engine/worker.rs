@@ -1,68 +1,117 @@
-//! A thread that owns one model's llama.cpp context; jobs reach it through a bounded queue.
+//! A thread that owns one model's llama.cpp context; typed [`Job`]s reach it through a bounded
+//! queue and their outcomes come back on a oneshot channel, awaited by the daemon's handlers.
 //!
 //! A llama.cpp context is not `Send`, so it is created on the worker thread and never leaves it.
 //! The model itself is shared (read-only) with whoever needs its tokenizer. The thread loads the
 //! model, creates the context, then runs jobs in arrival order; with `batching` on, score jobs
 //! waiting behind one another are scored together in one pass while they fit (continuous
-//! batching, see [`Scorer::score_batch`]). Dropping (or [`Worker::stop`]ping) the handle closes
-//! the queue: the jobs already queued still run, then the thread ends and the model is unloaded.
+//! batching, see [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already
+//! queued still run, then the thread ends and the model is unloaded.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
+use super::plan::PassBudget;
 use super::{
-    ContextOptions, EngineError, Model, ModelOptions, PassBudget, PreparedRequest, Scored, Scorer,
+    ContextOptions, EngineError, Model, ModelOptions, Prepared, PreparedRequest, Scored, Scorer,
+    SequenceLogprobs, Token,
 };
+use crate::reward::Alpha;
 
-/// A unit of work for a worker.
+/// A typed operation for a worker, with where its outcome goes. Every input was prepared (and its
+/// size checked) before it was queued: the worker only decodes.
 pub enum Job {
-    /// Work on the worker's context that sends its own result back.
-    Run(Box<dyn FnOnce(&mut Scorer<'_>) + Send + 'static>),
-    /// A score request, batched with the score jobs queued behind it.
-    Score(ScoreJob),
+    /// A `/v1/score` request, batched with the score jobs queued behind it when batching is on.
+    Score(Queued<PreparedRequest, Scored>),
+    /// Layouts scored one after another at α = 1, each with a label that names it in an error.
+    ScoreEach(Queued<Vec<(String, Prepared)>, Vec<Scored>>),
+    /// Log-probabilities along token sequences.
+    Logprobs(Queued<LogprobsInput, Vec<SequenceLogprobs>>),
 }
 
-/// A prepared score request and where its scores go.
-pub struct ScoreJob {
-    request: PreparedRequest,
+/// Sequences for [`Job::Logprobs`].
+#[derive(Debug, Clone)]
+pub struct LogprobsInput {
+    /// The sequences, each with a label that names it in an error.
+    pub sequences: Vec<(String, Vec<Token>)>,
+    /// Alternatives per position; `None`: none.
+    pub top_k: Option<usize>,
+    /// Append the greedy next token.
+    pub greedy: bool,
+}
+
+/// A job's input and the channel its outcome goes back on.
+pub struct Queued<I, O> {
+    input: I,
     queued: Instant,
-    reply: Box<dyn ScoreReply>,
+    reply: oneshot::Sender<Done<I, O>>,
 }
 
-impl ScoreJob {
-    /// A job for `request` whose outcome goes to `reply`.
-    pub fn new(request: PreparedRequest, reply: Box<dyn ScoreReply>) -> Self {
-        ScoreJob {
-            request,
-            queued: Instant::now(),
-            reply,
-        }
+/// What comes back from a job: its input, its result, and how long it waited in the queue.
+#[derive(Debug)]
+pub struct Done<I, O> {
+    /// The input, given back.
+    pub input: I,
+    /// The result.
+    pub result: Result<O, EngineError>,
+    /// Time from queueing to the start of its pass.
+    pub waited: Duration,
+}
+
+/// A queued job's outcome, to wait for (dropping it cancels the job if it has not started).
+pub struct Pending<I, O>(oneshot::Receiver<Done<I, O>>);
+
+impl<I, O> Pending<I, O> {
+    /// Waits for the outcome. `Err` when the worker stopped (or the job panicked) before answering.
+    pub async fn done(self) -> Result<Done<I, O>, SubmitError> {
+        self.0.await.map_err(|_| SubmitError::Stopped)
     }
 }
 
-/// Where a [`ScoreJob`]'s outcome goes.
-pub trait ScoreReply: Send {
-    /// Whether anyone still waits for the outcome. Asked once, when the job's turn comes: `false`
-    /// (its client left) skips the job.
-    fn is_wanted(&self) -> bool;
-    /// Delivers the outcome, on the worker thread.
-    fn send(self: Box<Self>, outcome: ScoreOutcome);
-}
+impl<I, O> Queued<I, O> {
+    fn new(input: I) -> (Self, Pending<I, O>) {
+        let (reply, receiver) = oneshot::channel();
+        let queued = Queued {
+            input,
+            queued: Instant::now(),
+            reply,
+        };
+        (queued, Pending(receiver))
+    }
 
-/// What a [`ScoreReply`] receives.
-#[derive(Debug)]
-pub struct ScoreOutcome {
-    /// The request, given back.
-    pub request: PreparedRequest,
-    /// Its scores, or why there are none.
-    pub result: Result<Scored, EngineError>,
-    /// Time from [`ScoreJob::new`] to the start of its pass.
-    pub waited: Duration,
+    /// Whether anyone still waits for the outcome: `false` (its client left) skips the job.
+    fn is_wanted(&self, shared: &Shared) -> bool {
+        let wanted = !self.reply.is_closed();
+        if !wanted {
+            shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("client gone before its job started: skipped");
+        }
+        wanted
+    }
+
+    /// Runs `work` on the input if the job is still wanted, and sends the outcome.
+    fn run(self, shared: &Shared, work: impl FnOnce(&I) -> Result<O, EngineError>) {
+        if !self.is_wanted(shared) {
+            return;
+        }
+        let waited = self.queued.elapsed();
+        let result = work(&self.input);
+        self.send(result, waited);
+    }
+
+    fn send(self, result: Result<O, EngineError>, waited: Duration) {
+        let _ = self.reply.send(Done {
+            input: self.input,
+            result,
+            waited,
+        });
+    }
 }
 
 /// What a worker loads and how it sizes its context. `None` fields take [`ContextOptions::for_model`].
@@ -176,6 +225,7 @@ struct Shared {
     waiting: AtomicUsize,
     running: AtomicUsize,
     batched: AtomicUsize,
+    cancelled: AtomicUsize,
 }
 
 impl Shared {
@@ -186,10 +236,9 @@ impl Shared {
 
 /// The handle of one worker thread.
 pub struct Worker {
-    sender: Option<SyncSender<Job>>,
+    sender: SyncSender<Job>,
     shared: Arc<Shared>,
     depth: usize,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -212,17 +261,17 @@ impl Worker {
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             batched: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("endorm-{name}"))
             .spawn(move || run(settings, receiver, &thread_shared))
             .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
         Ok(Worker {
-            sender: Some(sender),
+            sender,
             shared,
             depth,
-            thread: Some(thread),
         })
     }
 
@@ -250,35 +299,55 @@ impl Worker {
         self.shared.batched.load(Ordering::Relaxed)
     }
 
-    /// The queue's capacity.
-    pub fn depth(&self) -> usize {
-        self.depth
+    /// Jobs skipped because nobody waited for them any more when their turn came.
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Queues `job`, or says at once why it cannot be queued. A job should check first whether
-    /// its requester still waits (a client gone before its job starts cancels it).
-    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+    /// Queues a score request.
+    pub fn score(
+        &self,
+        request: PreparedRequest,
+    ) -> Result<Pending<PreparedRequest, Scored>, SubmitError> {
+        self.submit(request, Job::Score)
+    }
+
+    /// Queues layouts to score one after another, each labelled for its error.
+    pub fn score_each(
+        &self,
+        layouts: Vec<(String, Prepared)>,
+    ) -> Result<Pending<Vec<(String, Prepared)>, Vec<Scored>>, SubmitError> {
+        self.submit(layouts, Job::ScoreEach)
+    }
+
+    /// Queues sequences for their log-probabilities.
+    pub fn logprobs(
+        &self,
+        input: LogprobsInput,
+    ) -> Result<Pending<LogprobsInput, Vec<SequenceLogprobs>>, SubmitError> {
+        self.submit(input, Job::Logprobs)
+    }
+
+    /// Queues a job, or says at once why it cannot be queued.
+    fn submit<I, O>(
+        &self,
+        input: I,
+        job: fn(Queued<I, O>) -> Job,
+    ) -> Result<Pending<I, O>, SubmitError> {
         match self.state() {
             WorkerState::Loading => return Err(SubmitError::Loading),
             WorkerState::Failed(reason) => return Err(SubmitError::Failed(reason)),
             WorkerState::Ready(_) => {}
         }
-        let sender = self.sender.as_ref().ok_or(SubmitError::Stopped)?;
+        let (queued, pending) = Queued::new(input);
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-        let refused = match sender.try_send(job) {
-            Ok(()) => return Ok(()),
+        let refused = match self.sender.try_send(job(queued)) {
+            Ok(()) => return Ok(pending),
             Err(TrySendError::Full(_)) => SubmitError::Full { depth: self.depth },
             Err(TrySendError::Disconnected(_)) => SubmitError::Stopped,
         };
         self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         Err(refused)
-    }
-
-    /// Closes the queue: the jobs already queued still run, then the thread ends. Returns the
-    /// thread to join when the caller must wait for that.
-    pub fn stop(mut self) -> Option<JoinHandle<()>> {
-        self.sender = None;
-        self.thread.take()
     }
 }
 
@@ -325,26 +394,50 @@ fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
         };
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
         shared.running.fetch_add(1, Ordering::Relaxed);
-        let work: Box<dyn FnOnce(&mut Scorer<'_>)> = match job {
-            Job::Run(work) => work,
-            Job::Score(first) => {
-                let (batch, next) = if settings.batching {
-                    gather(&scorer, first, &receiver, shared)
-                } else {
-                    (vec![first], None)
-                };
-                held = next;
-                Box::new(move |scorer: &mut Scorer<'_>| score_jobs(scorer, batch))
-            }
-        };
         // A panicking job drops its reply channel (its caller sees an error); the worker goes on.
-        if catch_unwind(AssertUnwindSafe(|| work(&mut scorer))).is_err() {
+        let ran = catch_unwind(AssertUnwindSafe(|| match job {
+            Job::Score(first) => {
+                let batch = if settings.batching {
+                    let (batch, next) = gather(&scorer, first, &receiver, shared);
+                    held = next;
+                    batch
+                } else {
+                    vec![first]
+                };
+                score_jobs(&mut scorer, batch, shared);
+            }
+            Job::ScoreEach(job) => job.run(shared, |layouts| {
+                layouts
+                    .iter()
+                    .map(|(label, prepared)| {
+                        scorer
+                            .score(prepared, Alpha::ONE)
+                            .map_err(|e| e.at(label.clone()))
+                    })
+                    .collect()
+            }),
+            Job::Logprobs(job) => job.run(shared, |input| {
+                input
+                    .sequences
+                    .iter()
+                    .map(|(label, tokens)| {
+                        scorer
+                            .sequence_logprobs(tokens, input.top_k, input.greedy)
+                            .map_err(|e| e.at(label.clone()))
+                    })
+                    .collect()
+            }),
+        }));
+        if ran.is_err() {
             tracing::error!(path = %settings.path.display(), "a job panicked");
+            scorer.clear_cache();
         }
         shared.running.fetch_sub(1, Ordering::Relaxed);
     }
     tracing::info!(path = %settings.path.display(), "model unloaded");
 }
+
+type ScoreJob = Queued<PreparedRequest, Scored>;
 
 /// Takes the score jobs queued right behind `first` while they fit one pass beside it. Returns them
 /// and the first job that did not join, which runs next.
@@ -355,27 +448,23 @@ fn gather(
     shared: &Shared,
 ) -> (Vec<ScoreJob>, Option<Job>) {
     let mut budget = PassBudget::default();
-    if !scorer.batches() || !scorer.admit(&mut budget, &first.request.prepared) {
+    if !scorer.batches() || !scorer.admit(&mut budget, &first.input.prepared) {
         return (vec![first], None);
     }
     let mut batch = vec![first];
+    let mut next = None;
     while let Ok(job) = receiver.try_recv() {
         match job {
-            Job::Score(job) if scorer.admit(&mut budget, &job.request.prepared) => {
+            Job::Score(job) if scorer.admit(&mut budget, &job.input.prepared) => {
                 shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 batch.push(job);
             }
-            other => return counted(batch, Some(other), shared),
+            other => {
+                next = Some(other);
+                break;
+            }
         }
     }
-    counted(batch, None, shared)
-}
-
-fn counted(
-    batch: Vec<ScoreJob>,
-    next: Option<Job>,
-    shared: &Shared,
-) -> (Vec<ScoreJob>, Option<Job>) {
     if batch.len() > 1 {
         shared.batched.fetch_add(batch.len(), Ordering::Relaxed);
     }
@@ -384,10 +473,10 @@ fn counted(
 
 /// Scores the jobs still wanted, together when there are several. Should the pass fail, each
 /// job is scored again alone, so one bad request cannot fail the others.
-fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
+fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>, shared: &Shared) {
     let batch: Vec<ScoreJob> = batch
         .into_iter()
-        .filter(|job| job.reply.is_wanted())
+        .filter(|job| job.is_wanted(shared))
         .collect();
     let waited: Vec<Duration> = batch.iter().map(|job| job.queued.elapsed()).collect();
     let together = match batch.len() {
@@ -396,7 +485,7 @@ fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
         _ => {
             let requests: Vec<_> = batch
                 .iter()
-                .map(|job| (&job.request.prepared, job.request.alpha))
+                .map(|job| (&job.input.prepared, job.input.alpha))
                 .collect();
             scorer.score_batch(&requests).ok()
         }
@@ -405,22 +494,18 @@ fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
     for (job, waited) in batch.into_iter().zip(waited) {
         let result = match together.as_mut().and_then(Iterator::next) {
             Some(scored) => Ok(scored),
-            None => scorer.score(&job.request.prepared, job.request.alpha),
+            None => scorer.score(&job.input.prepared, job.input.alpha),
         };
-        job.reply.send(ScoreOutcome {
-            request: job.request,
-            result,
-            waited,
-        });
+        job.send(result, waited);
     }
 }
 
 fn tokenizer_info(model: &Model, settings: &WorkerSettings) -> TokenizerInfo {
-    let text = |token| model.detokenize(&[token]).ok();
+    let text = |token| Some(model.detokenize(&[token]));
     let chat_template = match &settings.chat_template {
         Some(source) if source.is_empty() => None,
         Some(source) => Some(source.clone()),
-        None => model.llama().meta_val_str("tokenizer.chat_template").ok(),
+        None => model.template_source(),
     };
     TokenizerInfo {
         bos_token: model.bos().and_then(text),

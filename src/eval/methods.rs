@@ -10,11 +10,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::data::{PreferenceItem, RankingItem};
-use crate::api::{Format, Message, ScoreRequest};
-use crate::engine::{
-    prepare, score_request, Candidate, EngineError, LlamaToken, Model, Prepared, Scorer,
-};
-use crate::reward::{Aggregate, Alpha};
+use crate::api::{Format, ScoreRequest};
+use crate::engine::{EngineError, Model, Scorer, Token};
+use crate::reward::Aggregate;
 
 /// A way of scoring candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -290,7 +288,7 @@ fn reward_scores(
             candidates: nonempty.iter().map(|&i| candidates[i].to_owned()).collect(),
             ..ScoreRequest::default()
         };
-        let response = score_request(scorer, "eval", &request, None)?;
+        let response = scorer.score_request("eval", &request, None)?;
         tokens = response.usage.total_tokens;
         for (&i, result) in nonempty.iter().zip(&response.results) {
             values[i] = [
@@ -359,7 +357,7 @@ pub fn pairwise_code_prompt(prompt: &str, a: &str, b: &str) -> String {
 }
 
 /// The first token of `text` as the model writes it at the start of its answer.
-fn answer_token(model: &Model, text: &str) -> Result<LlamaToken, EngineError> {
+fn answer_token(model: &Model, text: &str) -> Result<Token, EngineError> {
     model
         .tokenize(text, false, false)?
         .first()
@@ -384,8 +382,9 @@ fn verifier_scores(
             .collect(),
     };
     let yes = answer_token(scorer.model(), "Yes")?;
-    let (logprobs, tokens) = probe(scorer, &questions, &[yes])?;
-    let scores: Vec<f64> = logprobs.iter().map(|l| l[0]).collect();
+    let probed = scorer.probe(&questions, &[yes])?;
+    let tokens = probed.tokens;
+    let scores: Vec<f64> = probed.logprobs.iter().map(|l| l[0]).collect();
     let scores = expand(&scores, &index);
     Ok((
         BTreeMap::from([(
@@ -458,7 +457,8 @@ fn pairwise_scores(
     let (logprobs, tokens) = if questions.is_empty() {
         (Vec::new(), 0)
     } else {
-        probe(scorer, &questions, &probes)?
+        let probed = scorer.probe(&questions, &probes)?;
+        (probed.logprobs, probed.tokens)
     };
     // Margin for the first of each pair: (lA − lB) with it as A, (lB − lA) with it as B.
     let margins: Vec<f64> = logprobs
@@ -488,110 +488,6 @@ fn pairwise_scores(
         BTreeMap::from([(Method::JudgePairwise.name().to_owned(), scores)]),
         tokens,
     ))
-}
-
-/// Asks the model each question (a user message, in the chat template with its generation
-/// prompt) and returns `log P(probe)` for the first token of its answer, for every probe.
-///
-/// The questions of one item share their beginning. They are laid out whichever way decodes fewer
-/// tokens: either the common token prefix of all questions is the context and each question's
-/// rest plus one probe token is a candidate, or each question is its own context with one-token
-/// candidates. A probe is scored as a terminal token: only its log-probability is read, so the row
-/// after it is never computed.
-pub fn probe(
-    scorer: &mut Scorer<'_>,
-    questions: &[String],
-    probes: &[LlamaToken],
-) -> Result<(Vec<Vec<f64>>, usize), EngineError> {
-    let model = scorer.model();
-    let contexts = questions
-        .iter()
-        .map(|q| judge_context(model, q))
-        .collect::<Result<Vec<_>, _>>()?;
-    let shared = common_prefix(&contexts);
-    let cost_shared: usize = shared
-        + contexts
-            .iter()
-            .map(|c| probes.len() * (c.len() - shared + 1))
-            .sum::<usize>();
-    let cost_alone: usize = contexts.iter().map(|c| c.len() + probes.len()).sum();
-    let probe_candidates = |rest: &[LlamaToken]| -> Vec<Candidate> {
-        probes
-            .iter()
-            .map(move |&p| {
-                let mut tokens = rest.to_vec();
-                tokens.push(p);
-                Candidate {
-                    tokens,
-                    terminal: true,
-                }
-            })
-            .collect()
-    };
-    let last_logprob =
-        |values: &[crate::reward::TokenValues]| values.last().map_or(f64::NAN, |v| v.logprob);
-
-    if shared > 0 && cost_shared < cost_alone {
-        let prepared = Prepared {
-            context: contexts[0][..shared].to_vec(),
-            candidates: contexts
-                .iter()
-                .flat_map(|c| probe_candidates(&c[shared..]))
-                .collect(),
-        };
-        let scored = scorer.score(&prepared, Alpha::ONE)?;
-        let logprobs = scored
-            .candidates
-            .chunks(probes.len())
-            .map(|per_question| per_question.iter().map(|v| last_logprob(v)).collect())
-            .collect();
-        Ok((logprobs, cost_shared))
-    } else {
-        let mut logprobs = Vec::with_capacity(contexts.len());
-        for context in contexts {
-            let prepared = Prepared {
-                candidates: probe_candidates(&[]),
-                context,
-            };
-            let scored = scorer.score(&prepared, Alpha::ONE)?;
-            logprobs.push(scored.candidates.iter().map(|v| last_logprob(v)).collect());
-        }
-        Ok((logprobs, cost_alone))
-    }
-}
-
-/// The tokens of a judge question: the chat template over one user message, with the generation
-/// prompt, exactly as the reward's chat format renders a context.
-fn judge_context(model: &Model, question: &str) -> Result<Vec<LlamaToken>, EngineError> {
-    let request = ScoreRequest {
-        format: Some(Format::Chat),
-        messages: Some(vec![Message {
-            role: "user".into(),
-            content: question.to_owned(),
-        }]),
-        candidates: vec!["-".into()],
-        ..ScoreRequest::default()
-    };
-    Ok(prepare(model, &request, None)?.context)
-}
-
-/// Length of the longest common prefix of all sequences (a sequence's rest may be empty: `probe`
-/// appends a probe token to each rest, so no candidate is empty).
-fn common_prefix(sequences: &[Vec<LlamaToken>]) -> usize {
-    let Some((first, rest)) = sequences.split_first() else {
-        return 0;
-    };
-    let mut n = first.len();
-    for sequence in rest {
-        n = n.min(
-            first
-                .iter()
-                .zip(sequence)
-                .take_while(|(a, b)| a == b)
-                .count(),
-        );
-    }
-    n
 }
 
 #[cfg(test)]
@@ -629,18 +525,6 @@ mod tests {
             expand(&[1.0, 2.0, 3.0], &index),
             vec![1.0, 2.0, 1.0, 3.0, 2.0]
         );
-    }
-
-    #[test]
-    fn common_prefix_of_token_sequences() {
-        let t = |ids: &[i32]| ids.iter().map(|&i| LlamaToken(i)).collect::<Vec<_>>();
-        assert_eq!(
-            common_prefix(&[t(&[1, 2, 3]), t(&[1, 2, 4]), t(&[1, 2])]),
-            2
-        );
-        assert_eq!(common_prefix(&[t(&[1, 2, 3])]), 3);
-        assert_eq!(common_prefix(&[t(&[5]), t(&[1])]), 0);
-        assert_eq!(common_prefix(&[]), 0);
     }
 
     #[test]

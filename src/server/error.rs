@@ -5,8 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::ErrorBody;
-use crate::engine::worker::SubmitError;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, SubmitError};
 
 /// A request that failed: its status, body and, for 503, when to retry.
 #[derive(Debug, Clone)]
@@ -61,16 +60,12 @@ impl ApiError {
 
 impl From<&EngineError> for ApiError {
     fn from(error: &EngineError) -> Self {
-        let status = match error {
+        let status = match error.root() {
             EngineError::ContextOverflow { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             e if e.is_input_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError {
-            status,
-            body: ErrorBody::from(error),
-            retry_after: None,
-        }
+        ApiError::new(status, error.code(), error.to_string())
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::registry::Snapshot;
-use crate::engine::worker::WorkerState;
+use crate::engine::WorkerState;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -27,7 +27,6 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     tokens: AtomicU64,
     cached_tokens: AtomicU64,
-    cancelled: AtomicU64,
     reloads: AtomicU64,
     reload_errors: AtomicU64,
 }
@@ -53,11 +52,6 @@ impl Metrics {
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
         self.cached_tokens
             .fetch_add(cached_tokens, Ordering::Relaxed);
-    }
-
-    /// Counts a job skipped because its client left.
-    pub fn job_cancelled(&self) {
-        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a config reload, applied or not.
@@ -124,11 +118,6 @@ impl Metrics {
                 &self.cached_tokens,
             ),
             (
-                "endorm_jobs_cancelled_total",
-                "Jobs skipped because the client left first.",
-                &self.cancelled,
-            ),
-            (
                 "endorm_config_reloads_total",
                 "Config changes applied.",
                 &self.reloads,
@@ -145,6 +134,17 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let cancelled: usize = snapshot
+            .models
+            .values()
+            .filter_map(|entry| entry.worker.as_ref().ok())
+            .map(|worker| worker.cancelled())
+            .sum();
+        let _ = writeln!(
+            text,
+            "# HELP endorm_jobs_cancelled_total Jobs skipped because the client left first.\n\
+             # TYPE endorm_jobs_cancelled_total counter\nendorm_jobs_cancelled_total {cancelled}"
+        );
         let _ = writeln!(
             text,
             "# HELP endorm_queue_waiting Requests waiting for a model.\n# TYPE endorm_queue_waiting gauge\n\

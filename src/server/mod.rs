@@ -8,14 +8,14 @@
 //!
 //! The server never touches llama.cpp: models, tokens and scores come from [`crate::engine`].
 
-pub mod body;
-pub mod error;
-pub mod jobs;
-pub mod metrics;
-pub mod middleware;
-pub mod registry;
-pub mod reload;
-pub mod routes;
+mod body;
+mod error;
+mod jobs;
+mod metrics;
+mod middleware;
+mod registry;
+mod reload;
+mod routes;
 pub mod socket;
 
 use std::future::IntoFuture as _;

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 
 use super::error::ApiError;
 use crate::config::{Config, ModelSpec, ServerConfig};
-use crate::engine::worker::{Worker, WorkerState};
+use crate::engine::{Worker, WorkerState};
 
 /// One served model.
 #[derive(Debug)]

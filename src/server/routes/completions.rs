@@ -14,9 +14,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::tokenize::to_tokens;
 use super::{check_count, check_tokens};
-use crate::engine::{LlamaToken, Model, RowLogprobs, Scorer};
+use crate::engine::prepare::{self, SequenceText};
+use crate::engine::{EngineError, LogprobsInput, SequenceLogprobs};
 use crate::server::body::read_json;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
@@ -87,11 +87,6 @@ pub enum Prompt {
     TokenLists(Vec<Vec<i64>>),
 }
 
-enum Item {
-    Text(String),
-    Tokens(Vec<i64>),
-}
-
 /// `POST /v1/completions`.
 pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
@@ -106,60 +101,65 @@ pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Resp
     if !supported {
         return Err(ApiError::bad_request("unsupported", SUPPORTED));
     }
-    let items: Vec<Item> = match request.prompt {
-        Prompt::Text(text) => vec![Item::Text(text)],
-        Prompt::Texts(texts) => texts.into_iter().map(Item::Text).collect(),
-        Prompt::Tokens(ids) => vec![Item::Tokens(ids)],
-        Prompt::TokenLists(lists) => lists.into_iter().map(Item::Tokens).collect(),
+    let count = match &request.prompt {
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+        Prompt::Texts(texts) => texts.len(),
+        Prompt::TokenLists(lists) => lists.len(),
     };
-    if items.is_empty() {
+    if count == 0 {
         return Err(ApiError::bad_request(
             "invalid_request",
             "`prompt` is empty",
         ));
     }
-    check_count(items.len(), &snapshot.limits, "prompts")?;
+    check_count(count, &snapshot.limits, "prompts")?;
     let entry = snapshot.resolve(request.model.as_deref())?;
     let loaded = jobs::loaded(&entry)?;
-    let limits = snapshot.limits;
-    let logprobs = request.logprobs;
     let greedy = max_tokens == 1;
-    let ((choices, prompt_tokens), _) = jobs::run(&entry, &app.metrics, move |scorer| {
-        let mut prompts = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            let place = format!("prompt[{index}]");
-            let (tokens, text) = match item {
-                Item::Text(text) => {
-                    let model = scorer.model();
-                    let tokens = model
-                        .tokenize(&text, model.adds_bos(), true)
-                        .map_err(|e| ApiError::from(e).at(&place))?;
-                    (tokens, Some(text))
-                }
-                Item::Tokens(ids) => (to_tokens(&loaded, &ids).map_err(|e| e.at(&place))?, None),
-            };
-            if tokens.is_empty() {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("{place} has no tokens"),
-                ));
-            }
-            prompts.push((tokens, text));
-        }
-        let total: usize = prompts
-            .iter()
-            .map(|(t, _)| t.len() + usize::from(greedy))
-            .sum();
-        check_tokens(total, &limits)?;
-        let mut choices = Vec::with_capacity(prompts.len());
-        for (index, (tokens, text)) in prompts.iter().enumerate() {
-            let choice = choice(scorer, index, tokens, text.as_deref(), logprobs, greedy)
-                .map_err(|e| e.at(&format!("prompt[{index}]")))?;
-            choices.push(choice);
-        }
-        Ok((choices, total - prompts.len() * usize::from(greedy)))
+    let model = Arc::clone(&loaded.model);
+    let prompt = request.prompt;
+    let (sequences, texts) = jobs::blocking(move || {
+        let texts: Vec<Option<String>> = match &prompt {
+            Prompt::Text(text) => vec![Some(text.clone())],
+            Prompt::Texts(texts) => texts.iter().cloned().map(Some).collect(),
+            Prompt::Tokens(_) | Prompt::TokenLists(_) => vec![None; count],
+        };
+        let items: Vec<SequenceText<'_>> = match &prompt {
+            Prompt::Text(text) => vec![SequenceText::Text(text)],
+            Prompt::Texts(texts) => texts.iter().map(|t| SequenceText::Text(t)).collect(),
+            Prompt::Tokens(ids) => vec![SequenceText::Ids(ids)],
+            Prompt::TokenLists(lists) => lists.iter().map(|l| SequenceText::Ids(l)).collect(),
+        };
+        let sequences = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let label = format!("prompt[{index}]");
+                let tokens = prepare::sequence(&model, item).map_err(|e| e.at(label.clone()))?;
+                Ok((label, tokens))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok((sequences, texts))
     })
     .await?;
+    let prompt_tokens: usize = sequences.iter().map(|(_, tokens)| tokens.len()).sum();
+    check_tokens(
+        prompt_tokens + sequences.len() * usize::from(greedy),
+        &snapshot.limits,
+    )?;
+    let input = LogprobsInput {
+        sequences,
+        top_k: request.logprobs.map(|k| k as usize),
+        greedy,
+    };
+    let done = jobs::done(jobs::worker(&entry)?.logprobs(input)).await?;
+    let choices: Vec<Value> = done
+        .result?
+        .into_iter()
+        .zip(texts)
+        .enumerate()
+        .map(|(index, (sequence, text))| choice(index, sequence, text, request.logprobs, greedy))
+        .collect();
     let completion_tokens = choices.len() * usize::from(greedy);
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -185,76 +185,50 @@ pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Resp
 
 /// One choice: the echoed prompt (plus the greedy token) and, when asked, its logprobs.
 fn choice(
-    scorer: &mut Scorer<'_>,
     index: usize,
-    tokens: &[LlamaToken],
-    text: Option<&str>,
+    sequence: SequenceLogprobs,
+    text: Option<String>,
     logprobs: Option<u32>,
     greedy: bool,
-) -> Result<Value, ApiError> {
-    let rows = match logprobs.is_some() || greedy {
-        true => scorer.sequence_logprobs(tokens, logprobs.unwrap_or(1) as usize, greedy)?,
-        false => Vec::new(),
-    };
-    let model = scorer.model();
-    let mut all = tokens.to_vec();
-    if greedy {
-        let next = rows
-            .last()
-            .and_then(|row| row.top.first())
-            .ok_or_else(|| ApiError::internal("no row after the prompt"))?;
-        all.push(next.0);
-    }
-    let texts = model.token_texts(&all)?;
+) -> Value {
     let full_text = match text {
-        Some(prompt) => {
-            let mut full = prompt.to_owned();
+        Some(mut full) => {
             if greedy {
-                full.push_str(texts.last().map_or("", String::as_str));
+                full.push_str(sequence.texts.last().map_or("", String::as_str));
             }
             full
         }
-        None => texts.concat(),
+        None => sequence.texts.concat(),
     };
     let logprobs = match logprobs {
-        Some(k) => logprob_object(model, &all, &texts, &rows, k as usize)?,
+        Some(_) => logprob_object(&sequence),
         None => Value::Null,
     };
-    Ok(json!({
+    json!({
         "index": index,
         "text": full_text,
         "logprobs": logprobs,
         "finish_reason": "length",
-    }))
+    })
 }
 
 /// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, the first position `null`.
-fn logprob_object(
-    model: &Model,
-    tokens: &[LlamaToken],
-    texts: &[String],
-    rows: &[RowLogprobs],
-    k: usize,
-) -> Result<Value, ApiError> {
-    let mut token_logprobs = vec![Value::Null];
-    let mut top_logprobs = vec![Value::Null];
-    for (position, row) in rows.iter().enumerate().take(tokens.len() - 1) {
-        let chosen = match row.next_logprob {
-            Some(logprob) => logprob,
-            // The row after the prompt: the appended greedy token is its top entry.
-            None => row.top.first().map_or(f64::NAN, |t| t.1),
-        };
-        token_logprobs.push(json!(chosen));
-        let mut top = Map::new();
-        for &(token, logprob) in row.top.iter().take(k) {
-            let text = String::from_utf8_lossy(&model.token_bytes(token)?).into_owned();
-            top.entry(text).or_insert(json!(logprob));
-        }
-        top_logprobs.push(Value::Object(top));
-        debug_assert!(position + 1 < tokens.len());
-    }
+fn logprob_object(sequence: &SequenceLogprobs) -> Value {
+    let token_logprobs: Vec<Value> = std::iter::once(Value::Null)
+        .chain(sequence.logprobs.iter().map(|&l| json!(l)))
+        .collect();
+    let top_logprobs: Vec<Value> = std::iter::once(Value::Null)
+        .chain(sequence.top.iter().map(|top| {
+            let mut map = Map::new();
+            for (text, logprob) in top {
+                map.entry(text.clone()).or_insert(json!(logprob));
+            }
+            Value::Object(map)
+        }))
+        .collect();
     let mut offset = 0;
-    let text_offset: Vec<usize> = texts
+    let text_offset: Vec<usize> = sequence
+        .texts
         .iter()
         .map(|text| {
             let here = offset;
@@ -262,10 +236,10 @@ fn logprob_object(
             here
         })
         .collect();
-    Ok(json!({
-        "tokens": texts,
+    json!({
+        "tokens": sequence.texts,
         "token_logprobs": token_logprobs,
         "top_logprobs": top_logprobs,
         "text_offset": text_offset,
-    }))
+    })
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::engine::worker::WorkerState;
+use crate::engine::WorkerState;
 use crate::server::metrics::state_name;
 use crate::server::App;
 
@@ -67,9 +67,16 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
             let state = entry.state();
             let meta = match &state {
                 WorkerState::Ready(loaded) => {
-                    let mut meta = serde_json::to_value(loaded.model.meta()).unwrap_or(Value::Null);
-                    meta["n_ctx"] = json!(loaded.n_ctx);
-                    meta
+                    let info = loaded.model.meta();
+                    json!({
+                        "n_ctx_train": info.n_ctx_train,
+                        "n_vocab": info.n_vocab,
+                        "n_params": info.n_params,
+                        "size_bytes": info.size_bytes,
+                        "chat_template": info.chat_template,
+                        "path": info.path,
+                        "n_ctx": loaded.n_ctx,
+                    })
                 }
                 _ => Value::Null,
             };

@@ -25,7 +25,7 @@ pub async fn score(State(app): State<Arc<App>>, body: Body) -> Result<Response, 
     let request: ScoreRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     check_count(request.candidates.len(), &snapshot.limits, "candidates")?;
     let entry = snapshot.resolve(request.model.as_deref())?;
-    let response = score_on(&app, &entry, request, snapshot.limits).await?;
+    let response = score_on(&entry, request, snapshot.limits).await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,
@@ -36,21 +36,26 @@ pub async fn score(State(app): State<Arc<App>>, body: Body) -> Result<Response, 
 /// Scores `request` on `entry` the way the offline scorer does ([`PreparedRequest`]), in a pass
 /// it may share with other queued requests.
 pub async fn score_on(
-    app: &Arc<App>,
     entry: &Arc<ModelEntry>,
     request: ScoreRequest,
     limits: Limits,
 ) -> Result<ScoreResponse, ApiError> {
     let loaded = jobs::loaded(entry)?;
-    let principle = entry.spec.principle.as_deref();
-    let prepared = PreparedRequest::new(&loaded.model, &request, principle)?;
+    let principle = entry.spec.principle.clone();
+    let model = Arc::clone(&loaded.model);
+    let (prepared, request) = jobs::blocking(move || {
+        let prepared = PreparedRequest::new(&model, &request, principle.as_deref())?;
+        Ok((prepared, request))
+    })
+    .await?;
     check_tokens(prepared.tokens(), &limits)?;
-    let outcome = jobs::score(entry, &app.metrics, prepared).await?;
-    let scored = outcome.result?;
-    let mut response = outcome
-        .request
-        .respond(&loaded.model, entry.id(), &request, &scored)?;
-    response.timings.queue_ms = outcome.waited.as_secs_f64() * 1e3;
+    let done = jobs::done(jobs::worker(entry)?.score(prepared)).await?;
+    let (scored, waited) = (done.result?, done.waited);
+    let id = entry.id().to_owned();
+    let mut response =
+        jobs::blocking(move || Ok(done.input.respond(&loaded.model, &id, &request, &scored)?))
+            .await?;
+    response.timings.queue_ms = waited.as_secs_f64() * 1e3;
     Ok(response)
 }
 
@@ -118,7 +123,7 @@ pub async fn rerank(State(app): State<Arc<App>>, body: Body) -> Result<Response,
         aggregate: Aggregate::Endo,
         ..ScoreRequest::default()
     };
-    let response = score_on(&app, &entry, score, snapshot.limits).await?;
+    let response = score_on(&entry, score, snapshot.limits).await?;
     let top_n = request.top_n.unwrap_or(documents.len());
     let results: Vec<Value> = response
         .order

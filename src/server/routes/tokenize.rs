@@ -10,8 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::worker::LoadedModel;
-use crate::engine::LlamaToken;
+use crate::engine::Token;
 use crate::server::body::read_json;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
@@ -79,19 +78,18 @@ pub async fn tokenize(State(app): State<Arc<App>>, body: Body) -> Result<Respons
     let body = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let model = &loaded.model;
         let tokens = model.tokenize(&text, add_special && model.adds_bos(), parse_special)?;
-        let pieces = |t: LlamaToken| model.token_bytes(t).map(|bytes| piece(&bytes));
         let ids: Value = if with_pieces {
             tokens
                 .iter()
-                .map(|&t| Ok(json!({"id": t.0, "piece": pieces(t)?})))
-                .collect::<Result<Vec<_>, ApiError>>()?
+                .map(|&t: &Token| json!({"id": t.id(), "piece": piece(&model.token_bytes(t))}))
+                .collect::<Vec<_>>()
                 .into()
         } else {
-            tokens.iter().map(|t| t.0).collect::<Vec<_>>().into()
+            tokens.iter().map(|t| t.id()).collect::<Vec<_>>().into()
         };
         let mut body = json!({"tokens": ids, "count": tokens.len(), "max_model_len": loaded.n_ctx});
         if with_strs {
-            body["token_strs"] = model.token_texts(&tokens)?.into();
+            body["token_strs"] = model.token_texts(&tokens).into();
         }
         Ok(body)
     })
@@ -136,29 +134,9 @@ pub async fn detokenize(State(app): State<Arc<App>>, body: Body) -> Result<Json<
     let snapshot = app.registry.snapshot();
     let request: DetokenizeRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     let loaded = jobs::loaded(&*snapshot.resolve(request.model.as_deref())?)?;
-    let tokens = to_tokens(&loaded, &request.tokens)?;
-    let text = loaded.model.detokenize(&tokens)?;
+    let tokens = loaded.model.tokens(&request.tokens)?;
+    let text = loaded.model.detokenize(&tokens);
     Ok(Json(json!({"content": text, "prompt": text})))
-}
-
-/// Checks token ids from a client: each must be in the model's vocabulary (400 otherwise), since
-/// llama.cpp must never see another.
-pub fn to_tokens(loaded: &LoadedModel, ids: &[i64]) -> Result<Vec<LlamaToken>, ApiError> {
-    let n_vocab = loaded.model.meta().n_vocab;
-    ids.iter()
-        .map(|&id| {
-            i32::try_from(id)
-                .ok()
-                .filter(|&id| loaded.model.is_valid_token(id))
-                .map(LlamaToken)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_token",
-                        format!("token id {id} is not in the model's vocabulary (0..{n_vocab})"),
-                    )
-                })
-        })
-        .collect()
 }
 
 /// Query of `/tokenizer_info`.

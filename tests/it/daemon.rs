@@ -3,16 +3,15 @@
 //! error status of API.md provoked for real, 32 concurrent clients, a second instance refused,
 //! and each curl example of docs/SERVER.md run as written.
 
-mod support;
-
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+use crate::common;
+use crate::support::{long_text, model_section, Daemon};
 use endorm::api::{Format, ScoreRequest, ScoreResponse};
-use endorm::engine::{score_request, Candidate, Prepared};
+use endorm::engine::prepare;
 use endorm::reward::{Aggregates, Alpha};
-use support::{common, long_text, model_section, Daemon};
 
 const ID: &str = "smollm2-135m-instruct";
 const TOLERANCE: f64 = 1e-4;
@@ -32,7 +31,9 @@ fn daemon() -> &'static Daemon {
 /// The offline scorer's response for the same request (same model, context size and threads).
 fn offline(request: &ScoreRequest) -> ScoreResponse {
     let mut scorer = common::scorer(common::options());
-    score_request(&mut scorer, ID, request, None).expect("offline score")
+    scorer
+        .score_request(ID, request, None)
+        .expect("offline score")
 }
 
 fn assert_close(a: f64, b: f64, what: &str) {
@@ -188,16 +189,7 @@ fn get_reward_without_prompts_scores_from_the_first_token() {
     let d = daemon();
     let text = "The capital of France is Paris.";
     let rewards = d.ok("/get_reward", &json!({"query": [text]}));
-    let model = common::model();
-    let mut tokens = model.tokenize(text, model.adds_bos(), false).unwrap();
-    let rest = tokens.split_off(1);
-    let prepared = Prepared {
-        context: tokens,
-        candidates: vec![Candidate {
-            tokens: rest,
-            terminal: false,
-        }],
-    };
+    let prepared = prepare::from_first_token(common::model(), text).unwrap();
     let mut scorer = common::scorer(common::options());
     let scored = scorer.score(&prepared, Alpha::ONE).unwrap();
     let expected = Aggregates::of(&scored.candidates[0], Alpha::ONE).endo;

@@ -7,23 +7,23 @@
 
 use std::time::Instant;
 
-use super::{candidate_values, first_row_values, Branch, Scored, Scorer};
-use crate::engine::plan::PassBudget;
-use crate::engine::{EngineError, Prepared};
+use super::plan::PassBudget;
+use super::scorer::{along, candidate_values, first_rows, Branch};
+use super::{EngineError, Prepared, Scored, Scorer};
 use crate::reward::{Alpha, RowValue};
 
 impl Scorer<'_> {
     /// Whether this context batches requests: only with the prefix cache off, where every request
     /// starts cold anyway (with the cache on, each request continues its own cached context).
-    pub fn batches(&self) -> bool {
-        !self.cache_enabled
+    pub(super) fn batches(&self) -> bool {
+        !self.caches()
     }
 
     /// Adds `prepared` to `budget` if it fits one pass beside the requests already in it.
-    pub fn admit(&self, budget: &mut PassBudget, prepared: &Prepared) -> bool {
+    pub(super) fn admit(&self, budget: &mut PassBudget, prepared: &Prepared) -> bool {
         let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
-        let sequences = self.cache.slot_count() + self.limits.max_sequences;
-        budget.try_add(prepared.context.len(), &lens, self.limits.n_ctx, sequences)
+        let sequences = self.cache.slot_count() + self.limits().max_sequences;
+        budget.try_add(prepared.context.len(), &lens, self.n_ctx(), sequences)
     }
 
     /// Scores `requests` in one pass. Each result equals scoring that request alone up to
@@ -37,19 +37,19 @@ impl Scorer<'_> {
         for (prepared, _) in requests {
             self.validate(prepared)?;
             if !self.admit(&mut budget, prepared) {
-                return Err(EngineError::Decode(
-                    "internal planning error: the requests do not fit one pass".into(),
+                return Err(EngineError::Internal(
+                    "the batched requests do not fit one pass".into(),
                 ));
             }
         }
         if !self.batches() {
-            return Err(EngineError::Decode(
-                "internal planning error: batching needs the prefix cache off".into(),
+            return Err(EngineError::Internal(
+                "batching needs the prefix cache off".into(),
             ));
         }
-        self.reset_kv();
+        self.clear_cache();
         let result = self.score_pass(requests);
-        self.reset_kv();
+        self.clear_cache();
         result
     }
 
@@ -92,31 +92,21 @@ impl Scorer<'_> {
         &mut self,
         requests: &[(&Prepared, Alpha)],
     ) -> Result<Vec<Vec<Vec<RowValue>>>, EngineError> {
-        let steps: Vec<(usize, usize)> = requests
-            .iter()
-            .enumerate()
-            .flat_map(|(r, (prepared, _))| (0..prepared.context.len()).map(move |t| (r, t)))
-            .collect();
-        let mut rows = vec![Vec::new(); requests.len()];
-        for chunk in steps.chunks(self.limits.n_batch) {
-            self.batch.clear();
-            for &(r, t) in chunk {
-                let context = &requests[r].0.context;
-                self.add(context[t], t, r as i32, t + 1 == context.len())?;
-            }
-            self.decode()?;
-            for (batch_index, &(r, t)) in chunk.iter().enumerate() {
-                let (prepared, alpha) = requests[r];
-                if t + 1 < prepared.context.len() {
-                    continue;
-                }
-                let (v, firsts) = first_row_values(self.row(batch_index as i32)?, prepared, alpha)?;
-                rows[r] = firsts
-                    .into_iter()
-                    .map(|q| vec![RowValue { v, q_next: Some(q) }])
-                    .collect();
-            }
+        let mut steps = Vec::new();
+        let mut owners = Vec::new();
+        for (r, (prepared, _)) in requests.iter().enumerate() {
+            let last = prepared.context.len() - 1;
+            steps.extend(along(&prepared.context, 0, r as i32, |t| t == last));
+            owners.extend(std::iter::repeat_n(r, prepared.context.len()));
         }
+        let mut rows = vec![Vec::new(); requests.len()];
+        self.context.decode(&steps, |chunk, logits| {
+            for i in chunk.clone().filter(|&i| steps[i].wants_row) {
+                let (prepared, alpha) = requests[owners[i]];
+                rows[owners[i]] = first_rows(logits.row(i - chunk.start), prepared, alpha)?;
+            }
+            Ok(())
+        })?;
         Ok(rows)
     }
 }

@@ -2,10 +2,10 @@
 //! (tests/data/README.md): token ids exactly, per-token values and aggregates within the stated
 //! tolerances of llama.cpp run elsewhere on the same GGUF, and of an fp32 transformers run.
 
-mod common;
+use crate::common;
 
 use endorm::api::ScoreRequest;
-use endorm::engine::{prepare, score_request};
+use endorm::engine::prepare;
 use serde_json::Value;
 
 const PER_TOKEN_FIELDS: [&str; 4] = ["logprob", "q", "v_next", "reward"];
@@ -53,8 +53,8 @@ fn cases_file_and_reference_agree() {
 fn context_and_candidate_token_ids_match_exactly() {
     for case in reference() {
         let name = case["name"].as_str().unwrap();
-        let prepared = prepare(common::model(), &request_of(&case), None).unwrap();
-        let context: Vec<i32> = prepared.context.iter().map(|t| t.0).collect();
+        let prepared = prepare::score_request(common::model(), &request_of(&case), None).unwrap();
+        let context: Vec<i32> = prepared.context.iter().map(|t| t.id()).collect();
         assert_eq!(context, ids(&case["context_ids"]), "{name}: context ids");
         for (i, (candidate, expected)) in prepared
             .candidates
@@ -68,7 +68,7 @@ fn context_and_candidate_token_ids_match_exactly() {
                 .iter()
                 .map(|t| t["id"].as_i64().unwrap() as i32)
                 .collect();
-            let got: Vec<i32> = candidate.tokens.iter().map(|t| t.0).collect();
+            let got: Vec<i32> = candidate.tokens.iter().map(|t| t.id()).collect();
             assert_eq!(got, expected_ids, "{name}: candidate {i} ids");
         }
     }
@@ -113,7 +113,9 @@ fn deltas(reference: &[Value], key: &str) -> Deltas {
     for (case, expected_case) in self::reference().iter().zip(reference) {
         let name = case["name"].as_str().unwrap();
         assert_eq!(expected_case["name"], name);
-        let response = score_request(&mut scorer, "test", &request_of(case), None).unwrap();
+        let response = scorer
+            .score_request("test", &request_of(case), None)
+            .unwrap();
         for (result, expected) in response
             .results
             .iter()
@@ -163,7 +165,9 @@ fn deltas(reference: &[Value], key: &str) -> Deltas {
 fn token_texts_match_the_reference() {
     let mut scorer = common::scorer(common::options());
     for case in reference() {
-        let response = score_request(&mut scorer, "test", &request_of(&case), None).unwrap();
+        let response = scorer
+            .score_request("test", &request_of(&case), None)
+            .unwrap();
         for (result, expected) in response
             .results
             .iter()

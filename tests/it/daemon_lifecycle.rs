@@ -1,13 +1,12 @@
 //! The daemon's life, each test with its own `endorm serve`: SIGTERM during a request, hot reload
 //! while requests run, a full queue, a client that leaves, and the TCP listener's token.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{long_text, model_section, Daemon};
+use crate::support;
+use crate::support::{long_text, model_section, Daemon};
 
 /// A request that keeps a worker busy for a while (a long raw context and several candidates).
 fn heavy() -> Value {

@@ -1,19 +1,15 @@
 //! Shared by the daemon tests: start the real `endorm` binary on a temp socket, and a minimal
 //! HTTP/1.1 client over a Unix socket (or TCP) that shows exactly what the daemon sent.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "../common/mod.rs"]
-pub mod common;
-
-pub use common::model_path;
+pub use crate::common::model_path;
 
 /// A config serving the default model as `id` with the tests' small context and two threads.
 pub fn model_section(id: &str) -> String {
@@ -151,8 +147,8 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Its log (stderr).
     pub log: PathBuf,
-    /// The temp directory holding all of it.
-    pub dir: tempfile::TempDir,
+    /// The temp directory holding all of it (removed when dropped).
+    _dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -195,7 +191,7 @@ impl Daemon {
             socket,
             config: config_path,
             log,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -309,9 +305,4 @@ impl Drop for Daemon {
 /// A raw-format context of roughly `words` tokens.
 pub fn long_text(words: usize) -> String {
     (0..words).map(|i| format!("w{} ", i % 97)).collect()
-}
-
-/// Whether `path` exists.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }

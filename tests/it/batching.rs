@@ -1,11 +1,9 @@
 //! Continuous batching in the real daemon: concurrent requests share passes, and each gets exactly
 //! the values it gets alone (with `n_batch` at most 63, see `ContextOptions::n_batch`).
 
-mod support;
-
 use serde_json::{json, Value};
 
-use support::{model_path, Daemon};
+use crate::support::{model_path, Daemon};
 
 const ID: &str = "smollm2-135m-instruct";
 

@@ -1,7 +1,7 @@
 //! `endorm eval` end to end on the real default model and tiny synthetic files where the answer is
 //! obvious: a fluent answer against the same words shuffled.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,5 +1,4 @@
 //! Shared by the integration tests: the real default model, loaded once per test binary.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,7 +1,7 @@
 //! `endorm score` end to end through the binary: output per line, errors per line, resume, and
 //! an existing output never truncated without --force.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

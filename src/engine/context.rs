@@ -1,0 +1,196 @@
+//! The one owner of a llama.cpp context and its batch: creating it within llama.cpp's limits,
+//! KV-cache sequence operations, and the chunked decode every operation goes through.
+//!
+//! Every position and sequence is checked against the limits before llama.cpp sees it, because
+//! llama.cpp aborts the process on a bad one.
+
+use std::num::NonZeroU32;
+use std::ops::Range;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+
+use super::plan::Limits;
+use super::{backend, EngineError, Model, Token};
+
+/// llama.cpp's hard limit on sequences per context.
+const LLAMA_MAX_SEQ: u32 = 256;
+
+/// One token of a decode: where it goes and whether its logits row is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Step {
+    pub token: Token,
+    pub position: usize,
+    pub sequence: i32,
+    pub wants_row: bool,
+}
+
+/// A llama.cpp context: KV cells shared by `sequences` sequences, plus one spare for padding.
+pub(super) struct Context<'m> {
+    llama: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    limits: Limits,
+    /// Sequences `0..sequences` are usable; sequence `sequences` is the padding's.
+    sequences: i32,
+}
+
+impl<'m> Context<'m> {
+    /// A context of `n_ctx` cells and `n_batch` tokens per decode on `model`, with `reserved`
+    /// sequences (the prefix cache's slots) before up to `max_sequences` candidate sequences.
+    pub fn new(
+        model: &'m Model,
+        n_ctx: u32,
+        n_batch: u32,
+        n_threads: u32,
+        reserved: u32,
+        max_sequences: u32,
+    ) -> Result<Self, EngineError> {
+        // One KV cell more than asked, for the padding token of `decode`.
+        let cells = NonZeroU32::new(n_ctx.saturating_add(1))
+            .filter(|_| n_ctx > 0)
+            .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
+        let n_batch = n_batch.max(1);
+        // One sequence is kept for the padding token of `decode`; and llama.cpp aborts when a
+        // context has more sequences than tokens per decode (its `n_outputs_max`).
+        let room = n_batch.min(LLAMA_MAX_SEQ).saturating_sub(reserved + 1);
+        if room == 0 {
+            return Err(EngineError::Backend(format!(
+                "n_batch ({n_batch}) must be larger than the prefix cache's slots + 1 ({})",
+                reserved + 1
+            )));
+        }
+        let max_sequences = max_sequences.clamp(1, room);
+        let threads = i32::try_from(n_threads.max(1)).unwrap_or(i32::MAX);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(cells))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_seq_max(reserved + max_sequences + 1)
+            .with_kv_unified(true)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let llama = model
+            .llama()
+            .new_context(backend()?, params)
+            .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
+        // llama.cpp rounds n_ctx up and may cap n_batch: plan with what was asked and it made.
+        let limits = Limits {
+            n_ctx: (n_ctx as usize).min(llama.n_ctx() as usize - 1),
+            n_batch: llama.n_batch() as usize,
+            max_sequences: max_sequences as usize,
+        };
+        Ok(Context {
+            llama,
+            batch: LlamaBatch::new(limits.n_batch, 1),
+            limits,
+            sequences: (reserved + max_sequences) as i32,
+        })
+    }
+
+    /// What fits: cells, tokens per decode, candidate sequences.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Decodes `steps` in chunks of `n_batch` tokens. After each chunk, `read(chunk, rows)` gets
+    /// the chunk's range of indices into `steps` and its logits: `rows.row(i)` is the row of step
+    /// `chunk.start + i`, which must have `wants_row`.
+    pub fn decode(
+        &mut self,
+        steps: &[Step],
+        mut read: impl FnMut(Range<usize>, &Rows<'_, 'm>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let n_batch = self.limits.n_batch;
+        for start in (0..steps.len()).step_by(n_batch) {
+            let chunk = start..(start + n_batch).min(steps.len());
+            self.batch.clear();
+            for step in &steps[chunk.clone()] {
+                self.add(*step)?;
+            }
+            self.decode_batch()?;
+            read(chunk, &Rows(&self.llama))?;
+        }
+        Ok(())
+    }
+
+    /// Adds one token after checking it against the limits.
+    fn add(&mut self, step: Step) -> Result<(), EngineError> {
+        let in_limits = step.position < self.limits.n_ctx
+            && (0..self.sequences).contains(&step.sequence)
+            && (self.batch.n_tokens() as usize) < self.limits.n_batch;
+        if !in_limits {
+            return Err(EngineError::Internal(format!(
+                "token at position {} on sequence {} is outside the context's limits",
+                step.position, step.sequence
+            )));
+        }
+        self.batch
+            .add(
+                step.token.llama(),
+                step.position as i32,
+                &[step.sequence],
+                step.wants_row,
+            )
+            .map_err(|e| EngineError::Decode(e.to_string()))
+    }
+
+    fn decode_batch(&mut self) -> Result<(), EngineError> {
+        // llama.cpp attends a lone token over a long KV view with another kernel (split-KV), whose
+        // sums differ from the row-by-row one; a throwaway token on a spare sequence keeps every
+        // decode on the same kernels, so a one-token cache extension equals a cold request.
+        let spare = self.sequences;
+        let padded = self.batch.n_tokens() == 1 && self.limits.n_batch > 1;
+        if padded {
+            self.batch
+                .add(llama_cpp_2::token::LlamaToken(0), 0, &[spare], false)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        let decoded = self
+            .llama
+            .decode(&mut self.batch)
+            .map_err(|e| EngineError::Decode(e.to_string()));
+        if padded {
+            self.remove(spare, 0)?;
+        }
+        decoded
+    }
+
+    /// Removes positions `from..` of a sequence from the KV cache.
+    pub fn remove(&mut self, sequence: i32, from: usize) -> Result<(), EngineError> {
+        let removed = self
+            .llama
+            .clear_kv_cache_seq(Some(sequence as u32), Some(from as u32), None)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        if removed {
+            Ok(())
+        } else {
+            Err(EngineError::Decode(format!(
+                "llama.cpp could not trim sequence {sequence}"
+            )))
+        }
+    }
+
+    /// Adds sequence `to` to the cells of positions `0..end` (all when `None`) of sequence `from`;
+    /// the unified KV cache shares the cells, it copies nothing.
+    pub fn share(&mut self, from: i32, to: i32, end: Option<usize>) -> Result<(), EngineError> {
+        self.llama
+            .copy_kv_cache_seq(from, to, Some(0), end.map(|e| e as u32))
+            .map_err(|e| EngineError::Decode(e.to_string()))
+    }
+
+    /// Empties the KV cache.
+    pub fn clear(&mut self) {
+        self.llama.clear_kv_cache();
+    }
+}
+
+/// The logits rows of the last decode.
+pub(super) struct Rows<'c, 'm>(&'c LlamaContext<'m>);
+
+impl Rows<'_, '_> {
+    /// The row of the `i`-th token of the last decode.
+    pub fn row(&self, i: usize) -> &[f32] {
+        self.0.get_logits_ith(i as i32)
+    }
+}

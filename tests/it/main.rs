@@ -1,0 +1,14 @@
+//! endorm's integration tests, one binary (llama.cpp is linked once): the real default model
+//! (SmolLM2-135M-Instruct from `scripts/fetch-model`) in process, and the real `endorm` binary
+//! as a daemon on a private socket.
+
+mod common;
+mod support;
+
+mod batching;
+mod daemon;
+mod daemon_lifecycle;
+mod eval;
+mod offline;
+mod reference;
+mod scoring;
