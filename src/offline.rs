@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{score_request, EngineError, Scorer};
 use crate::jsonl::open_resumable;
+use crate::server::error::ApiError;
 
 /// What to do with an output file that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,7 +147,7 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 Ok(request) => {
                     match score_request(scorer, &job.model_id, &request, job.principle.as_deref()) {
                         Ok(response) => Ok(response),
-                        Err(e) if e.is_input_error() => Err(ErrorBody::from(&e)),
+                        Err(e) if e.is_input_error() => Err(engine_error_body(&e)),
                         // A model that cannot decode fails every line after: stop, keep the output.
                         Err(e) => {
                             progress.abandon();
@@ -202,6 +203,11 @@ fn parse_line(line: &str, line_number: usize) -> (Value, Result<ScoreRequest, Er
 
 fn error_body(code: &str, message: String) -> ErrorBody {
     ErrorBody::new("invalid_request_error", code, message)
+}
+
+/// A failed line's body: the same `type`, `code` and message the daemon answers for this error.
+fn engine_error_body(error: &EngineError) -> ErrorBody {
+    ApiError::from(error).body
 }
 
 /// The output line: `{"id": ..., ...body}`.
