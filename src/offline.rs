@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{EngineError, Scorer};
 use crate::jsonl::open_resumable;
+use crate::server::engine_error_body;
 
 /// What to do with an output file that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,7 +147,7 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 Ok(request) => {
                     match scorer.score_request(&job.model_id, &request, job.principle.as_deref()) {
                         Ok(response) => Ok(response),
-                        Err(e) if e.is_input_error() => Err(error_line(&e)),
+                        Err(e) if e.is_input_error() => Err(engine_error_body(&e)),
                         // A model that cannot decode fails every line after: stop, keep the output.
                         Err(e) => {
                             progress.abandon();
@@ -198,12 +199,6 @@ fn parse_line(line: &str, line_number: usize) -> (Value, Result<ScoreRequest, Er
     let request = serde_json::from_value::<ScoreRequest>(Value::Object(object))
         .map_err(|e| error_body("invalid_request", format!("not a /v1/score request: {e}")));
     (id, request)
-}
-
-/// The error line for a request the engine refused (always the caller's input: other errors stop
-/// the run).
-fn error_line(error: &EngineError) -> ErrorBody {
-    ErrorBody::new("invalid_request_error", error.code(), error.to_string())
 }
 
 fn error_body(code: &str, message: String) -> ErrorBody {

@@ -138,23 +138,6 @@ impl EngineError {
         }
     }
 
-    /// A stable machine-readable name of the error (the item an error happened on does not change
-    /// it), for error bodies and error lines.
-    pub fn code(&self) -> &'static str {
-        match self.root() {
-            EngineError::Load { .. } => "model_load_failed",
-            EngineError::Backend(_) => "backend_error",
-            EngineError::InvalidInput(_) | EngineError::Item { .. } => "invalid_request",
-            EngineError::InvalidToken { .. } => "invalid_token",
-            EngineError::NoChatTemplate => "no_chat_template",
-            EngineError::Template(_) => "chat_template_error",
-            EngineError::ContextOverflow { .. } => "context_length_exceeded",
-            EngineError::Decode(_) => "decode_failed",
-            EngineError::NotFinite(_) => "scores_not_finite",
-            EngineError::Internal(_) => "internal_error",
-        }
-    }
-
     /// The error without the item it happened on.
     pub fn root(&self) -> &EngineError {
         match self {

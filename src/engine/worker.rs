@@ -30,10 +30,13 @@ pub enum Job {
     /// A `/v1/score` request, batched with the score jobs queued behind it when batching is on.
     Score(Queued<PreparedRequest, Scored>),
     /// Layouts scored one after another at α = 1, each with a label that names it in an error.
-    ScoreEach(Queued<Vec<(String, Prepared)>, Vec<Scored>>),
+    ScoreEach(Queued<Layouts, Vec<Scored>>),
     /// Log-probabilities along token sequences.
     Logprobs(Queued<LogprobsInput, Vec<SequenceLogprobs>>),
 }
+
+/// Layouts for [`Job::ScoreEach`], each with the label that names it in an error.
+pub type Layouts = Vec<(String, Prepared)>;
 
 /// Sequences for [`Job::Logprobs`].
 #[derive(Debug, Clone)]
@@ -315,8 +318,8 @@ impl Worker {
     /// Queues layouts to score one after another, each labelled for its error.
     pub fn score_each(
         &self,
-        layouts: Vec<(String, Prepared)>,
-    ) -> Result<Pending<Vec<(String, Prepared)>, Vec<Scored>>, SubmitError> {
+        layouts: Layouts,
+    ) -> Result<Pending<Layouts, Vec<Scored>>, SubmitError> {
         self.submit(layouts, Job::ScoreEach)
     }
 

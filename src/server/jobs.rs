@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+
 use super::error::ApiError;
 use super::registry::ModelEntry;
 use crate::engine::worker::{Done, Pending};
@@ -49,9 +51,10 @@ pub fn loaded(entry: &ModelEntry) -> Result<Arc<LoadedModel>, ApiError> {
             format!("model {} is still loading", entry.id()),
             2,
         )),
-        WorkerState::Failed(reason) => Err(ApiError::internal(format!(
-            "model {} failed to load: {reason}",
-            entry.id()
-        ))),
+        WorkerState::Failed(reason) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "model_load_failed",
+            format!("model {} failed to load: {reason}", entry.id()),
+        )),
     }
 }

@@ -17,6 +17,8 @@ mod registry;
 mod reload;
 mod routes;
 pub mod socket;
+#[cfg(test)]
+mod tests;
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use axum::Router;
 use tokio::sync::watch;
 
 use crate::config::{check_loopback, Config, ConfigError};
+pub(crate) use error::engine_error_body;
 use metrics::Metrics;
 use middleware::Token;
 use registry::Registry;
@@ -104,6 +107,17 @@ pub struct App {
     pub started: Config,
 }
 
+impl App {
+    /// Starts serving `config`'s models (and `--model`'s) with fresh metrics.
+    pub fn new(config: Config, cli_model: Option<PathBuf>) -> App {
+        App {
+            registry: Registry::start(&config, cli_model),
+            metrics: Arc::new(Metrics::default()),
+            started: config,
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
@@ -149,11 +163,7 @@ async fn serve_on(
         None => None,
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let app = Arc::new(App {
-        registry: Registry::start(&config, options.model.clone()),
-        metrics: Arc::new(Metrics::default()),
-        started: config,
-    });
+    let app = Arc::new(App::new(config, options.model.clone()));
     let _watch = options
         .config
         .as_deref()

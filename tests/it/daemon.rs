@@ -71,7 +71,11 @@ fn health_and_models_describe_the_served_model() {
     }
     assert_eq!(meta["chat_template"], true);
     assert_eq!(meta["n_ctx"], 2048);
-    assert!(meta["path"].as_str().is_some_and(|p| p.ends_with(".gguf")));
+    // Only the file's name: the directory is no client's business.
+    assert!(meta["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with(".gguf") && !f.contains('/')));
+    assert!(meta.get("path").is_none(), "{meta}");
 }
 
 #[test]

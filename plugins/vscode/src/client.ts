@@ -54,7 +54,8 @@ export interface ModelInfo {
     n_params: number;
     size_bytes: number;
     chat_template: boolean;
-    path: string;
+    /** The GGUF file's name (the daemon never shows its directory). */
+    file: string;
     [key: string]: unknown;
   } | null;
 }

@@ -7,17 +7,18 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use super::{check_count, check_tokens};
+use crate::api::{
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, FinishReason,
+    Prompt, TopLogprobs,
+};
 use crate::engine::prepare::{self, SequenceText};
 use crate::engine::{EngineError, LogprobsInput, SequenceLogprobs};
-use crate::server::body::read_json;
+use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
@@ -29,68 +30,12 @@ const SUPPORTED: &str = "endorm's /v1/completions only scores text: send \"echo\
                          \"max_tokens\": 0 or 1 and \"logprobs\": 0..20 (sampling, max_tokens > 1, \
                          n > 1 and streaming are not supported)";
 
-/// Body of `/v1/completions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompletionRequest {
-    /// Model id.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// One prompt or several.
-    pub prompt: Prompt,
-    /// Must be true.
-    #[serde(default)]
-    pub echo: bool,
-    /// 0 or 1.
-    #[serde(default)]
-    pub max_tokens: Option<u64>,
-    /// Alternatives per position, 0..20; absent: no logprobs.
-    #[serde(default)]
-    pub logprobs: Option<u32>,
-    /// 0 (greedy) or absent when `max_tokens` is 1.
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    /// Must be 1.
-    #[serde(default)]
-    pub n: Option<u32>,
-    /// Must be false.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Ignored (nothing is sampled).
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// Ignored (nothing is sampled).
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Ignored (at most one token is generated).
-    #[serde(default)]
-    pub stop: Option<Value>,
-    /// Ignored.
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-/// The `prompt` field's four shapes.
-#[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists"
-)]
-pub enum Prompt {
-    /// One text.
-    Text(String),
-    /// Several texts.
-    Texts(Vec<String>),
-    /// One prompt as token ids.
-    Tokens(Vec<i64>),
-    /// Several prompts as token ids.
-    TokenLists(Vec<Vec<i64>>),
-}
-
 /// `POST /v1/completions`.
-pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<CompletionRequest>,
+) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
-    let request: CompletionRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     let max_tokens = request.max_tokens.unwrap_or(0);
     let supported = request.echo
         && max_tokens <= 1
@@ -153,7 +98,7 @@ pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Resp
         greedy,
     };
     let done = jobs::done(jobs::worker(&entry)?.logprobs(input)).await?;
-    let choices: Vec<Value> = done
+    let choices: Vec<CompletionChoice> = done
         .result?
         .into_iter()
         .zip(texts)
@@ -164,23 +109,18 @@ pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Result<Resp
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let body = json!({
-        "id": format!("cmpl-endorm-{created}"),
-        "object": "text_completion",
-        "created": created,
-        "model": entry.id(),
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    });
+    let response = CompletionResponse::new(
+        entry.id(),
+        created,
+        choices,
+        prompt_tokens,
+        completion_tokens,
+    );
     let tokens = TokenCount {
         tokens: prompt_tokens + completion_tokens,
         cached: 0,
     };
-    Ok(with_tokens(Json(body), tokens))
+    Ok(with_tokens(Json(response), tokens))
 }
 
 /// One choice: the echoed prompt (plus the greedy token) and, when asked, its logprobs.
@@ -190,8 +130,8 @@ fn choice(
     text: Option<String>,
     logprobs: Option<u32>,
     greedy: bool,
-) -> Value {
-    let full_text = match text {
+) -> CompletionChoice {
+    let text = match text {
         Some(mut full) => {
             if greedy {
                 full.push_str(sequence.texts.last().map_or("", String::as_str));
@@ -200,46 +140,19 @@ fn choice(
         }
         None => sequence.texts.concat(),
     };
-    let logprobs = match logprobs {
-        Some(_) => logprob_object(&sequence),
-        None => Value::Null,
-    };
-    json!({
-        "index": index,
-        "text": full_text,
-        "logprobs": logprobs,
-        "finish_reason": "length",
-    })
-}
-
-/// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, the first position `null`.
-fn logprob_object(sequence: &SequenceLogprobs) -> Value {
-    let token_logprobs: Vec<Value> = std::iter::once(Value::Null)
-        .chain(sequence.logprobs.iter().map(|&l| json!(l)))
-        .collect();
-    let top_logprobs: Vec<Value> = std::iter::once(Value::Null)
-        .chain(sequence.top.iter().map(|top| {
-            let mut map = Map::new();
-            for (text, logprob) in top {
-                map.entry(text.clone()).or_insert(json!(logprob));
-            }
-            Value::Object(map)
-        }))
-        .collect();
-    let mut offset = 0;
-    let text_offset: Vec<usize> = sequence
-        .texts
-        .iter()
-        .map(|text| {
-            let here = offset;
-            offset += text.chars().count();
-            here
-        })
-        .collect();
-    json!({
-        "tokens": sequence.texts,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": top_logprobs,
-        "text_offset": text_offset,
-    })
+    let logprobs = logprobs.map(|_| {
+        let positions = sequence
+            .logprobs
+            .into_iter()
+            .zip(sequence.top)
+            .map(|(logprob, top)| (logprob, top.into_iter().collect::<TopLogprobs>()))
+            .collect();
+        CompletionLogprobs::new(sequence.texts, positions)
+    });
+    CompletionChoice {
+        index,
+        text,
+        logprobs,
+        finish_reason: FinishReason::Length,
+    }
 }

@@ -6,92 +6,87 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
-use crate::engine::WorkerState;
-use crate::server::metrics::state_name;
+use crate::api::{
+    HealthResponse, HealthStatus, ModelCard, ModelCardMeta, ModelHealth, ModelList, ModelState,
+};
+use crate::engine::worker::{LoadedModel, WorkerState};
+use crate::server::registry::ModelEntry;
 use crate::server::App;
 
-/// `{"status": "ok" | "loading" | "degraded", "models": [...], "config_error"?}`; 503 while loading.
+/// [`HealthResponse`]; 503 with `Retry-After` while a model loads.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.registry.snapshot();
-    let mut loading = false;
-    let mut failed = false;
-    let models: Vec<Value> = snapshot
-        .models
-        .values()
-        .map(|entry| {
-            let state = entry.state();
-            let mut model = json!({"id": entry.id(), "state": state_name(&state)});
-            match state {
-                WorkerState::Loading => loading = true,
-                WorkerState::Failed(reason) => {
-                    failed = true;
-                    model["error"] = Value::String(reason);
-                }
-                WorkerState::Ready(_) => {}
-            }
-            model
-        })
-        .collect();
-    let status = if loading {
-        "loading"
-    } else if failed || models.is_empty() || snapshot.config_error.is_some() {
-        "degraded"
-    } else {
-        "ok"
-    };
-    let mut body = json!({"status": status, "models": models});
-    if let Some(error) = &snapshot.config_error {
-        body["config_error"] = Value::String(error.clone());
-    }
-    if loading {
-        (
+    let models = snapshot.models.values().map(|e| model_health(e)).collect();
+    let health = HealthResponse::new(models, snapshot.config_error.clone());
+    match health.status {
+        HealthStatus::Loading => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            Json(body),
+            Json(health),
         )
-            .into_response()
-    } else {
-        Json(body).into_response()
+            .into_response(),
+        HealthStatus::Ok | HealthStatus::Degraded => Json(health).into_response(),
     }
 }
 
-/// The OpenAI model list, with each model's metadata (`null` until loaded) and state.
-pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+/// The OpenAI model list ([`ModelList`]), with each model's state and metadata (`null` until loaded).
+pub async fn models(State(app): State<Arc<App>>) -> Json<ModelList> {
     let snapshot = app.registry.snapshot();
-    let data: Vec<Value> = snapshot
+    let default = snapshot.default_model.as_deref();
+    let cards = snapshot
         .models
         .values()
-        .map(|entry| {
-            let state = entry.state();
-            let meta = match &state {
-                WorkerState::Ready(loaded) => {
-                    let info = loaded.model.meta();
-                    json!({
-                        "n_ctx_train": info.n_ctx_train,
-                        "n_vocab": info.n_vocab,
-                        "n_params": info.n_params,
-                        "size_bytes": info.size_bytes,
-                        "chat_template": info.chat_template,
-                        "path": info.path,
-                        "n_ctx": loaded.n_ctx,
-                    })
-                }
-                _ => Value::Null,
-            };
-            json!({
-                "id": entry.id(),
-                "object": "model",
-                "owned_by": "endorm",
-                "created": 0,
-                "state": state_name(&state),
-                "default": snapshot.default_model.as_deref() == Some(entry.id()),
-                "meta": meta,
-            })
-        })
+        .map(|entry| model_card(entry, default == Some(entry.id())))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelList::new(cards))
+}
+
+/// A worker's state on the wire.
+pub fn model_state(state: &WorkerState) -> ModelState {
+    match state {
+        WorkerState::Loading => ModelState::Loading,
+        WorkerState::Ready(_) => ModelState::Ready,
+        WorkerState::Failed(_) => ModelState::Failed,
+    }
+}
+
+fn model_health(entry: &ModelEntry) -> ModelHealth {
+    let state = entry.state();
+    ModelHealth {
+        id: entry.id().to_owned(),
+        state: model_state(&state),
+        error: match state {
+            WorkerState::Failed(reason) => Some(reason),
+            WorkerState::Loading | WorkerState::Ready(_) => None,
+        },
+    }
+}
+
+fn model_card(entry: &ModelEntry, default: bool) -> ModelCard {
+    let state = entry.state();
+    let meta = match &state {
+        WorkerState::Ready(loaded) => Some(card_meta(loaded)),
+        WorkerState::Loading | WorkerState::Failed(_) => None,
+    };
+    ModelCard::new(entry.id().to_owned(), model_state(&state), default, meta)
+}
+
+/// The engine's metadata as `/v1/models` shows it: the model file's name, not its path.
+fn card_meta(loaded: &LoadedModel) -> ModelCardMeta {
+    let meta = loaded.model.meta();
+    ModelCardMeta {
+        n_ctx_train: meta.n_ctx_train,
+        n_vocab: meta.n_vocab,
+        n_params: meta.n_params,
+        size_bytes: meta.size_bytes,
+        chat_template: meta.chat_template,
+        file: meta
+            .path
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+        n_ctx: loaded.n_ctx,
+    }
 }
 
 /// Prometheus text.

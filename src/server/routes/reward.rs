@@ -2,40 +2,27 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
 
 use super::{check_count, check_tokens};
+use crate::api::{RewardRequest, RewardResponse};
 use crate::engine::{prepare, EngineError};
 use crate::reward::{Aggregates, Alpha};
-use crate::server::body::read_json;
+use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
 
-/// Body of `/get_reward`. Other fields OpenRLHF sends (`labels`) are ignored.
-#[derive(Debug, Deserialize)]
-pub struct RewardRequest {
-    /// Model id.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Prompt + response texts.
-    pub query: Vec<String>,
-    /// The prompt of each query; its response is the rest of the query.
-    #[serde(default)]
-    pub prompts: Option<Vec<String>>,
-}
-
 /// `{"rewards": [endo, ...]}` in query order, raw format. With `prompts`, each response is its
 /// query minus its prompt, and queries of the same prompt are scored together, as the candidates of
 /// one raw-format request; without, each query is scored from its first token.
-pub async fn get_reward(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+pub async fn get_reward(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<RewardRequest>,
+) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
-    let request: RewardRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     check_count(request.query.len(), &snapshot.limits, "queries")?;
     if request.query.is_empty() {
         return Err(ApiError::bad_request(
@@ -78,7 +65,7 @@ pub async fn get_reward(State(app): State<Arc<App>>, body: Body) -> Result<Respo
         }
     }
     Ok(with_tokens(
-        Json(json!({"rewards": rewards})),
+        Json(RewardResponse { rewards }),
         TokenCount { tokens, cached: 0 },
     ))
 }

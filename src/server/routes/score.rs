@@ -2,27 +2,26 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{check_count, check_tokens};
-use crate::api::{ScoreRequest, ScoreResponse};
+use crate::api::{Document, RerankRequest, RerankResponse, ScoreRequest, ScoreResponse};
 use crate::engine::PreparedRequest;
 use crate::reward::Aggregate;
-use crate::server::body::read_json;
+use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::registry::{Limits, ModelEntry};
 use crate::server::{jobs, App};
 
 /// `POST /v1/score`.
-pub async fn score(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+pub async fn score(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<ScoreRequest>,
+) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
-    let request: ScoreRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     check_count(request.candidates.len(), &snapshot.limits, "candidates")?;
     let entry = snapshot.resolve(request.model.as_deref())?;
     let response = score_on(&entry, request, snapshot.limits).await?;
@@ -59,50 +58,12 @@ pub async fn score_on(
     Ok(response)
 }
 
-/// Body of `POST /v1/rerank`. Fields other clients send (e.g. Cohere's `max_chunks_per_doc`) are
-/// ignored.
-#[derive(Debug, Deserialize)]
-pub struct RerankRequest {
-    /// Model id.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// The prompt the documents answer.
-    pub query: String,
-    /// The candidate answers.
-    pub documents: Vec<Document>,
-    /// Return only the best `top_n`.
-    #[serde(default)]
-    pub top_n: Option<usize>,
-    /// Echo each document's text.
-    #[serde(default)]
-    pub return_documents: bool,
-}
-
-/// A document: a string or `{"text": ...}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a document: a string or {\"text\": \"...\"}")]
-pub enum Document {
-    /// A plain string.
-    Text(String),
-    /// An object with the text.
-    Object {
-        /// The text.
-        text: String,
-    },
-}
-
-impl Document {
-    fn into_text(self) -> String {
-        match self {
-            Document::Text(text) | Document::Object { text } => text,
-        }
-    }
-}
-
 /// `POST /v1/rerank`: the documents are scored as answers to `query` with `endo`, best first.
-pub async fn rerank(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+pub async fn rerank(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<RerankRequest>,
+) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
-    let request: RerankRequest = read_json(body, snapshot.limits.max_body_bytes).await?;
     check_count(request.documents.len(), &snapshot.limits, "documents")?;
     if request.documents.is_empty() {
         return Err(ApiError::bad_request(
@@ -124,25 +85,12 @@ pub async fn rerank(State(app): State<Arc<App>>, body: Body) -> Result<Response,
         ..ScoreRequest::default()
     };
     let response = score_on(&entry, score, snapshot.limits).await?;
-    let top_n = request.top_n.unwrap_or(documents.len());
-    let results: Vec<Value> = response
-        .order
-        .iter()
-        .take(top_n)
-        .map(|&index| {
-            let mut result =
-                json!({"index": index, "relevance_score": response.results[index].score});
-            if request.return_documents {
-                result["document"] = json!({"text": documents[index]});
-            }
-            result
-        })
-        .collect();
-    let body = json!({
-        "model": response.model,
-        "results": results,
-        "usage": {"total_tokens": response.usage.total_tokens},
-    });
+    let body = RerankResponse::from_score(
+        &response,
+        &documents,
+        request.top_n,
+        request.return_documents,
+    );
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,

@@ -81,8 +81,8 @@ function M.check()
     if meta.n_ctx and meta.n_ctx ~= vim.NIL then
       details[#details + 1] = 'n_ctx ' .. meta.n_ctx
     end
-    if meta.path and meta.path ~= vim.NIL then
-      details[#details + 1] = tostring(meta.path)
+    if meta.file and meta.file ~= vim.NIL then
+      details[#details + 1] = tostring(meta.file)
     end
     if #details > 0 then
       desc = desc .. ' (' .. table.concat(details, ', ') .. ')'

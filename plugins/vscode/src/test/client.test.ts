@@ -28,7 +28,7 @@ test("health is ok and the model is listed with its metadata", async () => {
   const m = models.find((x) => x.default) ?? models[0];
   assert.equal(m.object, "model");
   assert.ok(m.meta && m.meta.n_vocab > 0 && m.meta.n_ctx_train > 0);
-  assert.equal(path.basename(m.meta.path), path.basename(process.env.ENDORM_MODEL || "SmolLM2-135M-Instruct.Q4_1.gguf"));
+  assert.equal(m.meta.file, path.basename(process.env.ENDORM_MODEL || "SmolLM2-135M-Instruct.Q4_1.gguf"));
 });
 
 test('score (raw): " Paris" beats " banana" after "The capital of France is"', async () => {

@@ -1,7 +1,4 @@
-//! The wire types of API.md, shared by the server, the offline scorer, the CLI and the tests.
-//!
-//! Scores are comparable only between the candidates of one request: the same context, model,
-//! template, principle and `alpha`. Every response names the model and the aggregate it used.
+//! `POST /v1/score`: the native call, also the offline scorer's line format.
 
 use serde::{Deserialize, Serialize};
 
@@ -177,34 +174,111 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
-/// The OpenAI-shaped error body: `{"error": {"message", "type", "code"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
 
-/// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    /// A sentence for a person.
-    pub message: String,
-    /// A broad class, e.g. `invalid_request_error`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// A stable machine-readable code, e.g. `context_length_exceeded`.
-    pub code: String,
-}
+    use super::super::assert_wire;
+    use super::*;
 
-impl ErrorBody {
-    /// An error body with the given class, code and message.
-    pub fn new(kind: &str, code: &str, message: String) -> Self {
-        ErrorBody {
-            error: ErrorDetail {
-                message,
-                kind: kind.to_owned(),
-                code: code.to_owned(),
+    #[test]
+    fn request_round_trips_and_refuses_unknown_fields() {
+        let minimal: ScoreRequest =
+            serde_json::from_value(json!({"prompt": "Q?", "candidates": ["A."]})).unwrap();
+        assert_wire(
+            &minimal,
+            json!({"prompt": "Q?", "candidates": ["A."], "aggregate": "endo", "terminal": false,
+                   "return_tokens": false}),
+        );
+        let full = ScoreRequest {
+            model: Some("m".into()),
+            format: Some(Format::Chat),
+            messages: Some(vec![Message {
+                role: "user".into(),
+                content: "Hi".into(),
+            }]),
+            prompt: None,
+            principle: Some("Be brief.".into()),
+            candidates: vec!["a".into(), "b".into()],
+            aggregate: Aggregate::LogprobMean,
+            alpha: Some(0.5),
+            terminal: true,
+            return_tokens: true,
+        };
+        assert_wire(
+            &full,
+            json!({"model": "m", "format": "chat", "messages": [{"role": "user", "content": "Hi"}],
+                   "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
+                   "alpha": 0.5, "terminal": true, "return_tokens": true}),
+        );
+        assert_wire(&Format::Raw, json!("raw"));
+        let error = serde_json::from_value::<ScoreRequest>(
+            json!({"prompt": "Q?", "candidates": ["A."], "temprature": 1}),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("temprature"), "{error}");
+    }
+
+    #[test]
+    fn response_is_todays_json() {
+        let values = TokenValues {
+            logprob: -0.5,
+            q: 18.25,
+            v_next: 17.75,
+            reward: 0.5,
+        };
+        let sums = Aggregates {
+            endo: -11.25,
+            endo_mean: -5.625,
+            logprob: -13.5,
+            logprob_mean: -6.75,
+        };
+        let mut result = CandidateResult::new(0, Aggregate::Endo, &sums, 2);
+        result.rank = 1;
+        result.tokens = Some(vec![TokenDetail::new(504, "Paris".into(), &values)]);
+        let bare = CandidateResult {
+            index: 1,
+            tokens: None,
+            rank: 2,
+            ..result.clone()
+        };
+        let response = ScoreResponse {
+            model: "m".into(),
+            aggregate: Aggregate::Endo,
+            results: vec![result, bare],
+            order: vec![0, 1],
+            usage: Usage {
+                prompt_tokens: 48,
+                cached_tokens: 0,
+                candidate_tokens: 31,
+                total_tokens: 79,
             },
-        }
+            timings: Timings {
+                queue_ms: 0.125,
+                prompt_ms: 20.5,
+                candidates_ms: 33.0,
+                total_ms: 54.0,
+            },
+        };
+        assert_wire(
+            &response,
+            json!({
+                "model": "m",
+                "aggregate": "endo",
+                "results": [
+                    {"index": 0, "score": -11.25, "rank": 1, "endo": -11.25, "endo_mean": -5.625,
+                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2,
+                     "tokens": [{"id": 504, "text": "Paris", "logprob": -0.5, "q": 18.25,
+                                 "v_next": 17.75, "reward": 0.5}]},
+                    {"index": 1, "score": -11.25, "rank": 2, "endo": -11.25, "endo_mean": -5.625,
+                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2}
+                ],
+                "order": [0, 1],
+                "usage": {"prompt_tokens": 48, "cached_tokens": 0, "candidate_tokens": 31,
+                          "total_tokens": 79},
+                "timings": {"queue_ms": 0.125, "prompt_ms": 20.5, "candidates_ms": 33.0,
+                            "total_ms": 54.0}
+            }),
+        );
     }
 }

@@ -1,0 +1,233 @@
+//! `GET /health` and `GET /v1/models`.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a served model is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Loading the model and creating its context.
+    Loading,
+    /// Serving.
+    Ready,
+    /// It could not be loaded.
+    Failed,
+}
+
+/// The daemon as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Every model is ready and the config on disk is the one serving.
+    Ok,
+    /// A model is still loading (the route answers 503 with `Retry-After`).
+    Loading,
+    /// A model failed, none is served, or the config on disk could not be applied.
+    Degraded,
+}
+
+/// Response of `GET /health`: `{"status", "models": [{"id", "state", "error"?}], "config_error"?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// The daemon as a whole.
+    pub status: HealthStatus,
+    /// Each served model.
+    pub models: Vec<ModelHealth>,
+    /// Why the config file on disk is not the one serving, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+}
+
+impl HealthResponse {
+    /// The health of `models`: `loading` while any loads, else `degraded` when one failed,
+    /// none is served or the config could not be applied, else `ok`.
+    pub fn new(models: Vec<ModelHealth>, config_error: Option<String>) -> Self {
+        let status = if models.iter().any(|m| m.state == ModelState::Loading) {
+            HealthStatus::Loading
+        } else if models.is_empty()
+            || config_error.is_some()
+            || models.iter().any(|m| m.state == ModelState::Failed)
+        {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Ok
+        };
+        HealthResponse {
+            status,
+            models,
+            config_error,
+        }
+    }
+}
+
+/// One model in `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelHealth {
+    /// The model id.
+    pub id: String,
+    /// Loading, ready or failed.
+    pub state: ModelState,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Response of `GET /v1/models`: OpenAI's list shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// `list`.
+    pub object: String,
+    /// The served models, by id.
+    pub data: Vec<ModelCard>,
+}
+
+impl ModelList {
+    /// The list of `data`.
+    pub fn new(data: Vec<ModelCard>) -> Self {
+        ModelList {
+            object: "list".to_owned(),
+            data,
+        }
+    }
+}
+
+/// One served model: OpenAI's fields, then endorm's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// The id requests name it by.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// `endorm`.
+    pub owned_by: String,
+    /// Always 0.
+    pub created: u64,
+    /// Loading, ready or failed.
+    pub state: ModelState,
+    /// Whether requests without `model` go to it.
+    pub default: bool,
+    /// What it is; `null` until it is loaded.
+    pub meta: Option<ModelCardMeta>,
+}
+
+impl ModelCard {
+    /// The card of model `id`.
+    pub fn new(id: String, state: ModelState, default: bool, meta: Option<ModelCardMeta>) -> Self {
+        ModelCard {
+            id,
+            object: "model".to_owned(),
+            owned_by: "endorm".to_owned(),
+            created: 0,
+            state,
+            default,
+            meta,
+        }
+    }
+}
+
+/// What `/v1/models` tells about a loaded model. Only the file's name is shown, never its
+/// directory: every client can read this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCardMeta {
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Number of parameters.
+    pub n_params: u64,
+    /// Size of the weights in bytes.
+    pub size_bytes: u64,
+    /// Whether a chat template is available (from the GGUF or an override).
+    pub chat_template: bool,
+    /// The GGUF file's name, without its directory.
+    pub file: String,
+    /// The context window as served.
+    pub n_ctx: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::assert_wire;
+    use super::*;
+
+    fn model(id: &str, state: ModelState, error: Option<&str>) -> ModelHealth {
+        ModelHealth {
+            id: id.into(),
+            state,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn health_is_todays_json() {
+        let ok = HealthResponse::new(vec![model("a", ModelState::Ready, None)], None);
+        assert_wire(
+            &ok,
+            json!({"status": "ok", "models": [{"id": "a", "state": "ready"}]}),
+        );
+        let failed = HealthResponse::new(
+            vec![
+                model("a", ModelState::Ready, None),
+                model("b", ModelState::Failed, Some("no such file")),
+            ],
+            Some("bad toml".into()),
+        );
+        assert_wire(
+            &failed,
+            json!({"status": "degraded", "models": [{"id": "a", "state": "ready"},
+                   {"id": "b", "state": "failed", "error": "no such file"}],
+                   "config_error": "bad toml"}),
+        );
+    }
+
+    #[test]
+    fn health_status_follows_the_models() {
+        let status = |models, config_error: Option<&str>| {
+            HealthResponse::new(models, config_error.map(str::to_owned)).status
+        };
+        assert_eq!(status(vec![], None), HealthStatus::Degraded);
+        assert_eq!(
+            status(vec![model("a", ModelState::Ready, None)], Some("x")),
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            status(
+                vec![
+                    model("a", ModelState::Failed, Some("x")),
+                    model("b", ModelState::Loading, None)
+                ],
+                Some("x")
+            ),
+            HealthStatus::Loading
+        );
+    }
+
+    #[test]
+    fn model_list_is_todays_json_with_the_file_name_only() {
+        let meta = ModelCardMeta {
+            n_ctx_train: 8192,
+            n_vocab: 49152,
+            n_params: 134_515_008,
+            size_bytes: 98_000_000,
+            chat_template: true,
+            file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            n_ctx: 2048,
+        };
+        let list = ModelList::new(vec![
+            ModelCard::new("a".into(), ModelState::Ready, true, Some(meta)),
+            ModelCard::new("b".into(), ModelState::Loading, false, None),
+        ]);
+        assert_wire(
+            &list,
+            json!({"object": "list", "data": [
+                {"id": "a", "object": "model", "owned_by": "endorm", "created": 0, "state": "ready",
+                 "default": true, "meta": {"n_ctx_train": 8192, "n_vocab": 49152,
+                 "n_params": 134_515_008, "size_bytes": 98_000_000, "chat_template": true,
+                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048}},
+                {"id": "b", "object": "model", "owned_by": "endorm", "created": 0,
+                 "state": "loading", "default": false, "meta": null}]}),
+        );
+    }
+}

@@ -1,0 +1,410 @@
+//! The real [`router`] driven in process with `tower::ServiceExt::oneshot`: the wire behaviour
+//! that needs no model (routing, bodies, limits, the token, model resolution, a model that failed
+//! to load, the shapes of `/health` and `/v1/models`). Where a model must answer, the
+//! integration tests run the daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+use super::middleware::Token;
+use super::{router, App};
+use crate::config::Config;
+use crate::engine::worker::WorkerState;
+
+/// The model id of the test config; its file does not exist, so it fails to load.
+const BROKEN: &str = "broken";
+const MAX_BODY: usize = 1024;
+
+/// An app serving one model whose file is missing, once its worker has given up on it.
+fn app() -> (Arc<App>, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.gguf");
+    let text = format!(
+        "[server]\nmax_body_bytes = {MAX_BODY}\nmax_candidates = 4\n\n[models.{BROKEN}]\npath = {:?}\n",
+        missing.to_str().unwrap()
+    );
+    let config = Config::parse(&text, &dir.path().join("config.toml")).expect("config");
+    let app = Arc::new(App::new(config, None));
+    let started = Instant::now();
+    while app
+        .registry
+        .snapshot()
+        .models
+        .values()
+        .any(|entry| matches!(entry.state(), WorkerState::Loading))
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "still loading");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (app, missing)
+}
+
+/// What came back: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an error of API.md's shape with this status and code; returns its message.
+    fn error(&self, status: u16, code: &str) -> String {
+        let body = self.json();
+        assert_eq!(self.status.as_u16(), status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        let kind = match status {
+            401 => "authentication_error",
+            404 => "not_found_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        };
+        assert_eq!(body["error"]["type"], kind, "{body}");
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            "application/json",
+            "{body}"
+        );
+        body["error"]["message"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn send(router: Router, request: Request<Body>) -> Answer {
+    let response = router.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body")
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(app: &Arc<App>, path: &str) -> Answer {
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    send(router(Arc::clone(app), None), request).await
+}
+
+async fn post(app: &Arc<App>, path: &str, body: impl Into<Body>) -> Answer {
+    let request = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap();
+    send(router(Arc::clone(app), None), request).await
+}
+
+fn load_failure(missing: &Path) -> String {
+    format!("cannot load model {}: no such file", missing.display())
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_404_listing_the_routes() {
+    let (app, _) = app();
+    let answer = get(&app, "/v2/nothing").await;
+    let message = answer.error(404, "unknown_route");
+    assert!(message.starts_with("no route GET /v2/nothing; the routes are GET /health"));
+    for route in ["POST /v1/score", "POST /v1/rerank", "GET /tokenizer_info"] {
+        assert!(message.contains(route), "{message}");
+    }
+    assert!(answer.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn a_route_with_the_wrong_method_is_405() {
+    let (app, _) = app();
+    let message = get(&app, "/v1/score")
+        .await
+        .error(405, "method_not_allowed");
+    assert!(
+        message.starts_with("/v1/score does not take GET"),
+        "{message}"
+    );
+    let message = post(&app, "/health", "{}")
+        .await
+        .error(405, "method_not_allowed");
+    assert!(
+        message.starts_with("/health does not take POST"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_body_is_400_on_every_json_route() {
+    let (app, _) = app();
+    for route in [
+        "/v1/score",
+        "/v1/rerank",
+        "/v1/completions",
+        "/get_reward",
+        "/tokenize",
+        "/detokenize",
+    ] {
+        for body in ["", " \n"] {
+            let message = post(&app, route, body).await.error(400, "invalid_json");
+            assert_eq!(
+                message, "the request body is empty: send a JSON object",
+                "{route}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_json_is_400_invalid_json() {
+    let (app, _) = app();
+    for route in ["/v1/score", "/tokenize", "/detokenize"] {
+        let message = post(&app, route, r#"{"model": "m", "#)
+            .await
+            .error(400, "invalid_json");
+        assert!(
+            message.starts_with("invalid request body: EOF while parsing"),
+            "{route}: {message}"
+        );
+        post(&app, route, &b"\xff\xfe{}"[..])
+            .await
+            .error(400, "invalid_json");
+    }
+}
+
+#[tokio::test]
+async fn the_wrong_shape_is_400_with_serdes_message() {
+    let (app, _) = app();
+    let message = post(
+        &app,
+        "/v1/score",
+        r#"{"prompt": "hi", "candidates": "Paris"}"#,
+    )
+    .await
+    .error(400, "invalid_request");
+    assert_eq!(
+        message,
+        "invalid request body: invalid type: string \"Paris\", expected a sequence at line 1 column 38"
+    );
+    let message = post(&app, "/tokenize", r#"{"text": "hi"}"#)
+        .await
+        .error(400, "invalid_request");
+    assert!(message.contains("unknown field `text`"), "{message}");
+    let message = post(&app, "/detokenize", r#"{"tokens": [3.5]}"#)
+        .await
+        .error(400, "invalid_request");
+    assert!(message.contains("expected i64"), "{message}");
+    let message = post(&app, "/v1/rerank", r#"{"query": "q", "documents": [3]}"#)
+        .await
+        .error(400, "invalid_request");
+    assert!(message.contains("a document: a string or"), "{message}");
+    let message = post(
+        &app,
+        "/v1/completions",
+        r#"{"prompt": {"a": 1}, "echo": true}"#,
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(message.contains("`prompt` must be"), "{message}");
+    let message = get(&app, "/tokenizer_info?model=a&model=b")
+        .await
+        .error(400, "invalid_request");
+    assert!(message.contains("duplicate field `model`"), "{message}");
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_is_413() {
+    let (app, _) = app();
+    let big = json!({"prompt": "x".repeat(MAX_BODY), "candidates": ["a"]}).to_string();
+    for route in ["/v1/score", "/tokenize"] {
+        let message = post(&app, route, big.clone())
+            .await
+            .error(413, "body_too_large");
+        assert!(
+            message.contains(&format!("max_body_bytes = {MAX_BODY} bytes")),
+            "{message}"
+        );
+    }
+    // Exactly at the limit is read (and then fails for another reason).
+    let padded = format!("{:<MAX_BODY$}", r#"{"content": "hi"}"#);
+    assert_eq!(padded.len(), MAX_BODY);
+    assert_eq!(post(&app, "/tokenize", padded).await.status, 500);
+}
+
+#[tokio::test]
+async fn tcp_needs_the_bearer_token() {
+    let (app, _) = app();
+    let tcp = || router(Arc::clone(&app), Some(Token("s3cret".into())));
+    let health = |authorization: Option<&str>| {
+        let mut request = Request::get("/health");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for authorization in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
+    ] {
+        let answer = send(tcp(), health(authorization)).await;
+        let message = answer.error(401, "invalid_token");
+        assert!(message.contains("Authorization: Bearer TOKEN"), "{message}");
+        assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+    // Checked before routing: an unknown route without the token is 401 too.
+    let request = Request::get("/nothing").body(Body::empty()).unwrap();
+    send(tcp(), request).await.error(401, "invalid_token");
+    let answer = send(tcp(), health(Some("Bearer s3cret"))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let request = Request::get("/nothing")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
+    send(tcp(), request).await.error(404, "unknown_route");
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_404_naming_the_served_ones() {
+    let (app, _) = app();
+    let message = post(
+        &app,
+        "/v1/score",
+        r#"{"model": "gpt-9", "prompt": "hi", "candidates": ["a"]}"#,
+    )
+    .await
+    .error(404, "model_not_found");
+    assert_eq!(
+        message,
+        format!("model \"gpt-9\" is not served; served: {BROKEN}")
+    );
+    for (method, route, body) in [
+        (
+            Method::POST,
+            "/v1/rerank",
+            r#"{"model": "gpt-9", "query": "q", "documents": ["a"]}"#,
+        ),
+        (
+            Method::POST,
+            "/tokenize",
+            r#"{"model": "gpt-9", "content": "hi"}"#,
+        ),
+        (
+            Method::POST,
+            "/detokenize",
+            r#"{"model": "gpt-9", "tokens": [1]}"#,
+        ),
+        (
+            Method::POST,
+            "/get_reward",
+            r#"{"model": "gpt-9", "query": ["ab"]}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/completions",
+            r#"{"model": "gpt-9", "prompt": "hi", "echo": true}"#,
+        ),
+        (Method::GET, "/tokenizer_info?model=gpt-9", ""),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(route)
+            .body(Body::from(body))
+            .unwrap();
+        send(router(Arc::clone(&app), None), request)
+            .await
+            .error(404, "model_not_found");
+    }
+}
+
+/// A model whose file is missing: `/health` is 200 `degraded` with the reason, `/v1/models`
+/// lists it `failed` with `meta: null`, and every request for it is a 500 saying why.
+#[tokio::test]
+async fn a_model_that_failed_to_load_is_reported_and_refused() {
+    let (app, missing) = app();
+    let health = get(&app, "/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert!(!health.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        health.body,
+        json!({"status": "degraded",
+               "models": [{"id": BROKEN, "state": "failed", "error": load_failure(&missing)}]})
+        .to_string()
+        .as_bytes()
+    );
+    let models = get(&app, "/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK);
+    assert_eq!(
+        models.body,
+        json!({"object": "list", "data": [{"id": BROKEN, "object": "model", "owned_by": "endorm",
+               "created": 0, "state": "failed", "default": true, "meta": null}]})
+        .to_string()
+        .as_bytes()
+    );
+
+    // Every route answers 500 `model_load_failed` and says why.
+    let why = load_failure(&missing);
+    for (route, body) in [
+        ("/v1/score", r#"{"prompt": "hi", "candidates": ["a"]}"#),
+        ("/v1/rerank", r#"{"query": "q", "documents": ["a"]}"#),
+        ("/tokenize", r#"{"content": "hi"}"#),
+        ("/detokenize", r#"{"tokens": [1]}"#),
+        ("/v1/completions", r#"{"prompt": "hi", "echo": true}"#),
+        ("/get_reward", r#"{"query": ["ab"]}"#),
+    ] {
+        let message = post(&app, route, body)
+            .await
+            .error(500, "model_load_failed");
+        assert!(message.contains("failed to load"), "{route}: {message}");
+        assert!(message.contains(&why), "{route}: {message}");
+    }
+    get(&app, "/tokenizer_info")
+        .await
+        .error(500, "model_load_failed");
+}
+
+#[tokio::test]
+async fn health_reports_a_config_that_could_not_be_applied() {
+    let (app, missing) = app();
+    app.registry
+        .set_config_error(Some("config.toml: bad TOML".into()));
+    let health = get(&app, "/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.json(),
+        json!({"status": "degraded",
+               "models": [{"id": BROKEN, "state": "failed", "error": load_failure(&missing)}],
+               "config_error": "config.toml: bad TOML"})
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_router_answered() {
+    let (app, _) = app();
+    get(&app, "/v2/nothing").await;
+    post(&app, "/v1/score", "").await;
+    let metrics = get(&app, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(metrics.body).unwrap();
+    for needle in [
+        "endorm_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "endorm_requests_total{route=\"/v1/score\",status=\"400\"} 1",
+        &format!("endorm_model_state{{model=\"{BROKEN}\",state=\"failed\"}} 1"),
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
