@@ -14,6 +14,57 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use super::plan::Limits;
 use super::{backend, EngineError, Model, Token};
 
+/// Tuning of one context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextOptions {
+    /// Context window in tokens (KV cells shared by the context and all candidates of a group).
+    pub n_ctx: u32,
+    /// Most tokens per decode. At most 63 keeps llama.cpp on its row-by-row attention kernel
+    /// (64 and more switch to a tiled one with other sums), which makes values independent of what
+    /// is decoded beside them: prefix-cache hits and batched requests then equal cold requests
+    /// exactly, at some cost in speed (BENCHMARKS.md).
+    pub n_batch: u32,
+    /// CPU threads.
+    pub n_threads: u32,
+    /// Most candidates decoded side by side (llama.cpp allows 256 sequences in all).
+    pub max_sequences: u32,
+    /// Recent contexts kept in the KV cache for the requests that continue them; 0 turns the prefix
+    /// cache off, so every request starts cold and gives the same values whatever came before.
+    pub cache_slots: u32,
+    /// Most tokens kept cached between requests, besides the last request's context.
+    pub cache_tokens: u32,
+}
+
+impl ContextOptions {
+    /// Tokens per decode unless configured.
+    pub const N_BATCH: u32 = 512;
+    /// Candidates side by side unless configured.
+    pub const MAX_SEQUENCES: u32 = 64;
+    /// Prefix-cache slots unless configured (off).
+    pub const CACHE_SLOTS: u32 = 0;
+    /// Prefix-cache budget in tokens unless configured.
+    pub const CACHE_TOKENS: u32 = 4096;
+    /// The largest context window chosen unless configured.
+    pub const MAX_DEFAULT_N_CTX: u32 = 4096;
+
+    /// Defaults for `model`: its trained context up to 4096 tokens, one thread per core.
+    pub fn for_model(model: &Model) -> Self {
+        ContextOptions {
+            n_ctx: model.meta().n_ctx_train.clamp(256, Self::MAX_DEFAULT_N_CTX),
+            n_batch: Self::N_BATCH,
+            n_threads: default_threads(),
+            max_sequences: Self::MAX_SEQUENCES,
+            cache_slots: Self::CACHE_SLOTS,
+            cache_tokens: Self::CACHE_TOKENS,
+        }
+    }
+}
+
+/// One thread per core.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
+}
+
 /// llama.cpp's hard limit on sequences per context.
 const LLAMA_MAX_SEQ: u32 = 256;
 

@@ -7,8 +7,8 @@
 //! * [`Scorer`] — one llama.cpp context and its typed operations: [`Scorer::score`] (shared-prefix
 //!   batched decode, prefix cache), [`Scorer::score_request`], [`Scorer::sequence_logprobs`],
 //!   [`Scorer::probe`]. Used directly by the offline scorer, `eval` and `bench`.
-//! * [`Worker`] — a thread that owns a `Scorer` and runs typed [`Job`]s from a bounded queue, for
-//!   the daemon; it batches score jobs queued together (continuous batching).
+//! * [`Worker`] — a thread that owns a `Scorer` and runs typed jobs (`job.rs`) from a bounded
+//!   queue, for the daemon; it batches score jobs queued together (continuous batching).
 //!
 //! Inside: `context` alone holds the `LlamaContext` and its batch; `plan` and `cache` are pure
 //! arithmetic and bookkeeping, tested without llama.cpp.
@@ -16,6 +16,7 @@
 mod batch;
 mod cache;
 mod context;
+mod job;
 mod logprobs;
 mod model;
 mod plan;
@@ -32,13 +33,15 @@ use std::sync::OnceLock;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::token::LlamaToken;
 
+pub use context::ContextOptions;
+pub(crate) use job::{Done, LogprobsInput, Pending};
 pub use logprobs::{RowLogprobs, SequenceLogprobs};
 pub use model::{Model, ModelInfo, ModelOptions};
 pub use prepare::{Candidate, Prepared};
 pub use probe::Probed;
 pub use request::PreparedRequest;
-pub use scorer::{ContextOptions, Scored, Scorer};
-pub(crate) use worker::{LoadedModel, LogprobsInput, SubmitError, Worker, WorkerState};
+pub use scorer::{Scored, Scorer};
+pub(crate) use worker::{LoadedModel, SubmitError, Worker, WorkerState};
 
 /// A token of a model's vocabulary. Tokens come only from the model's tokenizer or from
 /// [`Model::token`], which checks the id: llama.cpp aborts the process on an id outside it.

@@ -13,109 +13,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
-
+use super::job::{Job, Layouts, LogprobsInput, Pending, Queued};
 use super::plan::PassBudget;
 use super::{
-    ContextOptions, EngineError, Model, ModelOptions, Prepared, PreparedRequest, Scored, Scorer,
-    SequenceLogprobs, Token,
+    ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, Scored, Scorer,
+    SequenceLogprobs,
 };
 use crate::reward::Alpha;
-
-/// A typed operation for a worker, with where its outcome goes. Every input was prepared (and its
-/// size checked) before it was queued: the worker only decodes.
-pub enum Job {
-    /// A `/v1/score` request, batched with the score jobs queued behind it when batching is on.
-    Score(Queued<PreparedRequest, Scored>),
-    /// Layouts scored one after another at α = 1, each with a label that names it in an error.
-    ScoreEach(Queued<Layouts, Vec<Scored>>),
-    /// Log-probabilities along token sequences.
-    Logprobs(Queued<LogprobsInput, Vec<SequenceLogprobs>>),
-}
-
-/// Layouts for [`Job::ScoreEach`], each with the label that names it in an error.
-pub type Layouts = Vec<(String, Prepared)>;
-
-/// Sequences for [`Job::Logprobs`].
-#[derive(Debug, Clone)]
-pub struct LogprobsInput {
-    /// The sequences, each with a label that names it in an error.
-    pub sequences: Vec<(String, Vec<Token>)>,
-    /// Alternatives per position; `None`: none.
-    pub top_k: Option<usize>,
-    /// Append the greedy next token.
-    pub greedy: bool,
-}
-
-/// A job's input and the channel its outcome goes back on.
-pub struct Queued<I, O> {
-    input: I,
-    queued: Instant,
-    reply: oneshot::Sender<Done<I, O>>,
-}
-
-/// What comes back from a job: its input, its result, and how long it waited in the queue.
-#[derive(Debug)]
-pub struct Done<I, O> {
-    /// The input, given back.
-    pub input: I,
-    /// The result.
-    pub result: Result<O, EngineError>,
-    /// Time from queueing to the start of its pass.
-    pub waited: Duration,
-}
-
-/// A queued job's outcome, to wait for (dropping it cancels the job if it has not started).
-pub struct Pending<I, O>(oneshot::Receiver<Done<I, O>>);
-
-impl<I, O> Pending<I, O> {
-    /// Waits for the outcome. `Err` when the worker stopped (or the job panicked) before answering.
-    pub async fn done(self) -> Result<Done<I, O>, SubmitError> {
-        self.0.await.map_err(|_| SubmitError::Stopped)
-    }
-}
-
-impl<I, O> Queued<I, O> {
-    fn new(input: I) -> (Self, Pending<I, O>) {
-        let (reply, receiver) = oneshot::channel();
-        let queued = Queued {
-            input,
-            queued: Instant::now(),
-            reply,
-        };
-        (queued, Pending(receiver))
-    }
-
-    /// Whether anyone still waits for the outcome: `false` (its client left) skips the job.
-    fn is_wanted(&self, shared: &Shared) -> bool {
-        let wanted = !self.reply.is_closed();
-        if !wanted {
-            shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("client gone before its job started: skipped");
-        }
-        wanted
-    }
-
-    /// Runs `work` on the input if the job is still wanted, and sends the outcome.
-    fn run(self, shared: &Shared, work: impl FnOnce(&I) -> Result<O, EngineError>) {
-        if !self.is_wanted(shared) {
-            return;
-        }
-        let waited = self.queued.elapsed();
-        let result = work(&self.input);
-        self.send(result, waited);
-    }
-
-    fn send(self, result: Result<O, EngineError>, waited: Duration) {
-        let _ = self.reply.send(Done {
-            input: self.input,
-            result,
-            waited,
-        });
-    }
-}
 
 /// What a worker loads and how it sizes its context. `None` fields take [`ContextOptions::for_model`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,12 +129,13 @@ pub enum SubmitError {
     Stopped,
 }
 
-struct Shared {
+/// What the worker thread and its handle share.
+pub(super) struct Shared {
     state: Mutex<WorkerState>,
     waiting: AtomicUsize,
     running: AtomicUsize,
     batched: AtomicUsize,
-    cancelled: AtomicUsize,
+    pub(super) cancelled: AtomicUsize,
 }
 
 impl Shared {

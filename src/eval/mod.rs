@@ -3,13 +3,14 @@
 //!
 //! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
 //!   with test results).
-//! * [`methods`] scores items: endorm's four aggregates, the length baselines, and the verifier and
-//!   pairwise judges.
+//! * [`methods`] scores items: endorm's four aggregates and the length baselines; [`judges`] the
+//!   verifier and pairwise judges.
 //! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
 //! * [`cache`] keeps per-item scores next to the report, so long runs resume.
 
 pub mod cache;
 pub mod data;
+pub mod judges;
 pub mod methods;
 pub mod metrics;
 

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 
 use super::error::ApiError;
 use super::registry::ModelEntry;
-use crate::engine::worker::{Done, Pending};
-use crate::engine::{LoadedModel, SubmitError, Worker, WorkerState};
+use crate::engine::{Done, LoadedModel, Pending, SubmitError, Worker, WorkerState};
 
 /// Runs `work` on tokio's blocking pool (tokenizing a request can take a while).
 pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>

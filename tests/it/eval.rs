@@ -164,7 +164,7 @@ fn a_bad_file_names_its_line() {
 
 #[test]
 fn docs_quote_the_judge_prompts_verbatim() {
-    use endorm::eval::methods::{
+    use endorm::eval::judges::{
         pairwise_code_prompt, pairwise_prompt, verifier_code_prompt, verifier_prompt,
     };
     let docs =

@@ -1,0 +1,103 @@
+//! The typed jobs a [`Worker`](super::Worker) runs: each operation's input, the channel its
+//! outcome goes back on, and cancellation when nobody waits any more.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::worker::{Shared, SubmitError};
+use super::{EngineError, Prepared, PreparedRequest, Scored, SequenceLogprobs, Token};
+
+/// A typed operation for a worker, with where its outcome goes. Every input was prepared (and its
+/// size checked) before it was queued: the worker only decodes.
+pub enum Job {
+    /// A `/v1/score` request, batched with the score jobs queued behind it when batching is on.
+    Score(Queued<PreparedRequest, Scored>),
+    /// Layouts scored one after another at α = 1, each with a label that names it in an error.
+    ScoreEach(Queued<Layouts, Vec<Scored>>),
+    /// Log-probabilities along token sequences.
+    Logprobs(Queued<LogprobsInput, Vec<SequenceLogprobs>>),
+}
+
+/// Layouts for [`Job::ScoreEach`], each with the label that names it in an error.
+pub type Layouts = Vec<(String, Prepared)>;
+
+/// Sequences for [`Job::Logprobs`].
+#[derive(Debug, Clone)]
+pub struct LogprobsInput {
+    /// The sequences, each with a label that names it in an error.
+    pub sequences: Vec<(String, Vec<Token>)>,
+    /// Alternatives per position; `None`: none.
+    pub top_k: Option<usize>,
+    /// Append the greedy next token.
+    pub greedy: bool,
+}
+
+/// A job's input and the channel its outcome goes back on.
+pub struct Queued<I, O> {
+    pub(super) input: I,
+    pub(super) queued: Instant,
+    reply: oneshot::Sender<Done<I, O>>,
+}
+
+/// What comes back from a job: its input, its result, and how long it waited in the queue.
+#[derive(Debug)]
+pub struct Done<I, O> {
+    /// The input, given back.
+    pub input: I,
+    /// The result.
+    pub result: Result<O, EngineError>,
+    /// Time from queueing to the start of its pass.
+    pub waited: Duration,
+}
+
+/// A queued job's outcome, to wait for (dropping it cancels the job if it has not started).
+pub struct Pending<I, O>(oneshot::Receiver<Done<I, O>>);
+
+impl<I, O> Pending<I, O> {
+    /// Waits for the outcome. `Err` when the worker stopped (or the job panicked) before answering.
+    pub async fn done(self) -> Result<Done<I, O>, SubmitError> {
+        self.0.await.map_err(|_| SubmitError::Stopped)
+    }
+}
+
+impl<I, O> Queued<I, O> {
+    pub(super) fn new(input: I) -> (Self, Pending<I, O>) {
+        let (reply, receiver) = oneshot::channel();
+        let queued = Queued {
+            input,
+            queued: Instant::now(),
+            reply,
+        };
+        (queued, Pending(receiver))
+    }
+
+    /// Whether anyone still waits for the outcome: `false` (its client left) skips the job.
+    pub(super) fn is_wanted(&self, shared: &Shared) -> bool {
+        let wanted = !self.reply.is_closed();
+        if !wanted {
+            shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("client gone before its job started: skipped");
+        }
+        wanted
+    }
+
+    /// Runs `work` on the input if the job is still wanted, and sends the outcome.
+    pub(super) fn run(self, shared: &Shared, work: impl FnOnce(&I) -> Result<O, EngineError>) {
+        if !self.is_wanted(shared) {
+            return;
+        }
+        let waited = self.queued.elapsed();
+        let result = work(&self.input);
+        self.send(result, waited);
+    }
+
+    pub(super) fn send(self, result: Result<O, EngineError>, waited: Duration) {
+        let _ = self.reply.send(Done {
+            input: self.input,
+            result,
+            waited,
+        });
+    }
+}
