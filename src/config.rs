@@ -2,8 +2,9 @@
 //!
 //! The file lives in the `directories` config location (`~/.config/endorm/config.toml` on Linux,
 //! `~/Library/Application Support/endorm/config.toml` on macOS) unless `--config` names another.
-//! `config/endorm.toml` in the repository is the documented default. With no file at all the
-//! daemon serves the default model (or `--model PATH`) with the defaults below.
+//! `config/endorm.toml` in the repository documents every key. With no file at all the daemon
+//! serves the default model (or `--model PATH`) with [`ModelSettings::BUILT_IN`]. Default
+//! locations are in [`crate::paths`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,7 +53,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// Settings every model gets unless its own entry says otherwise.
     #[serde(default)]
-    pub defaults: ModelDefaults,
+    pub defaults: ModelSettings,
     /// The models to serve, by id.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -104,32 +105,34 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[defaults]`: per-model settings that a `[models.NAME]` entry may override.
+/// How a model is run: `[defaults]`, and the settings part of every `[models.NAME]`. Every value
+/// is optional; an unset one comes from the next layer of [`ModelSettings::merged`] (the command
+/// line, then `[models.NAME]`, then `[defaults]`, then [`ModelSettings::BUILT_IN`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ModelDefaults {
-    /// Context window in tokens [default: the model's, at most 4096].
+pub struct ModelSettings {
+    /// Context window in tokens [default: the model's trained context, at most 4096].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_ctx: Option<u32>,
-    /// Tokens per llama.cpp decode [default: 512].
+    /// Tokens per llama.cpp decode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_batch: Option<u32>,
     /// CPU threads [default: one per core].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_threads: Option<u32>,
-    /// Layers offloaded to the GPU [default: 0].
+    /// Layers offloaded to the GPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_gpu_layers: Option<u32>,
-    /// Candidates decoded side by side [default: 64].
+    /// Candidates decoded side by side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sequences: Option<u32>,
-    /// Recent contexts kept in the prefix cache [default: 0, off].
+    /// Recent contexts kept in the prefix cache (0: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_slots: Option<u32>,
-    /// Most tokens the prefix cache keeps besides the last request's context [default: 4096].
+    /// Most tokens the prefix cache keeps besides the last request's context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_tokens: Option<u32>,
-    /// Score queued requests together in one pass [default: false].
+    /// Score queued requests together in one pass (continuous batching).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batching: Option<bool>,
     /// System message for chat requests that name no `principle`.
@@ -137,59 +140,138 @@ pub struct ModelDefaults {
     pub principle: Option<String>,
 }
 
-/// `[models.NAME]`.
+impl ModelSettings {
+    /// The built-in defaults, the one place they are written. `n_ctx` and `n_threads` stay unset:
+    /// the engine sizes them for the model (its trained context, at most 4096) and the machine
+    /// (one thread per core).
+    pub const BUILT_IN: ModelSettings = ModelSettings {
+        n_ctx: None,
+        n_batch: Some(512),
+        n_threads: None,
+        n_gpu_layers: Some(0),
+        max_sequences: Some(64),
+        cache_slots: Some(0),
+        cache_tokens: Some(4096),
+        batching: Some(false),
+        principle: None,
+    };
+
+    /// Each value from the first of `layers` that sets it, else from [`ModelSettings::BUILT_IN`]:
+    /// the one merge of model settings. The daemon's layers are `serve`'s flags, the model's
+    /// `[models.NAME]` and `[defaults]`; the offline commands' are their flags alone.
+    pub fn merged(layers: &[&ModelSettings]) -> ModelSettings {
+        let built_in = ModelSettings::BUILT_IN;
+        let mut merged = ModelSettings::default();
+        for layer in layers.iter().copied().chain([&built_in]) {
+            let ModelSettings {
+                n_ctx,
+                n_batch,
+                n_threads,
+                n_gpu_layers,
+                max_sequences,
+                cache_slots,
+                cache_tokens,
+                batching,
+                principle,
+            } = layer;
+            merged.n_ctx = merged.n_ctx.or(*n_ctx);
+            merged.n_batch = merged.n_batch.or(*n_batch);
+            merged.n_threads = merged.n_threads.or(*n_threads);
+            merged.n_gpu_layers = merged.n_gpu_layers.or(*n_gpu_layers);
+            merged.max_sequences = merged.max_sequences.or(*max_sequences);
+            merged.cache_slots = merged.cache_slots.or(*cache_slots);
+            merged.cache_tokens = merged.cache_tokens.or(*cache_tokens);
+            merged.batching = merged.batching.or(*batching);
+            merged.principle = merged.principle.take().or_else(|| principle.clone());
+        }
+        merged
+    }
+
+    /// What the engine loads for the model file `path`: these settings over the built-in defaults
+    /// ([`ModelSettings::merged`]). Values still unset (`n_ctx`, `n_threads`) are left to the
+    /// engine, which sizes them for the model and the machine.
+    pub fn worker(
+        &self,
+        path: &Path,
+        chat_template: Option<String>,
+        queue_depth: usize,
+    ) -> WorkerSettings {
+        let merged = ModelSettings::merged(&[self]);
+        WorkerSettings {
+            path: path.to_owned(),
+            n_gpu_layers: merged.n_gpu_layers.unwrap_or_default(),
+            chat_template,
+            n_ctx: merged.n_ctx,
+            n_batch: merged.n_batch,
+            n_threads: merged.n_threads,
+            max_sequences: merged.max_sequences,
+            cache_slots: merged.cache_slots,
+            cache_tokens: merged.cache_tokens,
+            batching: merged.batching.unwrap_or_default(),
+            queue_depth,
+        }
+    }
+
+    /// Whether no value is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ModelSettings::default()
+    }
+}
+
+/// `[models.NAME]`: a model file, and how to run it (as in `[defaults]`, over it).
+///
+/// Read through a table: serde's `deny_unknown_fields` does not work with `flatten`, and a
+/// flattened struct's type errors would not name their key. [`ModelSettings`] refuses unknown
+/// keys by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "toml::Table")]
 pub struct ModelConfig {
     /// The GGUF file; `~/` is the home directory, a relative path is relative to the config file.
     pub path: PathBuf,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_ctx: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_batch: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_threads: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_gpu_layers: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_sequences: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_slots: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_tokens: Option<u32>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batching: Option<bool>,
-    /// As in `[defaults]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principle: Option<String>,
     /// A Jinja chat template that replaces the GGUF's; `""` disables chat format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// Its own settings.
+    #[serde(flatten)]
+    pub settings: ModelSettings,
 }
 
-impl ModelConfig {
-    /// The settings this entry sets itself.
-    pub fn settings(&self) -> ModelDefaults {
-        ModelDefaults {
-            n_ctx: self.n_ctx,
-            n_batch: self.n_batch,
-            n_threads: self.n_threads,
-            n_gpu_layers: self.n_gpu_layers,
-            max_sequences: self.max_sequences,
-            cache_slots: self.cache_slots,
-            cache_tokens: self.cache_tokens,
-            batching: self.batching,
-            principle: self.principle.clone(),
+impl TryFrom<toml::Table> for ModelConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        fn take<T: serde::de::DeserializeOwned>(
+            table: &mut toml::Table,
+            key: &str,
+        ) -> Result<Option<T>, String> {
+            let value = table.remove(key).map(toml::Value::try_into).transpose();
+            value.map_err(|e| format!("{}\nin `{key}`", e.to_string().trim_end()))
         }
+        let path = take(&mut table, "path")?.ok_or("missing key `path` (the model's GGUF file)")?;
+        let chat_template = take(&mut table, "chat_template")?;
+        let settings = toml::Value::Table(table).try_into().map_err(|e| {
+            let e = toml::de::Error::to_string(&e);
+            if e.starts_with("unknown field") {
+                format!("{} (and `path`, `chat_template`)", e.trim_end())
+            } else {
+                e
+            }
+        })?;
+        Ok(ModelConfig {
+            path,
+            chat_template,
+            settings,
+        })
     }
+}
+
+/// What `endorm serve`'s command line sets over the config file (kept across reloads).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--model PATH`: served beside the config's models, and the default model.
+    pub model: Option<PathBuf>,
+    /// `--n-ctx`, `--threads`, `--n-batch`, `--n-gpu-layers`: over every model's settings.
+    pub settings: ModelSettings,
 }
 
 /// One model to serve, fully resolved.
@@ -201,11 +283,6 @@ pub struct ModelSpec {
     pub worker: WorkerSettings,
     /// The configured principle.
     pub principle: Option<String>,
-}
-
-/// The default config file: `<config dir>/endorm/config.toml`.
-pub fn default_path() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "endorm").map(|p| p.config_dir().join("config.toml"))
 }
 
 impl Config {
@@ -241,8 +318,15 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the values that TOML types cannot.
+    /// Checks the values that TOML types cannot: [`Config::validate_with`] no command line.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(&ModelSettings::default())
+    }
+
+    /// Checks the values that TOML types cannot, with `overrides` (`endorm serve`'s per-model
+    /// flags) over every model: each value on its own, then what each model gets in the end
+    /// (settings that contradict each other, or one that would silently do nothing).
+    pub fn validate_with(&self, overrides: &ModelSettings) -> Result<(), String> {
         let server = &self.server;
         for (name, value) in [
             ("max_body_bytes", server.max_body_bytes),
@@ -257,10 +341,26 @@ impl Config {
         if let Some(listen) = server.listen {
             check_loopback(listen)?;
         }
+        check_settings("the command line", overrides)?;
         check_settings("[defaults]", &self.defaults)?;
         for (id, model) in &self.models {
             check_id(id)?;
-            check_settings(&format!("[models.{id}]"), &model.settings())?;
+            check_settings(&format!("[models.{id}]"), &model.settings)?;
+        }
+        let flags = if overrides.is_empty() {
+            ""
+        } else {
+            " (with the command line's flags)"
+        };
+        check_merged(
+            &format!("[defaults]{flags}"),
+            &ModelSettings::merged(&[overrides, &self.defaults]),
+        )?;
+        for (id, model) in &self.models {
+            check_merged(
+                &format!("[models.{id}]{flags}"),
+                &ModelSettings::merged(&[overrides, &model.settings, &self.defaults]),
+            )?;
         }
         if let Some(default) = &server.default_model {
             if !self.models.is_empty() && !self.models.contains_key(default) {
@@ -273,9 +373,10 @@ impl Config {
         Ok(())
     }
 
-    /// The models to serve. `cli_model` (`serve --model PATH`) is served too, under its file's id.
-    /// With neither models in the file nor `cli_model`, the installed default model is served.
-    pub fn model_specs(&self, cli_model: Option<&Path>) -> Vec<ModelSpec> {
+    /// The models to serve. `overrides.model` (`serve --model PATH`) is served too, under its
+    /// file's id; with neither models in the file nor `--model`, the installed default model is.
+    /// Every model gets `overrides.settings` over its entry over `[defaults]`.
+    pub fn model_specs(&self, overrides: &Overrides) -> Vec<ModelSpec> {
         let mut specs: Vec<ModelSpec> = self
             .models
             .iter()
@@ -283,12 +384,12 @@ impl Config {
                 self.spec(
                     id,
                     &model.path,
-                    &model.settings(),
+                    &[&overrides.settings, &model.settings, &self.defaults],
                     model.chat_template.clone(),
                 )
             })
             .collect();
-        let fallback = match cli_model {
+        let fallback = match &overrides.model {
             Some(path) => Some(path.to_owned()),
             None if specs.is_empty() => paths::default_model(),
             None => None,
@@ -296,7 +397,7 @@ impl Config {
         if let Some(path) = fallback {
             let id = paths::model_id(&path);
             specs.retain(|spec| spec.id != id);
-            specs.push(self.spec(&id, &path, &ModelDefaults::default(), None));
+            specs.push(self.spec(&id, &path, &[&overrides.settings, &self.defaults], None));
         }
         specs.sort_by(|a, b| a.id.cmp(&b.id));
         specs
@@ -321,28 +422,76 @@ impl Config {
         &self,
         id: &str,
         path: &Path,
-        own: &ModelDefaults,
+        layers: &[&ModelSettings],
         chat_template: Option<String>,
     ) -> ModelSpec {
-        let d = &self.defaults;
+        let settings = ModelSettings::merged(layers);
         ModelSpec {
             id: id.to_owned(),
-            worker: WorkerSettings {
-                path: path.to_owned(),
-                n_gpu_layers: own.n_gpu_layers.or(d.n_gpu_layers).unwrap_or(0),
-                chat_template,
-                n_ctx: own.n_ctx.or(d.n_ctx),
-                n_batch: own.n_batch.or(d.n_batch),
-                n_threads: own.n_threads.or(d.n_threads),
-                max_sequences: own.max_sequences.or(d.max_sequences),
-                cache_slots: own.cache_slots.or(d.cache_slots),
-                cache_tokens: own.cache_tokens.or(d.cache_tokens),
-                batching: own.batching.or(d.batching).unwrap_or(false),
-                queue_depth: self.server.queue_depth,
-            },
-            principle: own.principle.clone().or_else(|| d.principle.clone()),
+            worker: settings.worker(path, chat_template, self.server.queue_depth),
+            principle: settings.principle,
         }
     }
+
+    /// The config as `endorm config show` prints it: TOML with `[defaults]` filled in from the
+    /// built-in defaults, and a comment for each value that is decided later (by the model, the
+    /// machine or the environment).
+    pub fn show(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.defaults = ModelSettings::merged(&[&self.defaults]);
+        let text = toml::to_string_pretty(&shown)?;
+        let mut server_notes = Vec::new();
+        if self.server.socket.is_none() {
+            server_notes.push(format!(
+                "# socket: unset, so ${} or else {}",
+                paths::SOCKET_ENV,
+                shown_path(paths::default_socket())
+            ));
+        }
+        if self.server.token_file.is_none() {
+            server_notes.push(format!(
+                "# token_file: unset, so {}",
+                shown_path(paths::default_token_file())
+            ));
+        }
+        if self.server.default_model.is_none() {
+            let specs = self.model_specs(&Overrides::default());
+            if let Some(id) = self.default_model_id(&specs, None) {
+                server_notes.push(format!("# default_model: unset, so {id:?}"));
+            }
+        }
+        let mut default_notes = Vec::new();
+        if shown.defaults.n_ctx.is_none() {
+            default_notes
+                .push("# n_ctx: unset, so the model's trained context, at most 4096".to_owned());
+        }
+        if shown.defaults.n_threads.is_none() {
+            let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+            default_notes.push(format!(
+                "# n_threads: unset, so one per core ({cores} on this machine)"
+            ));
+        }
+        let mut out = String::new();
+        for line in text.lines() {
+            let notes = match line {
+                "[server]" => std::mem::take(&mut server_notes),
+                "[defaults]" => std::mem::take(&mut default_notes),
+                _ => Vec::new(),
+            };
+            for line in std::iter::once(line.to_owned()).chain(notes) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn shown_path(path: Option<PathBuf>) -> String {
+    path.map_or_else(
+        || "(no runtime directory on this system)".into(),
+        |p| format!("{:?}", p.display().to_string()),
+    )
 }
 
 /// Refuses addresses other hosts could reach: the TCP listener is for local clients only.
@@ -371,13 +520,13 @@ fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-fn check_settings(section: &str, settings: &ModelDefaults) -> Result<(), String> {
+/// The checks of each value on its own, in the section that sets it.
+fn check_settings(section: &str, settings: &ModelSettings) -> Result<(), String> {
     for (name, value) in [
         ("n_ctx", settings.n_ctx),
         ("n_batch", settings.n_batch),
         ("n_threads", settings.n_threads),
         ("max_sequences", settings.max_sequences),
-        ("cache_slots", settings.cache_slots),
     ] {
         if value == Some(0) {
             return Err(format!("{section} {name} must be at least 1"));
@@ -389,6 +538,30 @@ fn check_settings(section: &str, settings: &ModelDefaults) -> Result<(), String>
     if settings.max_sequences.is_some_and(|n| n > 255) {
         return Err(format!(
             "{section} max_sequences must be at most 255 (llama.cpp's limit)"
+        ));
+    }
+    Ok(())
+}
+
+/// The checks across values, on what one model gets in the end ([`ModelSettings::merged`]).
+fn check_merged(section: &str, settings: &ModelSettings) -> Result<(), String> {
+    let cache_slots = settings.cache_slots.unwrap_or_default();
+    if settings.batching == Some(true) && cache_slots > 0 {
+        return Err(format!(
+            "{section}: batching = true does nothing with cache_slots = {cache_slots} (continuous \
+             batching needs the prefix cache off): set cache_slots = 0 to batch, or batching = \
+             false to keep the prefix cache"
+        ));
+    }
+    // As the engine sizes a context: one sequence per cache slot (at least one), one for padding,
+    // and llama.cpp wants more tokens per decode than sequences.
+    let n_batch = settings.n_batch.unwrap_or_default();
+    let reserved = cache_slots.max(1) + 1;
+    if n_batch <= reserved {
+        return Err(format!(
+            "{section}: n_batch = {n_batch} must be larger than cache_slots + 1 = {reserved} \
+             (cache_slots = {cache_slots}, counted as at least 1): raise n_batch or lower \
+             cache_slots"
         ));
     }
     Ok(())
@@ -430,7 +603,7 @@ mod tests {
              [models.b]\npath = \"/m/b.gguf\"\nprinciple = \"be kind\"\n",
         )
         .unwrap();
-        let specs = config.model_specs(None);
+        let specs = config.model_specs(&Overrides::default());
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].worker.path, Path::new("/etc/endorm/a.gguf"));
         assert_eq!(specs[0].worker.n_ctx, Some(2048));
@@ -444,7 +617,11 @@ mod tests {
     fn cli_model_is_served_and_default() {
         let config = parse("[models.a]\npath = \"/m/a.gguf\"\n").unwrap();
         let cli = Path::new("/x/Other-Model.Q4_K_M.gguf");
-        let specs = config.model_specs(Some(cli));
+        let overrides = Overrides {
+            model: Some(cli.to_owned()),
+            ..Overrides::default()
+        };
+        let specs = config.model_specs(&overrides);
         assert_eq!(specs.len(), 2);
         assert_eq!(
             config.default_model_id(&specs, Some(cli)).as_deref(),
@@ -472,5 +649,172 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(id.contains("model id"), "{id}");
+    }
+
+    #[test]
+    fn settings_come_from_the_command_line_then_the_entry_then_defaults_then_built_in() {
+        let config = parse(
+            "[defaults]\nn_ctx = 1024\nn_batch = 256\nmax_sequences = 8\n\
+             [models.a]\npath = \"/m/a.gguf\"\nn_batch = 128\nn_gpu_layers = 3\n",
+        )
+        .unwrap();
+        let flags = ModelSettings {
+            n_ctx: Some(512),
+            ..ModelSettings::default()
+        };
+        let overrides = Overrides {
+            model: None,
+            settings: flags,
+        };
+        let worker = &config.model_specs(&overrides)[0].worker;
+        assert_eq!(worker.n_ctx, Some(512), "the command line");
+        assert_eq!(worker.n_batch, Some(128), "the entry");
+        assert_eq!(worker.n_gpu_layers, 3, "the entry");
+        assert_eq!(worker.max_sequences, Some(8), "[defaults]");
+        let built_in = ModelSettings::BUILT_IN;
+        assert_eq!(worker.cache_slots, built_in.cache_slots);
+        assert_eq!(worker.cache_tokens, built_in.cache_tokens);
+        assert_eq!(Some(worker.batching), built_in.batching);
+        assert_eq!(worker.n_threads, None, "left to the engine: one per core");
+        // The command line reaches `--model` too, and a model with no entry takes [defaults].
+        let overrides = Overrides {
+            model: Some("/m/b.gguf".into()),
+            ..overrides
+        };
+        let specs = config.model_specs(&overrides);
+        assert_eq!(specs[1].id, "b");
+        assert_eq!(specs[1].worker.n_ctx, Some(512));
+        assert_eq!(specs[1].worker.n_batch, Some(256));
+    }
+
+    #[test]
+    fn the_built_in_defaults_fill_every_setting_but_the_model_and_machine_ones() {
+        let merged = ModelSettings::merged(&[]);
+        assert_eq!(merged, ModelSettings::BUILT_IN);
+        for (name, value) in [
+            ("n_batch", merged.n_batch),
+            ("n_gpu_layers", merged.n_gpu_layers),
+            ("max_sequences", merged.max_sequences),
+            ("cache_slots", merged.cache_slots),
+            ("cache_tokens", merged.cache_tokens),
+        ] {
+            assert!(value.is_some(), "{name}");
+        }
+        assert!(merged.batching.is_some());
+        assert_eq!((merged.n_ctx, merged.n_threads), (None, None));
+        check_merged("built-in", &merged).expect("the built-in defaults are valid");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_by_name() {
+        for (text, key) in [
+            ("[defaults]\nn_ctxx = 3\n", "`n_ctxx`"),
+            ("[models.a]\npath = \"a\"\ncache_slot = 4\n", "`cache_slot`"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let error = parse("[models.a]\npath = \"a\"\nmax_body = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`max_body`"), "{error}");
+        assert!(
+            error.contains("chat_template"),
+            "the keys are listed: {error}"
+        );
+        // Known keys of a flattened entry still parse, with their types.
+        let config =
+            parse("[models.a]\npath = \"a\"\nchat_template = \"\"\nbatching = true\n").unwrap();
+        assert_eq!(config.models["a"].settings.batching, Some(true));
+        assert_eq!(config.models["a"].chat_template.as_deref(), Some(""));
+        let error = parse("[models.a]\npath = \"a\"\nn_ctx = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("big") && error.contains("`n_ctx`"),
+            "{error}"
+        );
+        let error = parse("[models.a]\nn_ctx = 4\n").unwrap_err().to_string();
+        assert!(error.contains("`path`"), "{error}");
+    }
+
+    #[test]
+    fn batching_with_the_prefix_cache_is_an_error_naming_both_and_the_fix() {
+        for text in [
+            "[defaults]\nbatching = true\ncache_slots = 4\n",
+            "[defaults]\nbatching = true\n[models.a]\npath = \"a\"\ncache_slots = 4\n",
+            "[models.a]\npath = \"a\"\nbatching = true\ncache_slots = 1\n",
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            for part in [
+                "batching = true",
+                "cache_slots",
+                "cache_slots = 0",
+                "batching = false",
+            ] {
+                assert!(error.contains(part), "{part} missing in {error}");
+            }
+        }
+        // Each alone is fine, and so is a model that turns the cache off.
+        parse("[defaults]\nbatching = true\n").unwrap();
+        parse("[defaults]\ncache_slots = 4\n").unwrap();
+        parse("[defaults]\nbatching = true\n[models.a]\npath = \"a\"\ncache_slots = 0\n").unwrap();
+    }
+
+    #[test]
+    fn n_batch_must_exceed_cache_slots_plus_one() {
+        let error = parse("[defaults]\ncache_slots = 8\n[models.a]\npath = \"a\"\nn_batch = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[models.a]"), "{error}");
+        assert!(error.contains("n_batch = 9"), "{error}");
+        assert!(error.contains("cache_slots + 1 = 9"), "{error}");
+        parse("[defaults]\ncache_slots = 8\n[models.a]\npath = \"a\"\nn_batch = 10\n").unwrap();
+        // With the cache off the engine still keeps one slot.
+        let error = parse("[defaults]\nn_batch = 2\n").unwrap_err().to_string();
+        assert!(error.contains("n_batch = 2"), "{error}");
+        parse("[defaults]\nn_batch = 3\n").unwrap();
+        // The command line's flags are checked with the file.
+        let config = parse("[models.a]\npath = \"a\"\ncache_slots = 4\n").unwrap();
+        let flags = ModelSettings {
+            n_batch: Some(4),
+            ..ModelSettings::default()
+        };
+        let error = config.validate_with(&flags).unwrap_err();
+        assert!(error.contains("command line"), "{error}");
+    }
+
+    #[test]
+    fn show_fills_in_every_default_and_says_which_depend_on_model_or_machine() {
+        let config = parse("[models.a]\npath = \"/m/a.gguf\"\n").unwrap();
+        let shown = config.show().unwrap();
+        let defaults = shown
+            .split("[defaults]\n")
+            .nth(1)
+            .expect("a [defaults] section")
+            .split("\n[")
+            .next()
+            .unwrap();
+        for key in [
+            "n_batch = 512",
+            "n_gpu_layers = 0",
+            "max_sequences = 64",
+            "cache_slots = 0",
+            "cache_tokens = 4096",
+            "batching = false",
+            "# n_ctx: unset, so the model's trained context, at most 4096",
+            "# n_threads: unset, so one per core",
+        ] {
+            assert!(defaults.contains(key), "{key} missing in\n{shown}");
+        }
+        assert!(
+            shown.contains("# default_model: unset, so \"a\""),
+            "{shown}"
+        );
+        assert!(shown.contains("max_body_bytes = 8388608"), "{shown}");
+        // What is shown parses back to the same models and [server].
+        let again = parse(&shown).unwrap();
+        assert_eq!(again.models, config.models);
+        assert_eq!(again.server, config.server);
     }
 }

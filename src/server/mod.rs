@@ -1,7 +1,8 @@
 //! The daemon (`endorm serve`): HTTP/1.1 + JSON over a Unix socket (API.md), and optionally over a
 //! loopback TCP port with a bearer token.
 //!
-//! * [`socket`] — where the socket lives, its permissions, stale sockets, a second instance.
+//! * [`socket`] — the socket's permissions, stale sockets, a second instance ([`crate::paths`]:
+//!   where it lives).
 //! * [`registry`] — the served models, each with a worker thread ([`crate::engine::worker`]).
 //! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
@@ -30,7 +31,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::config::{check_loopback, Config, ConfigError};
+use crate::config::{check_loopback, Config, ConfigError, Overrides};
+use crate::paths;
 use metrics::Metrics;
 use middleware::Token;
 use registry::Registry;
@@ -81,9 +83,9 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Whether a missing config file is an error (it was named with `--config`).
     pub config_required: bool,
-    /// `--model PATH`: served beside the config's models, and the default.
-    pub model: Option<PathBuf>,
-    /// `--socket`, over the config.
+    /// `--model PATH` and the per-model flags, over the config (kept across reloads).
+    pub overrides: Overrides,
+    /// `--socket`, over `$ENDORM_SOCKET` and the config ([`crate::paths::socket`]).
     pub socket: Option<PathBuf>,
     /// `--listen`, over the config.
     pub listen: Option<SocketAddr>,
@@ -107,15 +109,19 @@ pub struct App {
 /// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
-    let config = match &options.config {
-        Some(path) if path.exists() || options.config_required => Config::load(path)?,
-        _ => Config::default(),
+    let (config, source) = match &options.config {
+        Some(path) if path.exists() || options.config_required => {
+            (Config::load(path)?, path.clone())
+        }
+        _ => (Config::default(), PathBuf::from("<command line>")),
     };
-    let socket_path = options
-        .socket
-        .clone()
-        .or_else(|| config.server.socket.clone())
-        .or_else(socket::default_socket)
+    config
+        .validate_with(&options.overrides.settings)
+        .map_err(|message| ConfigError::Invalid {
+            path: source,
+            message,
+        })?;
+    let socket_path = paths::socket(options.socket.as_deref(), config.server.socket.as_deref())
         .ok_or_else(|| {
             ServerError::Listen("no runtime directory for the socket: pass --socket PATH".into())
         })?;
@@ -150,7 +156,7 @@ async fn serve_on(
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let app = Arc::new(App {
-        registry: Registry::start(&config, options.model.clone()),
+        registry: Registry::start(&config, options.overrides.clone()),
         metrics: Arc::new(Metrics::default()),
         started: config,
     });
@@ -208,7 +214,7 @@ fn tcp_token(options: &ServeOptions, config: &Config) -> Result<String, ServerEr
         .server
         .token_file
         .clone()
-        .or_else(socket::default_token_file)
+        .or_else(paths::default_token_file)
         .ok_or_else(|| {
             ServerError::Listen("no runtime directory for the token file: pass --token".into())
         })?;
