@@ -133,15 +133,15 @@ pub fn config(command: ConfigCommand) -> Result<ExitCode> {
     match command {
         ConfigCommand::Path => {
             let path = paths::config_file().context("no config directory on this system")?;
-            let state = if path.exists() {
-                "exists"
-            } else {
-                "does not exist: defaults apply"
+            let (state, configured) = match Config::load(&path) {
+                Ok(config) => ("exists", config.server.socket),
+                Err(_) if path.exists() => ("exists, not valid: `endorm config check`", None),
+                Err(_) => ("does not exist: defaults apply", None),
             };
             println!("{}", path.display());
             eprintln!(
-                "({state}; the socket defaults to {})",
-                display(paths::socket(None, None))
+                "({state}; the daemon listens on {})",
+                display(paths::socket(None, configured.as_deref()))
             );
             Ok(ExitCode::SUCCESS)
         }
