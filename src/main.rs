@@ -48,18 +48,8 @@ struct ModelArgs {
     /// GGUF model file [default: SmolLM2-135M-Instruct in the model directory]
     #[arg(long, short)]
     model: Option<PathBuf>,
-    /// Context window in tokens [default: the model's, at most 4096]
-    #[arg(long)]
-    n_ctx: Option<u32>,
-    /// Tokens per llama.cpp decode.
-    #[arg(long, default_value_t = 512)]
-    n_batch: u32,
-    /// CPU threads [default: one per core]
-    #[arg(long)]
-    threads: Option<u32>,
-    /// Layers to offload to the GPU (builds with --features cuda/metal/vulkan).
-    #[arg(long, default_value_t = 0)]
-    n_gpu_layers: u32,
+    #[command(flatten)]
+    settings: serve_cli::SettingsArgs,
 }
 
 #[derive(Args)]
@@ -221,19 +211,13 @@ fn model_path(model: &Option<PathBuf>) -> Result<PathBuf> {
 
 fn load(args: &ModelArgs) -> Result<(Model, ContextOptions)> {
     let path = model_path(&args.model)?;
+    let settings = args.settings.settings().worker(&path, None, 0);
     let options = ModelOptions {
-        n_gpu_layers: args.n_gpu_layers,
+        n_gpu_layers: settings.n_gpu_layers,
         chat_template: None,
     };
     let model = Model::load(&path, &options)?;
-    let mut context = ContextOptions::for_model(&model);
-    context.n_batch = args.n_batch;
-    if let Some(n_ctx) = args.n_ctx {
-        context.n_ctx = n_ctx;
-    }
-    if let Some(threads) = args.threads {
-        context.n_threads = threads;
-    }
+    let context = settings.context_options(&model);
     Ok((model, context))
 }
 

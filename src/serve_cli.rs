@@ -7,8 +7,51 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 
-use endorm::config::{self, Config};
-use endorm::server::{self, socket, ServeOptions};
+use endorm::config::{Config, ModelSettings, Overrides};
+use endorm::paths;
+use endorm::server::{self, ServeOptions};
+
+/// The per-model flags of every command that runs a model. With `serve` they override every
+/// served model's settings (over the config); elsewhere they override the built-in defaults.
+#[derive(Args)]
+pub struct SettingsArgs {
+    /// Context window in tokens [default: the model's trained context, at most 4096]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    n_ctx: Option<u32>,
+    /// CPU threads [default: one per core]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help = built_in_help(
+        "Tokens per llama.cpp decode",
+        ModelSettings::BUILT_IN.n_batch,
+    ))]
+    n_batch: Option<u32>,
+    #[arg(long, help = built_in_help(
+        "Layers to offload to the GPU (builds with --features cuda/metal/vulkan)",
+        ModelSettings::BUILT_IN.n_gpu_layers,
+    ))]
+    n_gpu_layers: Option<u32>,
+}
+
+impl SettingsArgs {
+    /// The settings these flags set.
+    pub fn settings(&self) -> ModelSettings {
+        ModelSettings {
+            n_ctx: self.n_ctx,
+            n_threads: self.threads,
+            n_batch: self.n_batch,
+            n_gpu_layers: self.n_gpu_layers,
+            ..ModelSettings::default()
+        }
+    }
+}
+
+fn built_in_help(what: &str, default: Option<u32>) -> String {
+    match default {
+        Some(value) => format!("{what} [default: {value}]"),
+        None => what.to_owned(),
+    }
+}
 
 /// `endorm serve`.
 #[derive(Args)]
@@ -20,7 +63,8 @@ pub struct ServeArgs {
     /// config file at all.
     #[arg(long, short)]
     model: Option<PathBuf>,
-    /// Unix socket [default: $XDG_RUNTIME_DIR/endorm/endorm.sock].
+    /// Unix socket [default: $ENDORM_SOCKET, else the config's, else
+    /// $XDG_RUNTIME_DIR/endorm/endorm.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Also serve on this loopback TCP address (e.g. 127.0.0.1:8765); requests need
@@ -33,6 +77,9 @@ pub struct ServeArgs {
     /// Shut down when standard input closes (for an editor or test that starts the daemon as its child).
     #[arg(long)]
     exit_on_eof: bool,
+    /// Over every served model's settings in the config.
+    #[command(flatten, next_help_heading = "Model settings (over the config's)")]
+    settings: SettingsArgs,
 }
 
 /// `endorm config ...`.
@@ -58,12 +105,15 @@ pub struct ConfigFile {
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (config, config_required) = match args.config {
         Some(path) => (Some(path), true),
-        None => (config::default_path(), false),
+        None => (paths::config_file(), false),
     };
     let options = ServeOptions {
         config,
         config_required,
-        model: args.model,
+        overrides: Overrides {
+            model: args.model,
+            settings: args.settings.settings(),
+        },
         socket: args.socket,
         listen: args.listen,
         token: args.token.or_else(|| std::env::var("ENDORM_TOKEN").ok()),
@@ -82,27 +132,24 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 pub fn config(command: ConfigCommand) -> Result<ExitCode> {
     match command {
         ConfigCommand::Path => {
-            let path = config::default_path().context("no config directory on this system")?;
-            let state = if path.exists() {
-                "exists"
-            } else {
-                "does not exist: defaults apply"
+            let path = paths::config_file().context("no config directory on this system")?;
+            let (state, configured) = match Config::load(&path) {
+                Ok(config) => ("exists", config.server.socket),
+                Err(_) if path.exists() => ("exists, not valid: `endorm config check`", None),
+                Err(_) => ("does not exist: defaults apply", None),
             };
             println!("{}", path.display());
             eprintln!(
-                "({state}; the socket defaults to {})",
-                display(socket::default_socket())
+                "({state}; the daemon listens on {})",
+                display(paths::socket(None, configured.as_deref()))
             );
             Ok(ExitCode::SUCCESS)
         }
         ConfigCommand::Show(file) => {
             let (path, config) = load(file)?;
             println!("# {}", path.display());
-            print!(
-                "{}",
-                toml::to_string_pretty(&config).context("cannot print the config")?
-            );
-            let specs = config.model_specs(None);
+            print!("{}", config.show().context("cannot print the config")?);
+            let specs = config.model_specs(&Overrides::default());
             let default = config.default_model_id(&specs, None);
             println!("\n# served models:");
             for spec in &specs {
@@ -117,7 +164,7 @@ pub fn config(command: ConfigCommand) -> Result<ExitCode> {
         }
         ConfigCommand::Check(file) => {
             let (path, config) = load(file)?;
-            let specs = config.model_specs(None);
+            let specs = config.model_specs(&Overrides::default());
             let missing: Vec<String> = specs
                 .iter()
                 .filter(|spec| !spec.worker.path.is_file())
@@ -142,7 +189,7 @@ fn load(file: ConfigFile) -> Result<(PathBuf, Config)> {
     match file.config {
         Some(path) => Ok((path.clone(), Config::load(&path)?)),
         None => {
-            let path = config::default_path().context("no config directory on this system")?;
+            let path = paths::config_file().context("no config directory on this system")?;
             let config = if path.exists() {
                 Config::load(&path)?
             } else {

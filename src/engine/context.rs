@@ -47,6 +47,13 @@ impl ContextOptions {
     /// The largest context window chosen unless configured.
     pub const MAX_DEFAULT_N_CTX: u32 = 4096;
 
+    /// Sequences a context keeps besides its candidates' for `cache_slots` prefix-cache slots: one
+    /// per slot (at least one, the current request's context) and one for the padding token of a
+    /// decode. llama.cpp wants more tokens per decode (`n_batch`) than sequences.
+    pub fn reserved_sequences(cache_slots: u32) -> u32 {
+        cache_slots.clamp(1, 128) + 1
+    }
+
     /// Defaults for `model`: its trained context up to 4096 tokens, one thread per core.
     pub fn for_model(model: &Model) -> Self {
         ContextOptions {
@@ -102,14 +109,23 @@ impl<'m> Context<'m> {
             .filter(|_| n_ctx > 0)
             .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
         let n_batch = n_batch.max(1);
-        // One sequence is kept for the padding token of `decode`; and llama.cpp aborts when a
-        // context has more sequences than tokens per decode (its `n_outputs_max`).
-        let room = n_batch.min(LLAMA_MAX_SEQ).saturating_sub(reserved + 1);
+        // llama.cpp aborts when a context has more sequences than tokens per decode (its
+        // `n_outputs_max`).
+        let room = n_batch
+            .min(LLAMA_MAX_SEQ)
+            .saturating_sub(ContextOptions::reserved_sequences(reserved));
         if room == 0 {
             return Err(EngineError::Backend(format!(
                 "n_batch ({n_batch}) must be larger than the prefix cache's slots + 1 ({})",
-                reserved + 1
+                ContextOptions::reserved_sequences(reserved)
             )));
+        }
+        if max_sequences > room {
+            tracing::warn!(
+                max_sequences,
+                n_batch,
+                "max_sequences is more than n_batch leaves room for: {room} candidates are decoded side by side"
+            );
         }
         let max_sequences = max_sequences.clamp(1, room);
         let threads = i32::try_from(n_threads.max(1)).unwrap_or(i32::MAX);

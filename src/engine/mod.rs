@@ -25,7 +25,7 @@ mod probe;
 mod request;
 mod scorer;
 mod template;
-pub(crate) mod worker;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -41,7 +41,7 @@ pub use prepare::{Candidate, Prepared};
 pub use probe::Probed;
 pub use request::PreparedRequest;
 pub use scorer::{Scored, Scorer};
-pub(crate) use worker::{LoadedModel, SubmitError, Worker, WorkerState};
+pub(crate) use worker::{LoadedModel, SubmitError, Worker, WorkerSettings, WorkerState};
 
 /// A token of a model's vocabulary. Tokens come only from the model's tokenizer or from
 /// [`Model::token`], which checks the id: llama.cpp aborts the process on an id outside it.

@@ -1,8 +1,9 @@
 //! The daemon (`endorm serve`): HTTP/1.1 + JSON over a Unix socket (API.md), and optionally over a
 //! loopback TCP port with a bearer token.
 //!
-//! * [`socket`] — where the socket lives, its permissions, stale sockets, a second instance.
-//! * [`registry`] — the served models, each with a worker thread ([`crate::engine::worker`]).
+//! * [`socket`] — the socket's permissions, stale sockets, a second instance ([`crate::paths`]:
+//!   where it lives).
+//! * [`registry`] — the served models, each with a worker thread ([`crate::engine::Worker`]).
 //! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
 //!
@@ -32,7 +33,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::config::{check_loopback, Config, ConfigError};
+use crate::config::{check_loopback, Config, ConfigError, Overrides};
+use crate::paths;
 pub(crate) use error::engine_error_body;
 use metrics::Metrics;
 use middleware::Token;
@@ -84,9 +86,9 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Whether a missing config file is an error (it was named with `--config`).
     pub config_required: bool,
-    /// `--model PATH`: served beside the config's models, and the default.
-    pub model: Option<PathBuf>,
-    /// `--socket`, over the config.
+    /// `--model PATH` and the per-model flags, over the config (kept across reloads).
+    pub overrides: Overrides,
+    /// `--socket`, over `$ENDORM_SOCKET` and the config ([`crate::paths::socket`]).
     pub socket: Option<PathBuf>,
     /// `--listen`, over the config.
     pub listen: Option<SocketAddr>,
@@ -109,9 +111,9 @@ pub struct App {
 
 impl App {
     /// Starts serving `config`'s models (and `--model`'s) with fresh metrics.
-    pub fn new(config: Config, cli_model: Option<PathBuf>) -> App {
+    pub fn new(config: Config, overrides: Overrides) -> App {
         App {
-            registry: Registry::start(&config, cli_model),
+            registry: Registry::start(&config, overrides),
             metrics: Arc::new(Metrics::default()),
             started: config,
         }
@@ -121,15 +123,19 @@ impl App {
 /// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
-    let config = match &options.config {
-        Some(path) if path.exists() || options.config_required => Config::load(path)?,
-        _ => Config::default(),
+    let (config, source) = match &options.config {
+        Some(path) if path.exists() || options.config_required => {
+            (Config::load(path)?, path.clone())
+        }
+        _ => (Config::default(), PathBuf::from("<command line>")),
     };
-    let socket_path = options
-        .socket
-        .clone()
-        .or_else(|| config.server.socket.clone())
-        .or_else(socket::default_socket)
+    config
+        .validate_with(&options.overrides.settings)
+        .map_err(|message| ConfigError::Invalid {
+            path: source,
+            message,
+        })?;
+    let socket_path = paths::socket(options.socket.as_deref(), config.server.socket.as_deref())
         .ok_or_else(|| {
             ServerError::Listen("no runtime directory for the socket: pass --socket PATH".into())
         })?;
@@ -163,7 +169,7 @@ async fn serve_on(
         None => None,
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let app = Arc::new(App::new(config, options.model.clone()));
+    let app = Arc::new(App::new(config, options.overrides.clone()));
     let _watch = options
         .config
         .as_deref()
@@ -218,7 +224,7 @@ fn tcp_token(options: &ServeOptions, config: &Config) -> Result<String, ServerEr
         .server
         .token_file
         .clone()
-        .or_else(socket::default_token_file)
+        .or_else(paths::default_token_file)
         .ok_or_else(|| {
             ServerError::Listen("no runtime directory for the token file: pass --token".into())
         })?;

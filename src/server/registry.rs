@@ -5,13 +5,12 @@
 //! worker unloads once its last request is done.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::http::StatusCode;
 
 use super::error::ApiError;
-use crate::config::{Config, ModelSpec, ServerConfig};
+use crate::config::{Config, ModelSpec, Overrides, ServerConfig};
 use crate::engine::{Worker, WorkerState};
 
 /// One served model.
@@ -83,14 +82,15 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
-    cli_model: Option<PathBuf>,
+    overrides: Overrides,
 }
 
 impl Registry {
-    /// Starts a worker for every model of `config` (and `--model`).
-    pub fn start(config: &Config, cli_model: Option<PathBuf>) -> Registry {
-        let specs = config.model_specs(cli_model.as_deref());
-        let default_model = config.default_model_id(&specs, cli_model.as_deref());
+    /// Starts a worker for every model of `config` (and `--model`), with the command line's
+    /// `overrides` over the config now and at every reload.
+    pub fn start(config: &Config, overrides: Overrides) -> Registry {
+        let specs = config.model_specs(&overrides);
+        let default_model = config.default_model_id(&specs, overrides.model.as_deref());
         let models = specs
             .into_iter()
             .map(|spec| (spec.id.clone(), Arc::new(ModelEntry::start(spec))))
@@ -103,8 +103,13 @@ impl Registry {
                 config_error: None,
                 pending: BTreeMap::new(),
             })),
-            cli_model,
+            overrides,
         }
+    }
+
+    /// What the command line sets over every config.
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
     }
 
     /// The registry now.
@@ -148,8 +153,8 @@ impl Registry {
     /// in-flight requests. Returns what changed, for the log.
     pub fn apply(&self, config: &Config) -> Vec<String> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        let specs = config.model_specs(self.cli_model.as_deref());
-        let default_model = config.default_model_id(&specs, self.cli_model.as_deref());
+        let specs = config.model_specs(&self.overrides);
+        let default_model = config.default_model_id(&specs, self.overrides.model.as_deref());
         let mut changes = Vec::new();
         let mut models = BTreeMap::new();
         let mut pending = BTreeMap::new();

@@ -1,9 +1,9 @@
-//! The Unix socket (and the TCP token file): default locations, permissions, stale sockets and a
-//! second instance.
+//! The Unix socket (and the TCP token file): binding, permissions, stale sockets and a second
+//! instance. Their default locations are in [`crate::paths`].
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::ServerError;
 
@@ -13,27 +13,6 @@ pub const MAX_SOCKET_PATH: usize = 103;
 /// Longest socket path the OS takes (`sun_path` less its terminating NUL).
 #[cfg(not(target_os = "macos"))]
 pub const MAX_SOCKET_PATH: usize = 107;
-
-/// The per-user runtime directory of endorm: `$XDG_RUNTIME_DIR/endorm`, else the `directories`
-/// per-user location (the cache directory where the OS has no runtime directory).
-pub fn runtime_dir() -> Option<PathBuf> {
-    let project = directories::ProjectDirs::from("", "", "endorm")?;
-    Some(
-        project
-            .runtime_dir()
-            .map_or_else(|| project.cache_dir().to_owned(), Path::to_owned),
-    )
-}
-
-/// `<runtime dir>/endorm.sock`.
-pub fn default_socket() -> Option<PathBuf> {
-    runtime_dir().map(|dir| dir.join("endorm.sock"))
-}
-
-/// `<runtime dir>/token`.
-pub fn default_token_file() -> Option<PathBuf> {
-    runtime_dir().map(|dir| dir.join("token"))
-}
 
 /// Binds the socket at `path`: its directory is created 0700 if missing, a stale socket file is
 /// replaced, a live one (another daemon answers) is refused, and the socket is made 0600.
@@ -139,6 +118,7 @@ fn random_token() -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn long_paths_are_refused_with_the_limit() {

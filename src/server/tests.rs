@@ -16,7 +16,8 @@ use tower::ServiceExt as _;
 use super::middleware::Token;
 use super::{router, App};
 use crate::config::Config;
-use crate::engine::worker::WorkerState;
+use crate::config::Overrides;
+use crate::engine::WorkerState;
 
 /// The model id of the test config; its file does not exist, so it fails to load.
 const BROKEN: &str = "broken";
@@ -31,7 +32,7 @@ fn app() -> (Arc<App>, PathBuf) {
         missing.to_str().unwrap()
     );
     let config = Config::parse(&text, &dir.path().join("config.toml")).expect("config");
-    let app = Arc::new(App::new(config, None));
+    let app = Arc::new(App::new(config, Overrides::default()));
     let started = Instant::now();
     while app
         .registry

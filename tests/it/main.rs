@@ -7,6 +7,7 @@ mod support;
 
 mod batching;
 mod daemon;
+mod daemon_config;
 mod daemon_lifecycle;
 mod eval;
 mod offline;

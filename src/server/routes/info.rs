@@ -10,7 +10,7 @@ use axum::Json;
 use crate::api::{
     HealthResponse, HealthStatus, ModelCard, ModelCardMeta, ModelHealth, ModelList, ModelState,
 };
-use crate::engine::worker::{LoadedModel, WorkerState};
+use crate::engine::{LoadedModel, WorkerState};
 use crate::server::registry::ModelEntry;
 use crate::server::App;
 

@@ -1,0 +1,617 @@
+//! The daemon's TOML config: `[server]`, `[defaults]` and named `[models.NAME]` entries.
+//!
+//! The file lives in the `directories` config location (`~/.config/endorm/config.toml` on Linux,
+//! `~/Library/Application Support/endorm/config.toml` on macOS) unless `--config` names another.
+//! `config/endorm.toml` in the repository documents every key. With no file at all the daemon
+//! serves the default model (or `--model PATH`) with [`ModelSettings::BUILT_IN`]. Default
+//! locations are in [`crate::paths`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::WorkerSettings;
+use crate::paths;
+use settings::{check_merged, check_settings};
+pub use settings::{ModelConfig, ModelSettings};
+
+mod settings;
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config {}: {error}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("the config {} is not valid: {message}", path.display())]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What the TOML parser says, with line and column.
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("the config {} is not valid: {message}", path.display())]
+    Invalid {
+        /// The config file (or `<command line>`).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how the daemon listens, and its request limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Settings every model gets unless its own entry says otherwise.
+    #[serde(default)]
+    pub defaults: ModelSettings,
+    /// The models to serve, by id.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The Unix socket [default: `$XDG_RUNTIME_DIR/endorm/endorm.sock`]. Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// A loopback TCP address to serve as well, e.g. `127.0.0.1:8765` (bearer token required).
+    /// Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The file holding the TCP bearer token [default: `token` beside the default socket].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The model requests without `model` go to [default: the default model's id if served, else
+    /// the first id in alphabetical order].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most candidates (documents, queries) in one request (400 above).
+    pub max_candidates: usize,
+    /// Most tokens in one request, context and candidates together (422 above).
+    pub max_tokens: usize,
+    /// Requests that may wait for a model while it runs one (503 + Retry-After above).
+    pub queue_depth: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: None,
+            listen: None,
+            token_file: None,
+            default_model: None,
+            max_body_bytes: 8 << 20,
+            max_candidates: 128,
+            max_tokens: 65_536,
+            queue_depth: 64,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// What `endorm serve`'s command line sets over the config file (kept across reloads).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--model PATH`: served beside the config's models, and the default model.
+    pub model: Option<PathBuf>,
+    /// `--n-ctx`, `--threads`, `--n-batch`, `--n-gpu-layers`: over every model's settings.
+    pub settings: ModelSettings,
+}
+
+/// One model to serve, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The id requests name it by.
+    pub id: String,
+    /// What the worker loads and how.
+    pub worker: WorkerSettings,
+    /// The configured principle.
+    pub principle: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for model in config.models.values_mut() {
+            model.path = resolve_path(&model.path, base);
+        }
+        for file in [&mut config.server.socket, &mut config.server.token_file]
+            .into_iter()
+            .flatten()
+        {
+            *file = resolve_path(file, base);
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values that TOML types cannot: [`Config::validate_with`] no command line.
+    pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(&ModelSettings::default())
+    }
+
+    /// Checks the values that TOML types cannot, with `overrides` (`endorm serve`'s per-model
+    /// flags) over every model: each value on its own, then what each model gets in the end
+    /// (settings that contradict each other, or one that would silently do nothing).
+    pub fn validate_with(&self, overrides: &ModelSettings) -> Result<(), String> {
+        let server = &self.server;
+        for (name, value) in [
+            ("max_body_bytes", server.max_body_bytes),
+            ("max_candidates", server.max_candidates),
+            ("max_tokens", server.max_tokens),
+            ("queue_depth", server.queue_depth),
+        ] {
+            if value == 0 {
+                return Err(format!("[server] {name} must be at least 1"));
+            }
+        }
+        if let Some(listen) = server.listen {
+            check_loopback(listen)?;
+        }
+        check_settings("the command line", overrides)?;
+        check_settings("[defaults]", &self.defaults)?;
+        for (id, model) in &self.models {
+            check_id(id)?;
+            check_settings(&format!("[models.{id}]"), &model.settings)?;
+        }
+        let flags = if overrides.is_empty() {
+            ""
+        } else {
+            " (with the command line's flags)"
+        };
+        check_merged(
+            &format!("[defaults]{flags}"),
+            &ModelSettings::merged(&[overrides, &self.defaults]),
+        )?;
+        for (id, model) in &self.models {
+            check_merged(
+                &format!("[models.{id}]{flags}"),
+                &ModelSettings::merged(&[overrides, &model.settings, &self.defaults]),
+            )?;
+        }
+        if let Some(default) = &server.default_model {
+            if !self.models.is_empty() && !self.models.contains_key(default) {
+                return Err(format!(
+                    "[server] default_model = {default:?} is not one of the models: {}",
+                    self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The models to serve. `overrides.model` (`serve --model PATH`) is served too, under its
+    /// file's id; with neither models in the file nor `--model`, the installed default model is.
+    /// Every model gets `overrides.settings` over its entry over `[defaults]`.
+    pub fn model_specs(&self, overrides: &Overrides) -> Vec<ModelSpec> {
+        let mut specs: Vec<ModelSpec> = self
+            .models
+            .iter()
+            .map(|(id, model)| {
+                self.spec(
+                    id,
+                    &model.path,
+                    &[&overrides.settings, &model.settings, &self.defaults],
+                    model.chat_template.clone(),
+                )
+            })
+            .collect();
+        let fallback = match &overrides.model {
+            Some(path) => Some(path.to_owned()),
+            None if specs.is_empty() => paths::default_model(),
+            None => None,
+        };
+        if let Some(path) = fallback {
+            let id = paths::model_id(&path);
+            specs.retain(|spec| spec.id != id);
+            specs.push(self.spec(&id, &path, &[&overrides.settings, &self.defaults], None));
+        }
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        specs
+    }
+
+    /// The id requests without `model` go to, among `specs`.
+    pub fn default_model_id(
+        &self,
+        specs: &[ModelSpec],
+        cli_model: Option<&Path>,
+    ) -> Option<String> {
+        let served = |id: &str| specs.iter().any(|s| s.id == id);
+        cli_model
+            .map(paths::model_id)
+            .filter(|id| served(id))
+            .or_else(|| self.server.default_model.clone().filter(|id| served(id)))
+            .or_else(|| Some(paths::DEFAULT_MODEL_ID.to_owned()).filter(|id| served(id)))
+            .or_else(|| specs.first().map(|s| s.id.clone()))
+    }
+
+    fn spec(
+        &self,
+        id: &str,
+        path: &Path,
+        layers: &[&ModelSettings],
+        chat_template: Option<String>,
+    ) -> ModelSpec {
+        let settings = ModelSettings::merged(layers);
+        ModelSpec {
+            id: id.to_owned(),
+            worker: settings.worker(path, chat_template, self.server.queue_depth),
+            principle: settings.principle,
+        }
+    }
+
+    /// The config as `endorm config show` prints it: TOML with `[defaults]` filled in from the
+    /// built-in defaults, and a comment for each value that is decided later (by the model, the
+    /// machine or the environment).
+    pub fn show(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.defaults = ModelSettings::merged(&[&self.defaults]);
+        let text = toml::to_string_pretty(&shown)?;
+        let mut server_notes = Vec::new();
+        if self.server.socket.is_none() {
+            server_notes.push(format!(
+                "# socket: unset, so ${} or else {}",
+                paths::SOCKET_ENV,
+                shown_path(paths::default_socket())
+            ));
+        }
+        if self.server.token_file.is_none() {
+            server_notes.push(format!(
+                "# token_file: unset, so {}",
+                shown_path(paths::default_token_file())
+            ));
+        }
+        if self.server.default_model.is_none() {
+            let specs = self.model_specs(&Overrides::default());
+            if let Some(id) = self.default_model_id(&specs, None) {
+                server_notes.push(format!("# default_model: unset, so {id:?}"));
+            }
+        }
+        let mut default_notes = Vec::new();
+        if shown.defaults.n_ctx.is_none() {
+            default_notes
+                .push("# n_ctx: unset, so the model's trained context, at most 4096".to_owned());
+        }
+        if shown.defaults.n_threads.is_none() {
+            let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+            default_notes.push(format!(
+                "# n_threads: unset, so one per core ({cores} on this machine)"
+            ));
+        }
+        let mut out = String::new();
+        for line in text.lines() {
+            let notes = match line {
+                "[server]" => std::mem::take(&mut server_notes),
+                "[defaults]" => std::mem::take(&mut default_notes),
+                _ => Vec::new(),
+            };
+            for line in std::iter::once(line.to_owned()).chain(notes) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn shown_path(path: Option<PathBuf>) -> String {
+    path.map_or_else(
+        || "(no runtime directory on this system)".into(),
+        |p| format!("{:?}", p.display().to_string()),
+    )
+}
+
+/// Refuses addresses other hosts could reach: the TCP listener is for local clients only.
+pub fn check_loopback(address: SocketAddr) -> Result<(), String> {
+    if address.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to listen on {address}: only loopback addresses (127.0.0.1, [::1]) are allowed"
+        ))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "model id {id:?} must be 1 to 128 letters, digits, '.', '-' or '_'"
+        ))
+    }
+}
+
+fn resolve_path(path: &Path, base: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        if let Some(home) = directories::BaseDirs::new() {
+            return home.home_dir().join(rest);
+        }
+    }
+    if path.is_relative() {
+        base.join(path)
+    } else {
+        path.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/endorm/config.toml"))
+    }
+
+    #[test]
+    fn the_documented_default_config_parses() {
+        let text = include_str!("../../config/endorm.toml");
+        let config = parse(text).expect("config/endorm.toml is valid");
+        assert_eq!(config.server, ServerConfig::default());
+    }
+
+    #[test]
+    fn models_take_defaults_and_resolve_paths() {
+        let config = parse(
+            "[defaults]\nn_ctx = 1024\nprinciple = \"be brief\"\n\
+             [models.a]\npath = \"a.gguf\"\nn_ctx = 2048\n\
+             [models.b]\npath = \"/m/b.gguf\"\nprinciple = \"be kind\"\n",
+        )
+        .unwrap();
+        let specs = config.model_specs(&Overrides::default());
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].worker.path, Path::new("/etc/endorm/a.gguf"));
+        assert_eq!(specs[0].worker.n_ctx, Some(2048));
+        assert_eq!(specs[0].principle.as_deref(), Some("be brief"));
+        assert_eq!(specs[1].worker.n_ctx, Some(1024));
+        assert_eq!(specs[1].principle.as_deref(), Some("be kind"));
+        assert_eq!(config.default_model_id(&specs, None).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn cli_model_is_served_and_default() {
+        let config = parse("[models.a]\npath = \"/m/a.gguf\"\n").unwrap();
+        let cli = Path::new("/x/Other-Model.Q4_K_M.gguf");
+        let overrides = Overrides {
+            model: Some(cli.to_owned()),
+            ..Overrides::default()
+        };
+        let specs = config.model_specs(&overrides);
+        assert_eq!(specs.len(), 2);
+        assert_eq!(
+            config.default_model_id(&specs, Some(cli)).as_deref(),
+            Some("other-model")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let unknown = parse("[server]\nmax_body = 3\n").unwrap_err().to_string();
+        assert!(unknown.contains("max_body"), "{unknown}");
+        let zero = parse("[server]\nqueue_depth = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("queue_depth"), "{zero}");
+        let remote = parse("[server]\nlisten = \"0.0.0.0:80\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(remote.contains("loopback"), "{remote}");
+        let default = parse("[server]\ndefault_model = \"x\"\n[models.a]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(default.contains("default_model"), "{default}");
+        let id = parse("[models.\"a b\"]\npath = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(id.contains("model id"), "{id}");
+    }
+
+    #[test]
+    fn settings_come_from_the_command_line_then_the_entry_then_defaults_then_built_in() {
+        let config = parse(
+            "[defaults]\nn_ctx = 1024\nn_batch = 256\nmax_sequences = 8\n\
+             [models.a]\npath = \"/m/a.gguf\"\nn_batch = 128\nn_gpu_layers = 3\n",
+        )
+        .unwrap();
+        let flags = ModelSettings {
+            n_ctx: Some(512),
+            ..ModelSettings::default()
+        };
+        let overrides = Overrides {
+            model: None,
+            settings: flags,
+        };
+        let worker = &config.model_specs(&overrides)[0].worker;
+        assert_eq!(worker.n_ctx, Some(512), "the command line");
+        assert_eq!(worker.n_batch, Some(128), "the entry");
+        assert_eq!(worker.n_gpu_layers, 3, "the entry");
+        assert_eq!(worker.max_sequences, Some(8), "[defaults]");
+        let built_in = ModelSettings::BUILT_IN;
+        assert_eq!(worker.cache_slots, built_in.cache_slots);
+        assert_eq!(worker.cache_tokens, built_in.cache_tokens);
+        assert_eq!(Some(worker.batching), built_in.batching);
+        assert_eq!(worker.n_threads, None, "left to the engine: one per core");
+        // The command line reaches `--model` too, and a model with no entry takes [defaults].
+        let overrides = Overrides {
+            model: Some("/m/b.gguf".into()),
+            ..overrides
+        };
+        let specs = config.model_specs(&overrides);
+        assert_eq!(specs[1].id, "b");
+        assert_eq!(specs[1].worker.n_ctx, Some(512));
+        assert_eq!(specs[1].worker.n_batch, Some(256));
+    }
+
+    #[test]
+    fn the_built_in_defaults_fill_every_setting_but_the_model_and_machine_ones() {
+        let merged = ModelSettings::merged(&[]);
+        assert_eq!(merged, ModelSettings::BUILT_IN);
+        for (name, value) in [
+            ("n_batch", merged.n_batch),
+            ("n_gpu_layers", merged.n_gpu_layers),
+            ("max_sequences", merged.max_sequences),
+            ("cache_slots", merged.cache_slots),
+            ("cache_tokens", merged.cache_tokens),
+        ] {
+            assert!(value.is_some(), "{name}");
+        }
+        assert!(merged.batching.is_some());
+        assert_eq!((merged.n_ctx, merged.n_threads), (None, None));
+        check_merged("built-in", &merged).expect("the built-in defaults are valid");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_by_name() {
+        for (text, key) in [
+            ("[defaults]\nn_ctxx = 3\n", "`n_ctxx`"),
+            ("[models.a]\npath = \"a\"\ncache_slot = 4\n", "`cache_slot`"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let error = parse("[models.a]\npath = \"a\"\nmax_body = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`max_body`"), "{error}");
+        assert!(
+            error.contains("chat_template"),
+            "the keys are listed: {error}"
+        );
+        // Known keys of a flattened entry still parse, with their types.
+        let config =
+            parse("[models.a]\npath = \"a\"\nchat_template = \"\"\nbatching = true\n").unwrap();
+        assert_eq!(config.models["a"].settings.batching, Some(true));
+        assert_eq!(config.models["a"].chat_template.as_deref(), Some(""));
+        let error = parse("[models.a]\npath = \"a\"\nn_ctx = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("big") && error.contains("`n_ctx`"),
+            "{error}"
+        );
+        let error = parse("[models.a]\nn_ctx = 4\n").unwrap_err().to_string();
+        assert!(error.contains("`path`"), "{error}");
+    }
+
+    #[test]
+    fn batching_with_the_prefix_cache_is_an_error_naming_both_and_the_fix() {
+        for text in [
+            "[defaults]\nbatching = true\ncache_slots = 4\n",
+            "[defaults]\nbatching = true\n[models.a]\npath = \"a\"\ncache_slots = 4\n",
+            "[models.a]\npath = \"a\"\nbatching = true\ncache_slots = 1\n",
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            for part in [
+                "batching = true",
+                "cache_slots",
+                "cache_slots = 0",
+                "batching = false",
+            ] {
+                assert!(error.contains(part), "{part} missing in {error}");
+            }
+        }
+        // Each alone is fine, and so is a model that turns the cache off.
+        parse("[defaults]\nbatching = true\n").unwrap();
+        parse("[defaults]\ncache_slots = 4\n").unwrap();
+        parse("[defaults]\nbatching = true\n[models.a]\npath = \"a\"\ncache_slots = 0\n").unwrap();
+    }
+
+    #[test]
+    fn n_batch_must_exceed_cache_slots_plus_one() {
+        let error = parse("[defaults]\ncache_slots = 8\n[models.a]\npath = \"a\"\nn_batch = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[models.a]"), "{error}");
+        assert!(error.contains("n_batch = 9"), "{error}");
+        assert!(error.contains("cache_slots + 1 = 9"), "{error}");
+        parse("[defaults]\ncache_slots = 8\n[models.a]\npath = \"a\"\nn_batch = 10\n").unwrap();
+        // With the cache off the engine still keeps one slot.
+        let error = parse("[defaults]\nn_batch = 2\n").unwrap_err().to_string();
+        assert!(error.contains("n_batch = 2"), "{error}");
+        parse("[defaults]\nn_batch = 3\n").unwrap();
+        // The command line's flags are checked with the file.
+        let config = parse("[models.a]\npath = \"a\"\ncache_slots = 4\n").unwrap();
+        let flags = ModelSettings {
+            n_batch: Some(4),
+            ..ModelSettings::default()
+        };
+        let error = config.validate_with(&flags).unwrap_err();
+        assert!(error.contains("command line"), "{error}");
+    }
+
+    #[test]
+    fn show_fills_in_every_default_and_says_which_depend_on_model_or_machine() {
+        let config = parse("[models.a]\npath = \"/m/a.gguf\"\n").unwrap();
+        let shown = config.show().unwrap();
+        let defaults = shown
+            .split("[defaults]\n")
+            .nth(1)
+            .expect("a [defaults] section")
+            .split("\n[")
+            .next()
+            .unwrap();
+        for key in [
+            "n_batch = 512",
+            "n_gpu_layers = 0",
+            "max_sequences = 64",
+            "cache_slots = 0",
+            "cache_tokens = 4096",
+            "batching = false",
+            "# n_ctx: unset, so the model's trained context, at most 4096",
+            "# n_threads: unset, so one per core",
+        ] {
+            assert!(defaults.contains(key), "{key} missing in\n{shown}");
+        }
+        assert!(
+            shown.contains("# default_model: unset, so \"a\""),
+            "{shown}"
+        );
+        assert!(shown.contains("max_body_bytes = 8388608"), "{shown}");
+        // What is shown parses back to the same models and [server].
+        let again = parse(&shown).unwrap();
+        assert_eq!(again.models, config.models);
+        assert_eq!(again.server, config.server);
+    }
+}
