@@ -145,6 +145,58 @@ pub struct ModelCardMeta {
     pub n_ctx: usize,
 }
 
+/// `GET /info`, text-embeddings-inference's description of the served reranker (the default
+/// model): what TEI clients read to size their batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeiInfo {
+    /// The default model's id.
+    pub model_id: String,
+    /// `"gguf"`: the weights' format (their quantisation is in the model's file name).
+    pub model_dtype: String,
+    /// What TEI serves this model as: a reranker with one label.
+    pub model_type: TeiModelType,
+    /// Requests that may wait for the model (`queue_depth`).
+    pub max_concurrent_requests: usize,
+    /// Tokens of one input, query and text (the context window).
+    pub max_input_length: usize,
+    /// Tokens of one request (`max_tokens`).
+    pub max_batch_tokens: usize,
+    /// Texts in one request (`max_candidates`).
+    pub max_client_batch_size: usize,
+    /// Threads that tokenize.
+    pub tokenization_workers: usize,
+    /// endorm's version.
+    pub version: String,
+}
+
+/// `{"reranker": {"id2label": {"0": "reward"}, "label2id": {"reward": 0}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeiModelType {
+    /// The reranker's labels.
+    pub reranker: TeiLabels,
+}
+
+/// A classifier's labels, both ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeiLabels {
+    /// Label by class id.
+    pub id2label: std::collections::BTreeMap<String, String>,
+    /// Class id by label.
+    pub label2id: std::collections::BTreeMap<String, usize>,
+}
+
+impl TeiModelType {
+    /// A reranker whose one label is the reward.
+    pub fn reward() -> Self {
+        TeiModelType {
+            reranker: TeiLabels {
+                id2label: [("0".to_owned(), "reward".to_owned())].into(),
+                label2id: [("reward".to_owned(), 0)].into(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -6,11 +6,11 @@
 //! template, principle and `alpha`. Every response names the model and the aggregate it used.
 //!
 //! * [`score`] — `POST /v1/score` (and the offline scorer's lines).
-//! * [`rerank`] — `POST /v1/rerank`.
+//! * [`rerank`] — `POST /v1/rerank`, `/v2/rerank`, `/rerank` (Cohere, Jina, vLLM, Voyage, TEI).
 //! * [`completions`] — `POST /v1/completions`.
 //! * [`reward`] — `POST /get_reward`.
 //! * [`tokenize`] — `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info`.
-//! * [`info`] — `GET /health`, `GET /v1/models`.
+//! * [`info`] — `GET /health`, `GET /v1/models`, `GET /info` (text-embeddings-inference).
 //! * [`error`] — the error body of every route.
 
 pub mod completions;
@@ -28,10 +28,11 @@ pub use completions::{
 pub use error::{ErrorBody, ErrorDetail};
 pub use info::{
     HealthResponse, HealthStatus, ModelCard, ModelCardMeta, ModelHealth, ModelList, ModelState,
+    TeiInfo, TeiModelType,
 };
 pub use rerank::{
-    ApiVersion, BilledUnits, Document, RerankDocument, RerankMeta, RerankRequest, RerankResponse,
-    RerankResult, RerankUsage, TeiRank,
+    AnyRerankRequest, ApiVersion, BilledUnits, Document, Ranking, RerankDocument, RerankMeta,
+    RerankRequest, RerankResponse, RerankResult, RerankUsage, TeiRank, TeiRerankRequest,
 };
 pub use reward::{RewardRequest, RewardResponse};
 pub use score::{

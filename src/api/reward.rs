@@ -15,11 +15,23 @@ pub struct RewardRequest {
     pub prompts: Option<Vec<String>>,
 }
 
-/// Response of `/get_reward`: `{"rewards": [endo, ...]}` in query order.
+/// Response of `/get_reward`: `{"rewards": [endo, ...], "scores": [...]}` in query order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RewardResponse {
-    /// One reward per query.
+    /// One reward per query (`endo`).
     pub rewards: Vec<f64>,
+    /// The same values: OpenRLHF reads `scores` for dynamic filtering.
+    pub scores: Vec<f64>,
+}
+
+impl RewardResponse {
+    /// The response for `rewards`.
+    pub fn new(rewards: Vec<f64>) -> Self {
+        RewardResponse {
+            scores: rewards.clone(),
+            rewards,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -48,12 +60,10 @@ mod tests {
     }
 
     #[test]
-    fn response_is_todays_json() {
+    fn response_has_rewards_and_scores() {
         assert_wire(
-            &RewardResponse {
-                rewards: vec![-1.25, 0.0, 3.0],
-            },
-            json!({"rewards": [-1.25, 0.0, 3.0]}),
+            &RewardResponse::new(vec![-1.25, 0.0, 3.0]),
+            json!({"rewards": [-1.25, 0.0, 3.0], "scores": [-1.25, 0.0, 3.0]}),
         );
     }
 }

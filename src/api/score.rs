@@ -57,6 +57,10 @@ pub struct ScoreRequest {
     /// Include the per-token values in the response.
     #[serde(default)]
     pub return_tokens: bool,
+    /// Score at most this many tokens of each candidate's text; the rest is cut off (a chat
+    /// reply still ends with its end-of-turn token). Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_candidate_tokens: Option<usize>,
 }
 
 /// Response of `POST /v1/score`.
@@ -204,12 +208,14 @@ mod tests {
             alpha: Some(0.5),
             terminal: true,
             return_tokens: true,
+            max_candidate_tokens: Some(3),
         };
         assert_wire(
             &full,
             json!({"model": "m", "format": "chat", "messages": [{"role": "user", "content": "Hi"}],
                    "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
-                   "alpha": 0.5, "terminal": true, "return_tokens": true}),
+                   "alpha": 0.5, "terminal": true, "return_tokens": true,
+                   "max_candidate_tokens": 3}),
         );
         assert_wire(&Format::Raw, json!("raw"));
         let error = serde_json::from_value::<ScoreRequest>(

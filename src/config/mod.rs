@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// The file holding the TCP bearer token [default: `token` beside the default socket].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// How TCP requests authenticate: `"token"` (a bearer token) or `"none"` (anyone who can
+    /// connect, e.g. OpenRLHF, which sends no `Authorization`). Read at start only.
+    pub auth: Auth,
+    /// Allow `listen` on an address other hosts can reach. Read at start only.
+    pub allow_remote: bool,
     /// The model requests without `model` go to [default: the default model's id if served, else
     /// the first id in alphabetical order].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +104,8 @@ impl Default for ServerConfig {
             socket: None,
             listen: None,
             token_file: None,
+            auth: Auth::Token,
+            allow_remote: false,
             default_model: None,
             max_body_bytes: 8 << 20,
             max_candidates: 128,
@@ -107,6 +114,17 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
         }
     }
+}
+
+/// How TCP requests authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// `Authorization: Bearer TOKEN`, the token from the token file.
+    #[default]
+    Token,
+    /// No authentication.
+    None,
 }
 
 /// What `endorm serve`'s command line sets over the config file (kept across reloads).
@@ -183,7 +201,7 @@ impl Config {
             }
         }
         if let Some(listen) = server.listen {
-            check_loopback(listen)?;
+            check_listen(listen, server.allow_remote)?;
         }
         check_settings("the command line", overrides)?;
         check_settings("[defaults]", &self.defaults)?;
@@ -338,13 +356,16 @@ fn shown_path(path: Option<PathBuf>) -> String {
     )
 }
 
-/// Refuses addresses other hosts could reach: the TCP listener is for local clients only.
-pub fn check_loopback(address: SocketAddr) -> Result<(), String> {
-    if address.ip().is_loopback() {
+/// Refuses addresses other hosts could reach unless `allow_remote`: by default the TCP listener
+/// is for local clients only.
+pub fn check_listen(address: SocketAddr, allow_remote: bool) -> Result<(), String> {
+    if address.ip().is_loopback() || allow_remote {
         Ok(())
     } else {
         Err(format!(
-            "refusing to listen on {address}: only loopback addresses (127.0.0.1, [::1]) are allowed"
+            "refusing to listen on {address}: only loopback addresses (127.0.0.1, [::1]) are \
+             allowed unless [server] allow_remote = true (for clients on other hosts, such as an \
+             RL cluster's nodes)"
         ))
     }
 }
@@ -438,6 +459,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(remote.contains("loopback"), "{remote}");
+        assert!(remote.contains("allow_remote"), "{remote}");
+        let cluster =
+            parse("[server]\nlisten = \"0.0.0.0:80\"\nallow_remote = true\nauth = \"none\"\n")
+                .unwrap();
+        assert_eq!(cluster.server.auth, Auth::None);
+        assert_eq!(ServerConfig::default().auth, Auth::Token);
+        let auth = parse("[server]\nauth = \"basic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(auth.contains("auth"), "{auth}");
         let default = parse("[server]\ndefault_model = \"x\"\n[models.a]\npath = \"a\"\n")
             .unwrap_err()
             .to_string();

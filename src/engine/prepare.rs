@@ -86,7 +86,12 @@ pub fn score_request(
             }
             let principle = request.principle.as_deref().or(default_principle);
             let messages = conversation(request, principle)?;
-            chat(model, &messages, &request.candidates)?
+            chat(
+                model,
+                &messages,
+                &request.candidates,
+                request.max_candidate_tokens,
+            )?
         }
         Format::Raw => {
             if request.messages.is_some() || request.principle.is_some() {
@@ -100,6 +105,7 @@ pub fn score_request(
                 request.prompt.as_deref().unwrap_or(""),
                 &request.candidates,
                 request.terminal,
+                request.max_candidate_tokens,
             )?
         }
     };
@@ -153,6 +159,7 @@ fn chat(
     model: &Model,
     messages: &[Message],
     candidates: &[String],
+    max_tokens: Option<usize>,
 ) -> Result<Prepared, EngineError> {
     let template = model.chat_template().ok_or(EngineError::NoChatTemplate)?;
     let render = |reply: Option<&str>| {
@@ -207,7 +214,7 @@ fn chat(
                     EngineError::Template("the template renders this reply inconsistently".into())
                 })?;
             let mut tokens = opening.clone();
-            tokens.extend(model.tokenize(reply, false, false)?);
+            tokens.extend(cut(model.tokenize(reply, false, false)?, max_tokens));
             tokens.extend_from_slice(closing);
             Ok(Candidate {
                 tokens,
@@ -240,6 +247,7 @@ fn raw(
     prompt: &str,
     candidates: &[String],
     terminal: bool,
+    max_tokens: Option<usize>,
 ) -> Result<Prepared, EngineError> {
     let context = model.tokenize(prompt, model.adds_bos(), false)?;
     if context.is_empty() {
@@ -260,7 +268,7 @@ fn raw(
     let candidates = candidates
         .iter()
         .map(|text| {
-            let mut tokens = model.tokenize(text, false, false)?;
+            let mut tokens = cut(model.tokenize(text, false, false)?, max_tokens);
             tokens.extend(end);
             Ok(Candidate { tokens, terminal })
         })
@@ -281,33 +289,45 @@ pub fn chat_context(model: &Model, messages: &[Message]) -> Result<Vec<Token>, E
     tokenize_context(model, &text)
 }
 
-/// A text scored from its first token (OpenRLHF's `/get_reward` without prompts): raw text, BOS as
-/// the model wants; the first token is the context, the rest one unterminated candidate.
-pub fn from_first_token(model: &Model, text: &str) -> Result<Prepared, EngineError> {
-    let mut context = model.tokenize(text, model.adds_bos(), false)?;
-    if context.len() < 2 {
-        return Err(invalid(format!(
-            "it has {} token(s): a reward needs a first token and at least one after it",
-            context.len()
-        )));
-    }
-    let rest = context.split_off(1);
-    Ok(Prepared {
-        context,
-        candidates: vec![Candidate {
-            tokens: rest,
-            terminal: false,
-        }],
-    })
-}
-
-/// Texts that each begin with their prompt, grouped by prompt: one raw-format request per distinct
-/// prompt, its texts' remainders as candidates. Returns each group with the indices of its texts.
-pub fn split_at_prompts(
+/// Texts to reward as a policy generated them (OpenRLHF's `/get_reward`): special-token text is
+/// parsed, so a templated conversation is the token sequence the policy saw and wrote. Returns
+/// groups of candidates that share a context, each with the indices of its texts; a text with
+/// nothing to score (an empty response) is in no group, and its reward is 0, the empty sum.
+///
+/// With `prompts`, a text's response is what follows its prompt, cut after its first
+/// end-of-generation token (which makes it terminal: `V = 0` after it; what follows, such as
+/// padding, is not scored), and the texts of one prompt are scored together. That is the
+/// chat-format candidate of `/v1/score` when the prompt is the rendered conversation and the
+/// response the reply with its end-of-turn token. Without `prompts`, a text is scored from its
+/// first token, terminal when it ends with an end-of-generation token.
+pub fn rewards(
     model: &Model,
     texts: &[String],
-    prompts: &[String],
+    prompts: Option<&[String]>,
 ) -> Result<Vec<(Prepared, Vec<usize>)>, EngineError> {
+    let Some(prompts) = prompts else {
+        let mut groups = Vec::new();
+        for (index, text) in texts.iter().enumerate() {
+            let mut context =
+                tokenize_context(model, text).map_err(|e| e.at(format!("query[{index}]")))?;
+            if context.len() < 2 {
+                continue;
+            }
+            let tokens = context.split_off(1);
+            let terminal = tokens
+                .last()
+                .is_some_and(|&t| model.is_end_of_generation(t));
+            let candidates = vec![Candidate { tokens, terminal }];
+            groups.push((
+                Prepared {
+                    context,
+                    candidates,
+                },
+                vec![index],
+            ));
+        }
+        return Ok(groups);
+    };
     if prompts.len() != texts.len() {
         return Err(invalid(format!(
             "`prompts` has {} entries and `query` {}: give one prompt per query",
@@ -324,19 +344,55 @@ pub fn split_at_prompts(
         }
         by_prompt.entry(prompt).or_default().push(index);
     }
-    by_prompt
-        .into_iter()
-        .map(|(prompt, indices)| {
-            let candidates: Vec<String> = indices
-                .iter()
-                .map(|&i| texts[i][prompt.len()..].to_owned())
-                .collect();
-            let prepared = raw(model, prompt, &candidates, false)
-                .and_then(non_empty)
-                .map_err(|e| e.at(format!("query[{}]", indices[0])))?;
-            Ok((prepared, indices))
-        })
-        .collect()
+    let mut groups = Vec::new();
+    for (prompt, indices) in by_prompt {
+        let name = || format!("query[{}]", indices[0]);
+        let context = tokenize_context(model, prompt).map_err(|e| e.at(name()))?;
+        let mut candidates = Vec::new();
+        let mut scored = Vec::new();
+        for &index in &indices {
+            let response = &texts[index][prompt.len()..];
+            let mut tokens = model
+                .tokenize(response, false, true)
+                .map_err(|e| e.at(format!("query[{index}]")))?;
+            let end = tokens.iter().position(|&t| model.is_end_of_generation(t));
+            if let Some(end) = end {
+                tokens.truncate(end + 1);
+            }
+            if !tokens.is_empty() {
+                candidates.push(Candidate {
+                    tokens,
+                    terminal: end.is_some(),
+                });
+                scored.push(index);
+            }
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        if context.is_empty() {
+            return Err(invalid(
+                "the prompt has no tokens: the first response token is scored from the                  prompt's last token, and this model adds no BOS token to stand in for it",
+            )
+            .at(name()));
+        }
+        groups.push((
+            Prepared {
+                context,
+                candidates,
+            },
+            scored,
+        ));
+    }
+    Ok(groups)
+}
+
+/// At most `max` of `tokens`.
+fn cut(mut tokens: Vec<Token>, max: Option<usize>) -> Vec<Token> {
+    if let Some(max) = max {
+        tokens.truncate(max);
+    }
+    tokens
 }
 
 /// A prompt for log-probabilities along it (`/v1/completions`): text is tokenized as a model

@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::config::{check_loopback, Config, ConfigError, Overrides};
+use crate::config::{check_listen, Auth, Config, ConfigError, Overrides};
 use crate::paths;
 pub(crate) use error::engine_error_body;
 use metrics::Metrics;
@@ -141,7 +141,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
         })?;
     let listen = options.listen.or(config.server.listen);
     if let Some(address) = listen {
-        check_loopback(address).map_err(ServerError::Listen)?;
+        check_listen(address, config.server.allow_remote).map_err(ServerError::Listen)?;
     }
     let unix = socket::bind(&socket_path)?;
     let result = serve_on(unix, &socket_path, listen, config, options).await;
@@ -160,11 +160,20 @@ async fn serve_on(
 ) -> Result<(), ServerError> {
     let tcp = match listen {
         Some(address) => {
-            let token = tcp_token(&options, &config)?;
+            let token = match config.server.auth {
+                Auth::Token => Some(Token(tcp_token(&options, &config)?.into())),
+                Auth::None => {
+                    tracing::warn!(%address, "[server] auth = \"none\": TCP requests need no token; anyone who can connect can use the daemon");
+                    None
+                }
+            };
+            if !address.ip().is_loopback() {
+                tracing::warn!(%address, "[server] allow_remote = true: listening on an address other hosts can reach");
+            }
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| ServerError::Listen(format!("cannot listen on {address}: {e}")))?;
-            Some((listener, Token(token.into())))
+            Some((listener, token))
         }
         None => None,
     };
@@ -190,8 +199,8 @@ async fn serve_on(
     let tcp_server = async {
         match tcp {
             Some((listener, token)) => {
-                tracing::info!(address = %listener.local_addr()?, "listening on TCP (bearer token required)");
-                axum::serve(listener, router(Arc::clone(&app), Some(token)))
+                tracing::info!(address = %listener.local_addr()?, token = token.is_some(), "listening on TCP");
+                axum::serve(listener, router(Arc::clone(&app), token))
                     .with_graceful_shutdown(until_stopped(stopped.clone()))
                     .await
             }
@@ -269,13 +278,16 @@ fn spawn_eof_watch(stop: watch::Sender<bool>) {
 
 /// Every route of API.md. `token`: require it (the TCP listener).
 pub fn router(app: Arc<App>, token: Option<Token>) -> Router {
-    use routes::{completions, info, reward, score, tokenize};
+    use routes::{completions, info, rerank, reward, score, tokenize};
     let mut router = Router::new()
         .route("/health", get(info::health))
         .route("/v1/models", get(info::models))
         .route("/metrics", get(info::metrics))
         .route("/v1/score", post(score::score))
-        .route("/v1/rerank", post(score::rerank))
+        .route("/v1/rerank", post(rerank::v1))
+        .route("/v2/rerank", post(rerank::v2))
+        .route("/rerank", post(rerank::any))
+        .route("/info", get(rerank::info))
         .route("/v1/completions", post(completions::completions))
         .route("/get_reward", post(reward::get_reward))
         .route("/tokenize", post(tokenize::tokenize))

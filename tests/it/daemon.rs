@@ -131,39 +131,105 @@ fn score_equals_the_offline_scorer() {
     }
 }
 
+/// The probability that each of `rewards` is the best: a softmax.
+fn softmax(rewards: &[f64]) -> Vec<f64> {
+    let best = rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = rewards.iter().map(|r| (r - best).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
 #[test]
-fn rerank_is_score_best_first() {
+fn rerank_dialects_share_one_scoring_best_first() {
     let d = daemon();
     let query = "What is the capital of France?";
     let documents = ["London.", "Paris.", "Berlin is nice."];
-    let body = json!({"query": query, "documents": [documents[0], {"text": documents[1]}, documents[2]],
-                      "top_n": 2, "return_documents": true});
-    let reranked = d.ok("/v1/rerank", &body);
     let scored = d.ok(
         "/v1/score",
         &json!({"prompt": query, "candidates": documents}),
     );
-    let results = reranked["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
-    for (result, index) in results.iter().zip(scored["order"].as_array().unwrap()) {
-        assert_eq!(&result["index"], index);
-        let i = index.as_u64().unwrap() as usize;
-        assert_close(
-            f(&result["relevance_score"]),
-            f(&scored["results"][i]["endo"]),
-            "relevance",
+    let endo: Vec<f64> = (0..3).map(|i| f(&scored["results"][i]["endo"])).collect();
+    let probability = softmax(&endo);
+    let order = scored["order"].as_array().unwrap().clone();
+
+    // Cohere v1/v2 (an unknown model name is served by the default model and echoed), Jina, vLLM.
+    let body = json!({"model": "rerank-english-v3.0", "query": query,
+                      "documents": [documents[0], {"text": documents[1]}, documents[2]],
+                      "top_n": 2, "return_documents": true, "max_tokens_per_doc": null});
+    for (route, version) in [("/v1/rerank", "1"), ("/v2/rerank", "2"), ("/rerank", "1")] {
+        let reranked = d.ok(route, &body);
+        assert_eq!(reranked["model"], "rerank-english-v3.0", "{route}");
+        assert!(reranked["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(reranked["meta"]["api_version"]["version"], version);
+        assert_eq!(reranked["data"], reranked["results"], "{route}");
+        let results = reranked["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        for (result, index) in results.iter().zip(&order) {
+            assert_eq!(&result["index"], index);
+            let i = index.as_u64().unwrap() as usize;
+            assert_close(f(&result["relevance_score"]), probability[i], "relevance");
+            assert_close(f(&result["reward"]), endo[i], "reward");
+            assert_eq!(result["document"]["text"], documents[i]);
+        }
+        assert_eq!(
+            reranked["usage"]["total_tokens"],
+            scored["usage"]["total_tokens"]
         );
-        assert_eq!(result["document"]["text"], documents[i]);
     }
-    assert_eq!(
-        reranked["usage"]["total_tokens"],
-        scored["usage"]["total_tokens"]
+
+    // text-embeddings-inference: a bare list, probabilities or raw rewards.
+    let tei = d.ok(
+        "/rerank",
+        &json!({"query": query, "texts": documents, "return_text": true, "truncate": null}),
     );
-    assert_eq!(reranked["model"], ID);
+    let tei = tei.as_array().unwrap();
+    assert_eq!(tei.len(), 3);
+    for (rank, index) in tei.iter().zip(&order) {
+        let i = index.as_u64().unwrap() as usize;
+        assert_eq!(&rank["index"], index);
+        assert_close(f(&rank["score"]), probability[i], "score");
+        assert_eq!(rank["text"], documents[i]);
+    }
+    let raw = d.ok(
+        "/rerank",
+        &json!({"query": query, "texts": documents, "raw_scores": true}),
+    );
+    assert_close(
+        f(&raw[0]["score"]),
+        endo[order[0].as_u64().unwrap() as usize],
+        "raw",
+    );
+    assert!(raw[0].get("text").is_none());
+
+    let info = d.get("/info").json();
+    assert_eq!(info["model_id"], ID);
+    assert_eq!(info["max_client_batch_size"], 8);
+    assert_eq!(info["max_input_length"], 2048);
 }
 
 #[test]
-fn get_reward_with_prompts_is_raw_endo() {
+fn max_tokens_per_doc_scores_the_first_tokens_only() {
+    let d = daemon();
+    let long = "Paris is the capital of France and its largest city.";
+    let cut = d.ok(
+        "/v2/rerank",
+        &json!({"query": "Capital of France?", "documents": [long], "max_tokens_per_doc": 2}),
+    );
+    let scored = d.ok(
+        "/v1/score",
+        &json!({"prompt": "Capital of France?", "candidates": [long], "max_candidate_tokens": 2}),
+    );
+    // Two tokens of the reply plus the end-of-turn token.
+    assert_eq!(scored["results"][0]["n_tokens"], 3);
+    assert_close(
+        f(&cut["results"][0]["reward"]),
+        f(&scored["results"][0]["endo"]),
+        "reward",
+    );
+}
+
+#[test]
+fn get_reward_with_plain_text_prompts_is_raw_endo() {
     let d = daemon();
     let prompt = "The capital of France is";
     let responses = [" Paris.", " London.", " a city."];
@@ -193,11 +259,67 @@ fn get_reward_without_prompts_scores_from_the_first_token() {
     let d = daemon();
     let text = "The capital of France is Paris.";
     let rewards = d.ok("/get_reward", &json!({"query": [text]}));
-    let prepared = prepare::from_first_token(common::model(), text).unwrap();
+    let groups = prepare::rewards(common::model(), &[text.to_owned()], None).unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        groups[0].0.context.len(),
+        1,
+        "the first token is the context"
+    );
     let mut scorer = common::scorer(common::options());
-    let scored = scorer.score(&prepared, Alpha::ONE).unwrap();
+    let scored = scorer.score(&groups[0].0, Alpha::ONE).unwrap();
     let expected = Aggregates::of(&scored.candidates[0], Alpha::ONE).endo;
     assert_close(f(&rewards["rewards"][0]), expected, "reward");
+    assert_eq!(rewards["scores"], rewards["rewards"]);
+}
+
+#[test]
+fn get_reward_of_a_templated_conversation_is_chat_endo() {
+    // What OpenRLHF sends: the prompt as the policy saw it (the chat template with its generation
+    // prompt, special tokens as text) and the response as it wrote it, ending its turn, then
+    // padding that must not be scored.
+    let d = daemon();
+    let question = "What is the capital of France?";
+    let replies = ["Paris.", "I think it is London."];
+    let chat = ScoreRequest {
+        prompt: Some(question.into()),
+        candidates: replies.iter().map(|r| r.to_string()).collect(),
+        ..ScoreRequest::default()
+    };
+    let model = common::model();
+    let context = prepare::score_request(model, &chat, None).unwrap().context;
+    let prompt = model.detokenize(&context);
+    assert!(prompt.contains("<|im_start|>assistant"), "{prompt}");
+    let query: Vec<String> = replies
+        .iter()
+        .map(|r| format!("{prompt}{r}<|im_end|>\n<|endoftext|><|endoftext|>"))
+        .collect();
+    let mut with_empty = query.clone();
+    with_empty.push(prompt.clone());
+    let rewards = d.ok(
+        "/get_reward",
+        &json!({"query": with_empty, "prompts": vec![prompt; 3], "labels": ["", "", ""]}),
+    );
+    let expected = offline(&chat);
+    for (i, result) in expected.results.iter().enumerate() {
+        assert_close(f(&rewards["rewards"][i]), result.endo, "chat endo");
+    }
+    assert_eq!(
+        rewards["rewards"][2], 0.0,
+        "an empty response is the empty sum"
+    );
+
+    // One query that does not start with its prompt fails the request, naming it.
+    let message = d
+        .post(
+            "/get_reward",
+            &json!({"query": [query[0].clone(), "nothing"], "prompts": [question, question]}),
+        )
+        .expect_error(400, "invalid_request");
+    assert!(
+        message.contains("query[0]") || message.contains("query[1]"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -290,6 +290,43 @@ fn tcp_needs_the_bearer_token_and_loopback() {
 }
 
 #[test]
+fn auth_none_serves_tcp_without_a_token_as_openrlhf_calls_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let config = format!(
+        "[server]\nlisten = \"{address}\"\nauth = \"none\"\n\n{}",
+        model_section("m")
+    );
+    let daemon = Daemon::start(&config, &[]);
+    // OpenRLHF's remote reward call: a POST with only Content-Type.
+    let body = json!({"query": ["The capital of France is Paris."], "prompts": ["The capital of France is"],
+                      "labels": [""]});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match std::net::TcpStream::connect(&address) {
+            Ok(stream) => {
+                let bytes = body.to_string().into_bytes();
+                break support::exchange(stream, "POST", "/get_reward", Some(&bytes), &[]).unwrap();
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot connect to {address}: {e}"),
+        }
+    };
+    assert_eq!(response.status, 200, "{}", response.text());
+    let over_socket = daemon.post("/get_reward", &body).json();
+    assert_eq!(response.json()["rewards"], over_socket["rewards"]);
+    assert!(
+        daemon.log_text().contains("auth = \"none\""),
+        "the log warns: {}",
+        daemon.log_text()
+    );
+}
+
+#[test]
 fn a_generated_token_is_written_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod info;
+pub mod rerank;
 pub mod reward;
 pub mod score;
 pub mod tokenize;
@@ -13,8 +14,8 @@ use super::registry::Limits;
 
 /// Every route, for the 404 message.
 const ROUTES: &str = "GET /health, GET /v1/models, GET /metrics, POST /v1/score, POST /v1/rerank, \
-                      POST /v1/completions, POST /get_reward, POST /tokenize, POST /detokenize, \
-                      GET /tokenizer_info";
+                      POST /v2/rerank, POST /rerank, GET /info, POST /v1/completions, \
+                      POST /get_reward, POST /tokenize, POST /detokenize, GET /tokenizer_info";
 
 /// 404 for a path that is no route.
 pub async fn not_found(method: Method, uri: Uri) -> ApiError {

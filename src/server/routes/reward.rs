@@ -8,16 +8,15 @@ use axum::Json;
 
 use super::{check_count, check_tokens};
 use crate::api::{RewardRequest, RewardResponse};
-use crate::engine::{prepare, EngineError};
+use crate::engine::prepare;
 use crate::reward::{Aggregates, Alpha};
 use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
 
-/// `{"rewards": [endo, ...]}` in query order, raw format. With `prompts`, each response is its
-/// query minus its prompt, and queries of the same prompt are scored together, as the candidates of
-/// one raw-format request; without, each query is scored from its first token.
+/// `{"rewards": [endo, ...], "scores": [...]}` in query order; the layout is
+/// [`prepare::rewards`]'s. One bad query fails the request, naming it.
 pub async fn get_reward(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<RewardRequest>,
@@ -33,22 +32,12 @@ pub async fn get_reward(
     let entry = snapshot.resolve(request.model.as_deref())?;
     let model = Arc::clone(&jobs::loaded(&entry)?.model);
     let count = request.query.len();
-    // Each layout with the queries it scores, in candidate order.
     let groups = jobs::blocking(move || {
-        let groups = match &request.prompts {
-            Some(prompts) => prepare::split_at_prompts(&model, &request.query, prompts)?,
-            None => request
-                .query
-                .iter()
-                .enumerate()
-                .map(|(index, query)| {
-                    let prepared = prepare::from_first_token(&model, query)
-                        .map_err(|e| e.at(format!("query[{index}]")))?;
-                    Ok((prepared, vec![index]))
-                })
-                .collect::<Result<_, EngineError>>()?,
-        };
-        Ok(groups)
+        Ok(prepare::rewards(
+            &model,
+            &request.query,
+            request.prompts.as_deref(),
+        )?)
     })
     .await?;
     let tokens: usize = groups.iter().map(|(prepared, _)| prepared.tokens()).sum();
@@ -57,15 +46,23 @@ pub async fn get_reward(
         .into_iter()
         .map(|(prepared, indices)| ((format!("query[{}]", indices[0]), prepared), indices))
         .unzip();
-    let done = jobs::done(jobs::worker(&entry)?.score_each(layouts)).await?;
+    // A batch whose every response is empty has nothing to decode.
+    let scored = match layouts.is_empty() {
+        true => Vec::new(),
+        false => {
+            jobs::done(jobs::worker(&entry)?.score_each(layouts))
+                .await?
+                .result?
+        }
+    };
     let mut rewards = vec![0.0; count];
-    for (scored, indices) in done.result?.iter().zip(&owners) {
+    for (scored, indices) in scored.iter().zip(&owners) {
         for (values, &index) in scored.candidates.iter().zip(indices) {
             rewards[index] = Aggregates::of(values, Alpha::ONE).endo;
         }
     }
     Ok(with_tokens(
-        Json(RewardResponse { rewards }),
+        Json(RewardResponse::new(rewards)),
         TokenCount { tokens, cached: 0 },
     ))
 }

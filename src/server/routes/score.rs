@@ -1,4 +1,4 @@
-//! `POST /v1/score` (the native call) and `POST /v1/rerank` (Cohere / Jina / llama-server shape).
+//! `POST /v1/score`, the native call; the rerank routes score through [`score_on`] too.
 
 use std::sync::Arc;
 
@@ -7,9 +7,8 @@ use axum::response::Response;
 use axum::Json;
 
 use super::{check_count, check_tokens};
-use crate::api::{Document, RerankRequest, RerankResponse, ScoreRequest, ScoreResponse};
+use crate::api::{ScoreRequest, ScoreResponse};
 use crate::engine::PreparedRequest;
-use crate::reward::Aggregate;
 use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
@@ -56,44 +55,4 @@ pub async fn score_on(
             .await?;
     response.timings.queue_ms = waited.as_secs_f64() * 1e3;
     Ok(response)
-}
-
-/// `POST /v1/rerank`: the documents are scored as answers to `query` with `endo`, best first.
-pub async fn rerank(
-    State(app): State<Arc<App>>,
-    JsonBody(request): JsonBody<RerankRequest>,
-) -> Result<Response, ApiError> {
-    let snapshot = app.registry.snapshot();
-    check_count(request.documents.len(), &snapshot.limits, "documents")?;
-    if request.documents.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`documents` is empty: send at least one",
-        ));
-    }
-    let entry = snapshot.resolve(request.model.as_deref())?;
-    let documents: Vec<String> = request
-        .documents
-        .into_iter()
-        .map(Document::into_text)
-        .collect();
-    let score = ScoreRequest {
-        model: Some(entry.id().to_owned()),
-        prompt: Some(request.query),
-        candidates: documents.clone(),
-        aggregate: Aggregate::Endo,
-        ..ScoreRequest::default()
-    };
-    let response = score_on(&entry, score, snapshot.limits).await?;
-    let body = RerankResponse::from_score(
-        &response,
-        &documents,
-        request.top_n,
-        request.return_documents,
-    );
-    let tokens = TokenCount {
-        tokens: response.usage.total_tokens,
-        cached: response.usage.cached_tokens,
-    };
-    Ok(with_tokens(Json(body), tokens))
 }
