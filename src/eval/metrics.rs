@@ -70,6 +70,63 @@ pub fn accuracy(item_outcomes: &[Vec<f64>]) -> Option<Estimate> {
     })
 }
 
+/// Preference accuracy split by length: many preference sets are length-biased (one side is
+/// usually longer), so a score that only prefers long (or short) answers looks good on plain
+/// accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LengthSplit {
+    /// Accuracy over the pairs whose chosen answer is longer (in characters), Wilson interval.
+    pub chosen_longer: Option<Estimate>,
+    /// Accuracy over the pairs whose chosen answer is shorter, Wilson interval.
+    pub chosen_shorter: Option<Estimate>,
+    /// The mean of the two: 0.5 for any rule that looks only at length. Its interval is a
+    /// bootstrap that resamples within each group; `None` unless both groups have pairs.
+    pub balanced: Option<Estimate>,
+}
+
+/// The [`LengthSplit`] of pair outcomes: `longer` are the outcomes of pairs whose chosen answer is
+/// longer, `shorter` of those where it is shorter (pairs of equal length are in neither).
+pub fn length_split(longer: &[f64], shorter: &[f64], resamples: usize, seed: u64) -> LengthSplit {
+    let group = |outcomes: &[f64]| {
+        let value = mean_of(outcomes)?;
+        let (lo, hi) = wilson(value, outcomes.len())?;
+        Some(Estimate {
+            value,
+            lo,
+            hi,
+            n: outcomes.len(),
+        })
+    };
+    let balanced = match (mean_of(longer), mean_of(shorter)) {
+        (Some(a), Some(b)) => {
+            let mut rng = SplitMix64(seed);
+            let resample = |values: &[f64], rng: &mut SplitMix64| {
+                let n = values.len();
+                (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64
+            };
+            let mut means: Vec<f64> = (0..resamples.max(1))
+                .map(|_| 0.5 * (resample(longer, &mut rng) + resample(shorter, &mut rng)))
+                .collect();
+            means.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)]
+            };
+            Some(Estimate {
+                value: 0.5 * (a + b),
+                lo: at(0.025),
+                hi: at(0.975),
+                n: longer.len() + shorter.len(),
+            })
+        }
+        _ => None,
+    };
+    LengthSplit {
+        chosen_longer: group(longer),
+        chosen_shorter: group(shorter),
+        balanced,
+    }
+}
+
 /// Whether the top-scored completion passes. Completions tied at the top score share the pick:
 /// the result is the fraction of them that pass (the expected pass@1 of breaking the tie at random).
 /// NaN scores never win. `None` for an empty task.
@@ -181,6 +238,21 @@ mod tests {
         assert_eq!(pair_outcome(1.0, 2.0), 0.0);
         assert_eq!(pair_outcome(1.0, 1.0), 0.5);
         assert_eq!(pair_outcome(f64::NAN, 1.0), 0.5);
+    }
+
+    #[test]
+    fn a_pure_length_rule_has_balanced_accuracy_one_half() {
+        // "Longer wins" is right on every pair where chosen is longer, wrong on every other.
+        let split = length_split(&[1.0; 30], &[0.0; 10], 500, 7);
+        assert_eq!(split.chosen_longer.unwrap().value, 1.0);
+        assert_eq!(split.chosen_shorter.unwrap().value, 0.0);
+        let balanced = split.balanced.unwrap();
+        assert_eq!(balanced.value, 0.5);
+        assert!(balanced.lo <= 0.5 && balanced.hi >= 0.5);
+        // Plain accuracy would be 0.75 here.
+        let good = length_split(&[1.0, 1.0, 0.0, 1.0], &[1.0, 0.0, 1.0, 1.0], 500, 7);
+        assert_eq!(good.balanced.unwrap().value, 0.75);
+        assert_eq!(length_split(&[1.0], &[], 10, 1).balanced, None);
     }
 
     #[test]

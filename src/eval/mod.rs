@@ -105,6 +105,10 @@ pub struct MethodReport {
     /// Preference files: accuracy (ties ½), Wilson 95% interval over items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Estimate>,
+    /// Preference files: accuracy where the chosen answer is longer, where it is shorter, and
+    /// their mean, the length-balanced accuracy (over pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<metrics::LengthSplit>,
     /// Ranking files: ranked pass@1, bootstrap 95% interval over tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass_at_1: Option<Estimate>,
@@ -288,6 +292,7 @@ fn method_report(
     let mut report = MethodReport {
         method: method.name().into(),
         accuracy: None,
+        length: None,
         pass_at_1: None,
         auc: None,
         scored,
@@ -305,6 +310,33 @@ fn method_report(
                 })
                 .collect();
             report.accuracy = metrics::accuracy(&outcomes);
+            let (mut longer, mut shorter) = (Vec::new(), Vec::new());
+            for (item, scores) in prefs.iter().zip(&per_item) {
+                let Some(outcomes) = (*scores).and_then(|scores| {
+                    preference_outcomes(item.chosen.len(), item.rejected.len(), scores)
+                }) else {
+                    continue;
+                };
+                // Chosen-major, as `preference_outcomes` lists the pairs.
+                let pairs = item
+                    .chosen
+                    .iter()
+                    .flat_map(|c| item.rejected.iter().map(move |r| (c, r)));
+                for ((chosen, rejected), outcome) in pairs.zip(outcomes) {
+                    let (c, r) = (chosen.chars().count(), rejected.chars().count());
+                    match c.cmp(&r) {
+                        std::cmp::Ordering::Greater => longer.push(outcome),
+                        std::cmp::Ordering::Less => shorter.push(outcome),
+                        std::cmp::Ordering::Equal => {}
+                    }
+                }
+            }
+            report.length = Some(metrics::length_split(
+                &longer,
+                &shorter,
+                BOOTSTRAP_RESAMPLES,
+                BOOTSTRAP_SEED,
+            ));
         }
         Dataset::Ranking(tasks) => {
             let mut pass_at_1 = Vec::new();
@@ -363,7 +395,7 @@ impl Report {
         let metric_names: &[&str] = if self.kind == "ranking" {
             &["pass@1", "AUC"]
         } else {
-            &["accuracy"]
+            &["accuracy", "length-balanced"]
         };
         let _ = write!(out, "{:<16}", "method");
         for name in metric_names {
@@ -389,7 +421,13 @@ impl Report {
                     interval(&m.auc)
                 );
             } else {
-                let _ = write!(out, "  {:<22}", interval(&m.accuracy));
+                let balanced = m.length.and_then(|l| l.balanced);
+                let _ = write!(
+                    out,
+                    "  {:<22}  {:<22}",
+                    interval(&m.accuracy),
+                    interval(&balanced)
+                );
             }
             let _ = writeln!(
                 out,
