@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{score_request, EngineError, Scorer};
-use crate::jsonl::open_resumable;
+use crate::jsonl::open_keeping_lines;
 
 /// What to do with an output file that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,7 +226,9 @@ fn count_lines(path: &Path) -> Result<u64, OfflineError> {
 
 /// Opens the output as `existing` says, returning the ids it already holds.
 ///
-/// On resume, a last line cut short by a crash is removed before appending.
+/// On resume every line already there is kept: a blank line is skipped, a line that is not a
+/// JSON object with an `id` (a note, a line of another tool) is kept and reported, and only a last
+/// line cut short by a crash (no newline, not whole JSON) is removed, with a warning.
 fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>), OfflineError> {
     let mut seen = HashSet::new();
     let file = match existing {
@@ -239,15 +241,34 @@ fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>
                 _ => io_error(path)(e),
             })?,
         Existing::Overwrite => File::create(path).map_err(io_error(path))?,
-        Existing::Resume => open_resumable(path, io_error(path), |line| {
-            let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
-                return Ok(false);
-            };
-            if let Some(id) = object.remove("id") {
-                seen.insert(id.to_string());
+        Existing::Resume => {
+            let opened = open_keeping_lines(path, io_error(path), |number, line| {
+                if line.trim_ascii().is_empty() {
+                    return Ok(());
+                }
+                match serde_json::from_slice::<Value>(line) {
+                    Ok(Value::Object(mut object)) if object.contains_key("id") => {
+                        seen.insert(object.remove("id").unwrap_or_default().to_string());
+                    }
+                    _ => tracing::warn!(
+                        "{}:{number}: kept a line that is not an output line (a JSON object with \
+                         an \"id\"); it marks no input line as done",
+                        path.display()
+                    ),
+                }
+                Ok(())
+            })?;
+            if let Some(torn) = opened.torn {
+                tracing::warn!(
+                    "{}: removed its last line, cut short by an interrupted write ({} bytes: \
+                     {:?}); its input line is scored again",
+                    path.display(),
+                    torn.len(),
+                    String::from_utf8_lossy(&torn[..torn.len().min(120)])
+                );
             }
-            Ok(true)
-        })?,
+            opened.file
+        }
     };
     Ok((file, seen))
 }
@@ -281,6 +302,17 @@ mod tests {
         assert_eq!(request.unwrap_err().error.code, "invalid_json");
         let (_, request) = parse_line(r#"{"id": 1, "candidates": "x"}"#, 3);
         assert_eq!(request.unwrap_err().error.code, "invalid_request");
+    }
+
+    #[test]
+    fn resume_keeps_lines_it_cannot_read_and_their_ids_stay_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let text = "{\"id\":1}\n\nnot json\n{\"no_id\":true}\n{\"id\":\"x\"}\n";
+        std::fs::write(&path, text).unwrap();
+        let (_, seen) = open_output(&path, Existing::Resume).unwrap();
+        assert_eq!(seen, HashSet::from(["1".to_owned(), "\"x\"".to_owned()]));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

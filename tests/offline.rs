@@ -168,3 +168,68 @@ fn shards_split_the_lines() {
     }
     assert_eq!(seen, [Value::from("a"), Value::from("b")]);
 }
+
+#[test]
+fn resume_keeps_every_line_a_user_left_in_the_output() {
+    // An output a user edited: an error line deleted to retry it (leaving a blank line), a note
+    // that is not JSON, and a line from another run. --resume keeps all of it and appends.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let first = std::fs::read_to_string(&output).unwrap();
+    let edited = format!(
+        "{first}\n   \nmy note: not JSON\n{{\"id\": \"other-run\", \"results\": []}}\n[1, 2]\n"
+    );
+    std::fs::write(&output, &edited).unwrap();
+
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(text.starts_with(&edited), "lines were lost:\n{text}");
+    let appended: Vec<Value> = text[edited.len()..]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(appended.len(), 1, "{text}");
+    assert_eq!(appended[0]["id"], "b", "only the new id is scored: {text}");
+    assert!(stderr.contains("1 skipped"), "{stderr}");
+    for line in [4, 6] {
+        assert!(
+            stderr.contains(&format!("out.jsonl:{line}:")),
+            "no warning for line {line}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn resume_completes_a_whole_last_line_and_drops_only_a_torn_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let full = std::fs::read_to_string(&output).unwrap();
+    let (line_a, line_b) = full.trim_end().split_once('\n').unwrap();
+
+    // A whole record whose newline never made it to disk is kept (and its id skipped).
+    std::fs::write(&output, format!("{line_a}\n{line_b}")).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(resumed.status.success());
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), full);
+
+    // A record cut short is removed and scored again, after a warning.
+    std::fs::write(
+        &output,
+        format!("{line_a}\n{}", &line_b[..line_b.len() / 2]),
+    )
+    .unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("cut short"), "{stderr}");
+    let out = lines(&output);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["id"], "b");
+}
