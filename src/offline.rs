@@ -122,13 +122,16 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     let started = Instant::now();
     let mut summary = Summary::default();
 
-    for (line_index, line) in BufReader::new(input).lines().enumerate() {
+    for (line_index, line) in BufReader::new(input).split(b'\n').enumerate() {
         let line = line.map_err(io_error(&job.input))?;
-        if line.trim().is_empty() || job.shard.is_some_and(|s| line_index % s.count != s.index) {
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.trim_ascii().is_empty()
+            || job.shard.is_some_and(|s| line_index % s.count != s.index)
+        {
             progress.inc(1);
             continue;
         }
-        let (id, request) = parse_line(&line, line_index + 1);
+        let (id, request) = parse_bytes(line, line_index + 1);
         let key = id.to_string();
         let record = if seen.contains(&key) {
             if job.existing == Existing::Resume {
@@ -177,6 +180,24 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     }
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// [`parse_line`] for a line as read: one that is not UTF-8 is an error for its line number.
+fn parse_bytes(line: &[u8], line_number: usize) -> (Value, Result<ScoreRequest, ErrorBody>) {
+    match std::str::from_utf8(line) {
+        Ok(line) => parse_line(line, line_number),
+        Err(e) => {
+            let error = error_body(
+                "invalid_json",
+                format!(
+                    "the line is not valid UTF-8 (byte {} of the line), so not JSON; save the file \
+                     as UTF-8",
+                    e.valid_up_to() + 1
+                ),
+            );
+            (Value::from(line_number), Err(error))
+        }
+    }
 }
 
 /// Splits a line into its id (the line number when it has none) and its request.
@@ -293,6 +314,15 @@ mod tests {
         let (id, request) = parse_line(r#"{"prompt": "p", "candidates": []}"#, 7);
         assert_eq!(id, Value::from(7));
         assert!(request.is_ok());
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_an_error_for_its_number() {
+        let (id, request) = parse_bytes(b"{\"id\": \"x\", \"prompt\": \"\xe9\"}", 5);
+        assert_eq!(id, Value::from(5));
+        let error = request.unwrap_err().error;
+        assert_eq!(error.code, "invalid_json");
+        assert!(error.message.contains("byte 24"), "{}", error.message);
     }
 
     #[test]

@@ -233,3 +233,42 @@ fn resume_completes_a_whole_last_line_and_drops_only_a_torn_one() {
     assert_eq!(out.len(), 2);
     assert_eq!(out[1]["id"], "b");
 }
+
+#[test]
+fn a_line_that_is_not_utf8_becomes_an_error_line_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let mut bytes = format!("{GOOD_A}\n").into_bytes();
+    bytes.extend_from_slice(
+        b"{\"id\": \"latin1\", \"prompt\": \"caf\xe9\", \"candidates\": [\"x\"]}\r\n",
+    );
+    bytes.extend_from_slice(format!("{GOOD_B}\r\n").as_bytes());
+    std::fs::write(&input, &bytes).unwrap();
+
+    let run = score(&input, &output, &[]);
+    assert!(
+        !run.status.success(),
+        "a bad line makes the exit status non-zero"
+    );
+    let out = lines(&output);
+    let ids: Vec<&Value> = out.iter().map(|l| &l["id"]).collect();
+    assert_eq!(ids, [&Value::from("a"), &Value::from(2), &Value::from("b")]);
+    assert_eq!(out[1]["error"]["code"], "invalid_json");
+    assert!(
+        out[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{}",
+        out[1]
+    );
+    assert_eq!(out[2]["results"].as_array().unwrap().len(), 2);
+
+    // --resume reads past it too: everything is done, nothing is added.
+    let before = std::fs::read_to_string(&output).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("3 skipped"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), before);
+}
