@@ -501,3 +501,79 @@ fn config_path_show_and_check() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// `model_section(id)` with the model's path replaced by `path`.
+fn model_section_at(id: &str, path: &std::path::Path) -> String {
+    model_section(id).replace(
+        &support::model_path().display().to_string(),
+        &path.display().to_string(),
+    )
+}
+
+#[test]
+fn a_reload_onto_a_broken_model_file_keeps_the_last_good_model_serving() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let control = json!({"prompt": "What is 2+2?", "candidates": ["4", "5", "22"]});
+    let expected = daemon.ok("/v1/score", &control)["results"].clone();
+
+    let dir = daemon.dir.path();
+    let model = std::fs::read(support::model_path()).unwrap();
+    let gguf_header = |tensors: u64, kvs: u64| {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&tensors.to_le_bytes());
+        bytes.extend_from_slice(&kvs.to_le_bytes());
+        bytes
+    };
+    // One key whose name claims to be 2^62 bytes long.
+    let mut long_key = gguf_header(0, 1);
+    long_key.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    long_key.extend_from_slice(b"general.architecture");
+    let broken: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("missing.gguf", None),
+        ("empty.gguf", Some(Vec::new())),
+        ("truncated-header.gguf", Some(model[..64 * 1024].to_vec())),
+        (
+            "truncated-data.gguf",
+            Some(model[..model.len() / 2].to_vec()),
+        ),
+        (
+            "absurd-counts.gguf",
+            Some(gguf_header(u64::MAX / 2, u64::MAX / 2)),
+        ),
+        ("absurd-tensors.gguf", Some(gguf_header(u64::MAX, 0))),
+        ("absurd-key.gguf", Some(long_key)),
+    ];
+    for (name, contents) in broken {
+        let path = dir.join(name);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap();
+        }
+        daemon.write_config(&model_section_at("m", &path));
+        daemon.wait_for(&format!("{name}: the failed reload in /health"), |d| {
+            d.get("/health").json()["status"] != "ok"
+        });
+        let health = daemon.get("/health").json();
+        assert_eq!(health["status"], "degraded", "{name}: {health}");
+        assert_eq!(health["models"][0]["state"], "ready", "{name}: {health}");
+        let error = health["config_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("model m") && error.contains(name),
+            "{name}: {health}"
+        );
+        let again = daemon.ok("/v1/score", &control);
+        assert_eq!(again["results"], expected, "{name}: the old model answers");
+
+        daemon.write_config(&model_section("m"));
+        daemon.wait_for(&format!("{name}: the error to clear"), |d| {
+            d.get("/health").json()["status"] == "ok"
+        });
+        assert_eq!(daemon.ok("/v1/score", &control)["results"], expected);
+    }
+    let log = plain(&daemon.log_text());
+    assert!(
+        !log.contains("now serves"),
+        "a failed load is not announced as serving:\n{log}"
+    );
+    assert!(log.contains("keeps serving"), "{log}");
+}
