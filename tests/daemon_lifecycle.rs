@@ -577,3 +577,22 @@ fn a_reload_onto_a_broken_model_file_keeps_the_last_good_model_serving() {
     );
     assert!(log.contains("keeps serving"), "{log}");
 }
+
+#[test]
+fn alpha_outside_its_finite_range_is_a_400_and_inside_it_every_score_is_finite() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let request = |alpha: f64| json!({"prompt": "What is 2+2?", "candidates": ["4", "5"], "alpha": alpha, "aggregate": "logprob"});
+    for alpha in [1.7e308, 1e300, 5000.0, 1e-4, 1e-300] {
+        let response = daemon.post("/v1/score", &request(alpha));
+        let message = response.expect_error(400, "invalid_request");
+        assert!(message.contains("alpha"), "{alpha}: {message}");
+    }
+    for alpha in [1e-3, 1.0, 1e3] {
+        let body = daemon.ok("/v1/score", &request(alpha));
+        for result in body["results"].as_array().unwrap() {
+            for key in ["score", "endo", "endo_mean", "logprob", "logprob_mean"] {
+                assert!(result[key].is_f64(), "alpha {alpha}: {key} in {body}");
+            }
+        }
+    }
+}
