@@ -596,3 +596,46 @@ fn alpha_outside_its_finite_range_is_a_400_and_inside_it_every_score_is_finite()
         }
     }
 }
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` over TCP with `headers`, retrying the connection while the daemon starts.
+fn tcp_get(address: &str, path: &str, headers: &[(&str, &str)]) -> support::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => return support::exchange(stream, "GET", path, None, headers).unwrap(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot connect to {address}: {e}"),
+        }
+    }
+}
+
+const LONG_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn the_bearer_scheme_is_matched_case_insensitively() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let _daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token", LONG_TOKEN],
+    );
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {LONG_TOKEN}");
+        let response = tcp_get(&address, "/health", &[("Authorization", &auth)]);
+        assert_eq!(response.status, 200, "{auth}: {}", response.text());
+    }
+    tcp_get(
+        &address,
+        "/health",
+        &[("Authorization", &format!("Basic {LONG_TOKEN}"))],
+    )
+    .expect_error(401, "invalid_token");
+}
