@@ -249,7 +249,7 @@ fn tcp_needs_the_bearer_token_and_loopback() {
     let address = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(
         &model_section("m"),
-        &["--listen", &address, "--token", "s3cret"],
+        &["--listen", &address, "--token", LONG_TOKEN],
     );
     let tcp = |headers: &[(&str, &str)]| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -269,7 +269,7 @@ fn tcp_needs_the_bearer_token_and_loopback() {
     none.expect_error(401, "invalid_token");
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
     tcp(&[("Authorization", "Bearer wrong")]).expect_error(401, "invalid_token");
-    let ok = tcp(&[("Authorization", "Bearer s3cret")]);
+    let ok = tcp(&[("Authorization", &format!("Bearer {LONG_TOKEN}"))]);
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["data"][0]["id"], "m");
     // The socket needs no token.
@@ -638,4 +638,126 @@ fn the_bearer_scheme_is_matched_case_insensitively() {
         &[("Authorization", &format!("Basic {LONG_TOKEN}"))],
     )
     .expect_error(401, "invalid_token");
+}
+
+/// `endorm serve` that is expected to refuse to start: its stderr. (Should it start, standard
+/// input is closed at once, which stops it, and the assertion fails.)
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let socket = scratch.path().join("s.sock");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "serve",
+            "--exit-on-eof",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .args(["--model", support::model_path().to_str().unwrap()])
+        .args(args)
+        .env("XDG_CONFIG_HOME", scratch.path())
+        .env("XDG_RUNTIME_DIR", scratch.path())
+        .env_remove("ENDORM_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run endorm serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "it started: {stderr}");
+    stderr
+}
+
+#[test]
+fn tokens_shorter_than_128_bits_are_refused_at_start() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let short = &LONG_TOKEN[..31];
+    for (args, env) in [
+        (vec!["--listen", listen.as_str(), "--token", short], vec![]),
+        (
+            vec!["--listen", listen.as_str()],
+            vec![("ENDORM_TOKEN", short)],
+        ),
+        (
+            vec!["--listen", listen.as_str(), "--token", "s3cret"],
+            vec![],
+        ),
+        (
+            vec![
+                "--listen",
+                listen.as_str(),
+                "--token",
+                "0123456789abcdef 0123456789abcdef",
+            ],
+            vec![],
+        ),
+    ] {
+        let stderr = serve_refused(&args, &env);
+        assert!(stderr.contains("at least 32"), "{args:?} {env:?}: {stderr}");
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = scratch.path().join("token");
+    std::fs::write(&file, format!("{short}\n")).unwrap();
+    let stderr = serve_refused(
+        &["--listen", &listen, "--token-file", file.to_str().unwrap()],
+        &[],
+    );
+    assert!(stderr.contains("at least 32"), "{stderr}");
+    assert!(stderr.contains(file.to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn a_token_file_keeps_the_token_out_of_the_command_line() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = scratch.path().join("private/token");
+    let address = format!("127.0.0.1:{}", free_port());
+    // Missing: created 0600 with a random token, in a directory created 0700.
+    let daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token-file", file.to_str().unwrap()],
+    );
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        tcp_get(&address, "/health", &[("Authorization", &auth)]).status,
+        200
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemon.child.id())).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
+    assert!(
+        !plain(&daemon.log_text()).contains("visible"),
+        "{}",
+        daemon.log_text()
+    );
+    drop(daemon);
+
+    // Present: its token is used.
+    std::fs::write(&file, format!("{LONG_TOKEN}\n")).unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let _daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token-file", file.to_str().unwrap()],
+    );
+    let auth = format!("Bearer {LONG_TOKEN}");
+    assert_eq!(
+        tcp_get(&address, "/health", &[("Authorization", &auth)]).status,
+        200
+    );
+}
+
+#[test]
+fn a_token_on_the_command_line_is_warned_about() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token", LONG_TOKEN],
+    );
+    let log = plain(&daemon.log_text());
+    assert!(
+        log.contains("--token") && log.contains("visible to other users"),
+        "{log}"
+    );
 }

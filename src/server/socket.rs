@@ -92,15 +92,43 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
     Ok(listener)
 }
 
+/// The fewest characters a TCP bearer token may have: 128 bits written in hex.
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// Checks a TCP bearer token: at least [`MIN_TOKEN_CHARS`] characters, all printable ASCII
+/// without spaces (what an `Authorization` header carries). The error says how to make one.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the TCP token must be printable ASCII without spaces, at least {MIN_TOKEN_CHARS} \
+             characters long (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    if token.len() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the TCP token is {} characters long; it needs at least {MIN_TOKEN_CHARS} (128 bits as \
+             hex): make one with `openssl rand -hex 32`, or leave the token out to have one \
+             created in the token file",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The TCP bearer token: read from `path`, or, when the file is missing or empty, a new random one
-/// written there (0600, its directory 0700).
+/// written there (0600, its directory 0700). A token in the file that [`check_token`] refuses is an
+/// error.
 pub fn token_from_file(path: &Path) -> Result<String, ServerError> {
     let fail = |reason: String| ServerError::Token {
         path: path.to_owned(),
         reason,
     };
     match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(text) if !text.trim().is_empty() => {
+            let token = text.trim();
+            check_token(token).map_err(fail)?;
+            return Ok(token.to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e.to_string())),
@@ -145,6 +173,24 @@ mod tests {
         let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(120)));
         let error = bind(&long).unwrap_err().to_string();
         assert!(error.contains(&MAX_SOCKET_PATH.to_string()), "{error}");
+    }
+
+    #[test]
+    fn short_or_spaced_tokens_are_refused() {
+        assert!(check_token(&"a".repeat(32)).is_ok());
+        let short = check_token(&"a".repeat(31)).unwrap_err();
+        assert!(
+            short.contains("31 characters") && short.contains("at least 32"),
+            "{short}"
+        );
+        assert!(check_token("").is_err());
+        assert!(check_token(&format!("{} {}", "a".repeat(16), "b".repeat(16))).is_err());
+        assert!(check_token(&"é".repeat(20)).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let error = token_from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("at least 32"), "{error}");
     }
 
     #[test]
