@@ -761,3 +761,42 @@ fn a_token_on_the_command_line_is_warned_about() {
         "{log}"
     );
 }
+
+#[test]
+fn the_socket_directory_is_made_private_or_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // endorm's own directory, left 0755 by an earlier tool: made 0700.
+    let own = scratch.path().join("endorm");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = own.join("endorm.sock");
+    let mut daemon = Daemon::spawn(&model_section("m"), &["--socket", socket.to_str().unwrap()]);
+    daemon.socket = socket.clone();
+    daemon.wait_ready();
+    assert_eq!(mode(&own), 0o700);
+    assert_eq!(mode(&socket), 0o600);
+    drop(daemon);
+
+    // A shared directory others can write to (like /tmp): refused, and the message says what to do.
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("other.txt"), "").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args(["serve", "--exit-on-eof", "--socket"])
+        .arg(shared.join("endorm.sock"))
+        .args(["--model", support::model_path().to_str().unwrap()])
+        .env("XDG_CONFIG_HOME", scratch.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1777") && stderr.contains("--socket") && stderr.contains("0700"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&shared), 0o1777);
+}

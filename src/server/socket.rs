@@ -35,8 +35,9 @@ pub fn default_token_file() -> Option<PathBuf> {
     runtime_dir().map(|dir| dir.join("token"))
 }
 
-/// Binds the socket at `path`: its directory is created 0700 if missing, a stale socket file is
-/// replaced, a live one (another daemon answers) is refused, and the socket is made 0600.
+/// Binds the socket at `path`: its directory is made private (see [`private_socket_dir`]), a stale
+/// socket file is replaced, a live one (another daemon answers) is refused, and the socket file
+/// never exists with a mode wider than 0600 (see [`bind_private`]).
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
     let length = path.as_os_str().len();
     if length > MAX_SOCKET_PATH {
@@ -52,7 +53,28 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
         path: path.to_owned(),
         reason,
     };
-    create_private_parent(path).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail("the path names no file".into()))?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
+    }
+    // A directory of our own beside the socket: where it is bound, and whose owner is this user.
+    let detour = Detour::create(dir).map_err(|e| {
+        fail(format!(
+            "cannot create a private directory in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    private_socket_dir(dir, name, &detour).map_err(fail)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt as _;
@@ -85,11 +107,160 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e.to_string())),
     }
-    let listener =
-        tokio::net::UnixListener::bind(path).map_err(|e| fail(format!("cannot bind: {e}")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let listener = bind_private(path, &detour)?;
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        .map_err(|e| fail(format!("cannot listen: {e}")))
+}
+
+/// Binds the socket in `detour` (0700, so nobody else can reach it), makes it 0600 there, then
+/// hard-links it to `path`: the socket appears at `path` already 0600, and an entry that another
+/// process put at `path` meanwhile is never replaced.
+///
+/// Race-free, unlike setting the umask around `bind`: the umask is per process, so another
+/// thread creating a file, or binding, at the same time would get (or restore) the wrong one.
+fn bind_private(
+    path: &Path,
+    detour: &Detour,
+) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    let fail = |reason: String| ServerError::Socket {
+        path: path.to_owned(),
+        reason,
+    };
+    let inside = detour.dir.join("s");
+    if inside.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(fail(format!(
+            "endorm binds it first as {} ({} bytes) and this OS takes at most {MAX_SOCKET_PATH}: \
+             choose a shorter path with --socket",
+            inside.display(),
+            inside.as_os_str().len()
+        )));
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&inside)
+        .map_err(|e| fail(format!("cannot bind: {e}")))?;
+    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| fail(format!("cannot make it private (0600): {e}")))?;
+    match std::fs::hard_link(&inside, path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return Err(fail(
+                "another process created it while endorm was starting; try again".into(),
+            ))
+        }
+        // A file system without hard links: rename, which would replace an entry made meanwhile.
+        Err(_) => std::fs::rename(&inside, path)
+            .map_err(|e| fail(format!("cannot move it into place: {e}")))?,
+    }
     Ok(listener)
+}
+
+/// A private (0700) directory made beside the socket for the time of the bind; removed on drop.
+struct Detour {
+    dir: PathBuf,
+    owner: u32,
+}
+
+impl Detour {
+    fn create(parent: &Path) -> std::io::Result<Detour> {
+        use std::os::unix::fs::MetadataExt as _;
+        let pid = std::process::id();
+        let mut attempt = 0u32;
+        loop {
+            let dir = parent.join(format!(".e{pid:x}{attempt:x}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    let owner = std::fs::metadata(&dir)?.uid();
+                    return Ok(Detour { dir, owner });
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 64 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Detour {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join("s"));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Makes the socket's directory `dir` private (0700) where that is safe, or refuses it.
+///
+/// * Private already (no permission for group or others): nothing to do.
+/// * Ours and endorm's own (named `endorm`, or holding nothing but the socket and the token
+///   file): made 0700, as when endorm creates it.
+/// * Writable by group or others and not endorm's own (a shared directory such as `/tmp`, or
+///   another user's): refused, since someone else could replace the socket; the message says
+///   how to choose a directory of its own. Such a directory is never chmod-ed: it is shared.
+/// * Only readable by others and not endorm's own (a home directory, or `/run` for root): left
+///   as it is with a warning; the socket itself is 0600, so others can see it but not connect.
+fn private_socket_dir(dir: &Path, name: &std::ffi::OsStr, detour: &Detour) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read its directory {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let ours = meta.uid() == detour.owner;
+    let own_dir = ours && is_endorms_own(dir, name, detour);
+    let elsewhere = format!(
+        "pass --socket PATH in a directory of its own, e.g. --socket {}, which endorm creates 0700",
+        dir.join("endorm").join(name).display()
+    );
+    if own_dir {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "its directory {} is mode {mode:o} and cannot be made 0700: {e}",
+                dir.display()
+            )
+        })?;
+        tracing::info!(dir = %dir.display(), was = format_args!("{mode:o}"), "made the socket's directory private (0700)");
+        return Ok(());
+    }
+    if mode & 0o022 != 0 {
+        let whose = if ours {
+            "holds other files, so endorm does not change its mode".to_owned()
+        } else {
+            format!("belongs to another user (uid {})", meta.uid())
+        };
+        return Err(format!(
+            "its directory {} is mode {mode:o}: other users can write to it and replace the socket, \
+             and it {whose}; {elsewhere}",
+            dir.display()
+        ));
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        mode = format_args!("{mode:o}"),
+        "the socket's directory is readable by other users: they can see the socket (0600) but not \
+         connect to it; {elsewhere}"
+    );
+    Ok(())
+}
+
+/// Whether `dir` is endorm's own: named `endorm`, or holding nothing but the socket `name`, the
+/// token file and the bind's detour.
+fn is_endorms_own(dir: &Path, name: &std::ffi::OsStr, detour: &Detour) -> bool {
+    if dir.file_name().is_some_and(|n| n == "endorm") {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let detour_name = detour.dir.file_name();
+    entries.into_iter().all(|entry| {
+        entry.is_ok_and(|entry| {
+            let entry = entry.file_name();
+            entry == name || entry == "token" || Some(entry.as_os_str()) == detour_name
+        })
+    })
 }
 
 /// The fewest characters a TCP bearer token may have: 128 bits written in hex.
@@ -167,6 +338,117 @@ fn random_token() -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn bind_now(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        bind(path)
+    }
+
+    #[test]
+    fn an_existing_socket_directory_of_ours_is_made_private() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("endorm");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.join("endorm.sock");
+        let _listener = bind_now(&socket).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&socket), 0o600);
+        // Nothing else is left in it.
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["endorm.sock"]);
+    }
+
+    #[test]
+    fn a_shared_directory_is_not_changed_and_a_writable_one_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        // Readable by others and holding other files: left as it is (the socket is 0600).
+        let home = scratch.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("notes.txt"), "x").unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _listener = bind_now(&home.join("endorm.sock")).unwrap();
+        assert_eq!(mode(&home), 0o755);
+        assert_eq!(mode(&home.join("endorm.sock")), 0o600);
+        // Writable by others (a shared temp directory): refused, with the way out in the message.
+        let shared = scratch.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("someone-else.txt"), "x").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let error = bind_now(&shared.join("endorm.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("1777") && error.contains("--socket"),
+            "{error}"
+        );
+        assert_eq!(mode(&shared), 0o1777);
+        let left: Vec<_> = std::fs::read_dir(&shared)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["someone-else.txt"]);
+    }
+
+    #[test]
+    fn a_writable_directory_of_another_user_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let theirs = scratch.path().join("endorm");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if let Err(e) = std::os::unix::fs::chown(&theirs, Some(65534), None) {
+            eprintln!("skipped: cannot give a directory to another user here ({e})");
+            return;
+        }
+        let error = bind_now(&theirs.join("endorm.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("another user") && error.contains("--socket"),
+            "{error}"
+        );
+        assert_eq!(mode(&theirs), 0o777);
+    }
+
+    #[test]
+    fn the_socket_never_exists_with_a_wider_mode() {
+        use std::os::unix::fs::FileTypeExt as _;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let scratch = tempfile::tempdir().unwrap();
+        let socket = scratch.path().join("endorm.sock");
+        let done = AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut modes = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+                        if meta.file_type().is_socket() {
+                            modes.insert(meta.permissions().mode() & 0o777);
+                        }
+                    }
+                }
+                modes
+            });
+            for _ in 0..300 {
+                drop(bind_now(&socket).unwrap());
+                std::fs::remove_file(&socket).unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [0o600]);
+    }
 
     #[test]
     fn long_paths_are_refused_with_the_limit() {
