@@ -696,6 +696,10 @@ fn tokens_shorter_than_128_bits_are_refused_at_start() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let file = scratch.path().join("token");
     std::fs::write(&file, format!("{short}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let stderr = serve_refused(
         &["--listen", &listen, "--token-file", file.to_str().unwrap()],
         &[],

@@ -287,37 +287,97 @@ pub fn check_token(token: &str) -> Result<(), String> {
 }
 
 /// The TCP bearer token: read from `path`, or, when the file is missing or empty, a new random one
-/// written there (0600, its directory 0700). A token in the file that [`check_token`] refuses is an
-/// error.
+/// written there (its directory created 0700 if missing). A token in the file that
+/// [`check_token`] refuses, or a file that other users may read, is an error.
+///
+/// The file never exists with a mode wider than 0600: the token is written to a new file created
+/// 0600 beside it, which is then hard-linked into place (a token another process wrote meanwhile
+/// wins and is read) or renamed over an empty file.
 pub fn token_from_file(path: &Path) -> Result<String, ServerError> {
     let fail = |reason: String| ServerError::Token {
         path: path.to_owned(),
         reason,
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => {
-            let token = text.trim();
-            check_token(token).map_err(fail)?;
-            return Ok(token.to_owned());
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(fail(e.to_string())),
+    if let Some(token) = read_token(path)? {
+        return Ok(token);
     }
     let token = random_token().map_err(|e| fail(format!("cannot read /dev/urandom: {e}")))?;
     create_private_parent(path).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| fail(e.to_string()))?;
-    writeln!(file, "{token}").map_err(|e| fail(e.to_string()))?;
-    Ok(token)
+    let (temp, mut file) = create_beside(path).map_err(|e| fail(e.to_string()))?;
+    let written = writeln!(file, "{token}").and_then(|()| file.sync_all());
+    drop(file);
+    let placed = written.and_then(|()| match std::fs::hard_link(&temp, path) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            match std::fs::metadata(path) {
+                // An empty file was there: replace it (its mode may be wider).
+                Ok(meta) if meta.len() == 0 => std::fs::rename(&temp, path).map(|()| true),
+                // Another process wrote a token meanwhile: use that one.
+                _ => Ok(false),
+            }
+        }
+        other => other.map(|()| true),
+    });
+    let _ = std::fs::remove_file(&temp);
+    match placed.map_err(|e| fail(e.to_string()))? {
+        true => Ok(token),
+        false => {
+            read_token(path)?.ok_or_else(|| fail("it was emptied while endorm wrote it".into()))
+        }
+    }
 }
 
-/// 32 random bytes from the OS, as hex.
+/// The token in `path`, checked; `None` when the file is missing or empty.
+fn read_token(path: &Path) -> Result<Option<String>, ServerError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fail = |reason: String| ServerError::Token {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let mode = file.metadata().map_err(|e| fail(e.to_string()))?.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "it is mode {mode:o}, so other users may have read the token: make it private with \
+             `chmod 600 {}` (and change the token if they may have)",
+            path.display()
+        )));
+    }
+    check_token(token).map_err(fail)?;
+    Ok(Some(token.to_owned()))
+}
+
+/// A new file (0600, never wider) in the directory of `path`, with a name of its own.
+fn create_beside(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let pid = std::process::id();
+    let mut attempt = 0u32;
+    loop {
+        let temp = path.with_file_name(format!(".{name}.{pid:x}{attempt:x}"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 64 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates the directory `path` lives in, readable by this user only (0700), if it is missing.
 fn create_private_parent(path: &Path) -> std::io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -329,6 +389,7 @@ fn create_private_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// 32 random bytes from the OS, as hex.
 fn random_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
@@ -471,8 +532,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let error = token_from_file(&path).unwrap_err().to_string();
         assert!(error.contains("at least 32"), "{error}");
+    }
+
+    #[test]
+    fn a_token_written_into_an_existing_empty_file_is_never_wider_than_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let token = token_from_file(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token);
+        let entries: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["token"]);
+    }
+
+    #[test]
+    fn a_token_file_other_users_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = token_from_file(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("644") && error.contains("chmod 600"),
+            "{error}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(token_from_file(&path).unwrap(), "ab".repeat(32));
     }
 
     #[test]
