@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek as _, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -101,6 +101,24 @@ pub enum OfflineError {
         /// The failure.
         source: io::Error,
     },
+    /// Writing an output line failed (a full disk, a file size limit). The line is removed again,
+    /// so the output holds every line written before it, whole, and `--resume` continues it.
+    #[error(
+        "cannot write {}: {error}; {}free some space and run again with --resume to continue",
+        path.display(),
+        match cut {
+            None => "every line written before is intact: ".to_owned(),
+            Some(e) => format!("its last line may be cut short ({e}; --resume removes it): "),
+        }
+    )]
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// The failure.
+        error: io::Error,
+        /// Why the partly written line could not be removed, if it could not.
+        cut: Option<io::Error>,
+    },
     /// The model failed in a way that would fail every following line too.
     #[error(transparent)]
     Engine(EngineError),
@@ -118,6 +136,7 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     let input = File::open(&job.input).map_err(io_error(&job.input))?;
     let total = count_lines(&job.input)?;
     let (mut output, mut seen) = open_output(&job.output, job.existing)?;
+    let mut end = output.stream_position().map_err(io_error(&job.output))?;
     let progress = crate::progress::bar(job.progress, total, "lines");
     let started = Instant::now();
     let mut summary = Summary::default();
@@ -170,9 +189,20 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 with_id(id, serde_json::to_value(&error).unwrap_or(Value::Null))
             }
         };
-        writeln!(output, "{value}")
-            .and_then(|()| output.flush())
-            .map_err(io_error(&job.output))?;
+        // One write per line; a line cut short by a full disk is removed again, so the output
+        // only ever holds whole lines and `--resume` picks up right after them.
+        let mut bytes = value.to_string().into_bytes();
+        bytes.push(b'\n');
+        if let Err(error) = output.write_all(&bytes) {
+            progress.abandon();
+            let cut = output.set_len(end).err();
+            return Err(OfflineError::Write {
+                path: job.output.clone(),
+                error,
+                cut,
+            });
+        }
+        end += bytes.len() as u64;
         seen.insert(key);
         progress.inc(1);
         let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -272,3 +272,157 @@ fn a_line_that_is_not_utf8_becomes_an_error_line_and_the_run_goes_on() {
     assert!(stderr.contains("3 skipped"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), before);
 }
+
+/// An input of `n` good lines with ids `0..n`.
+fn many_lines(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let line = if i % 2 == 0 { GOOD_A } else { GOOD_B };
+            line.replacen("\"id\": \"a\"", &format!("\"id\": {i}"), 1)
+                .replacen("\"id\": \"b\"", &format!("\"id\": {i}"), 1)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Every output line is whole (ends in a newline, is a JSON object) and no id is there twice.
+fn assert_whole_and_unique(output: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(output).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a torn last line:\n{text}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut ids: Vec<String> = lines.iter().map(|l| l["id"].to_string()).collect();
+    ids.sort();
+    let count = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicated ids:\n{text}");
+    lines
+}
+
+/// Runs `score` with the output file's size capped at `blocks` KiB (RLIMIT_FSIZE, with SIGXFSZ
+/// ignored so that a write past it fails with EFBIG as on a full disk); no root needed.
+fn score_capped(input: &Path, output: &Path, blocks: u32, extra: &[&str]) -> std::process::Output {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {blocks} && exec \"$@\""))
+        .arg("bash")
+        .arg(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "score",
+            "--quiet",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+            "--model",
+        ])
+        .arg(common::model_path())
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra);
+    command.output().expect("run endorm under bash")
+}
+
+#[test]
+fn a_full_disk_stops_the_run_with_whole_lines_and_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, many_lines(6)).unwrap();
+    let full = score_capped(&input, &output, 2, &[]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let written = assert_whole_and_unique(&output);
+    assert!(
+        !written.is_empty() && written.len() < 6,
+        "{}",
+        written.len()
+    );
+
+    // Space again: --resume finishes it, each id once.
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(assert_whole_and_unique(&output).len(), 6);
+}
+
+/// A small tmpfs, unmounted when dropped; `None` (with a message) where mounting is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_owned())),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs here ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount ({e})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_real_full_disk_on_a_tmpfs_when_mounting_is_allowed() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, many_lines(6)).unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "8k") else {
+        return;
+    };
+    let output = disk.0.join("out.jsonl");
+    // Fill the disk but for about two lines' worth.
+    let filler = disk.0.join("filler");
+    let _ = std::fs::write(&filler, vec![b'x'; 64 * 1024]);
+    let size = std::fs::metadata(&filler).map_or(0, |m| m.len());
+    std::fs::write(&filler, vec![b'x'; (size as usize).saturating_sub(2048)]).unwrap();
+
+    let full = score(&input, &output, &[]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("No space left") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let written = assert_whole_and_unique(&output);
+    assert!(written.len() < 6, "{}", written.len());
+
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(assert_whole_and_unique(&output).len(), 6);
+    drop(disk);
+}
