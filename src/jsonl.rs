@@ -1,10 +1,82 @@
 //! Append-only JSONL files that survive a crash: the output of `endorm score` and the eval cache.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write as _};
 use std::path::Path;
 
-/// Opens (or creates) `path` to append to it after the lines it already holds.
+/// An existing file opened by [`open_keeping_lines`], positioned at its end.
+#[derive(Debug)]
+pub struct Appending {
+    /// The file, ready to append to.
+    pub file: File,
+    /// A last line without its newline that is not a whole JSON value (a write cut short by a
+    /// crash or a full disk): removed from the file, returned here so it can be reported.
+    pub torn: Option<Vec<u8>>,
+}
+
+/// Opens (or creates) `path` to append to it, keeping every line it already holds.
+///
+/// Each line is handed to `visit` with its 1-based number, without its line ending; what `visit`
+/// makes of a line (blank, not JSON, from another run) never changes the file. The only bytes
+/// ever removed are a last line without its newline that is not a whole JSON value: a write cut
+/// short. A last line without its newline that *is* a whole JSON value was written completely
+/// bar its newline: it is kept (and visited), and the newline is added so that appended lines
+/// start on a fresh line.
+pub fn open_keeping_lines<E>(
+    path: &Path,
+    io_error: impl Fn(io::Error) -> E,
+    mut visit: impl FnMut(usize, &[u8]) -> Result<(), E>,
+) -> Result<Appending, E> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(&io_error)?;
+    let mut reader = BufReader::new(&file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    let mut complete = 0u64;
+    let mut torn = None;
+    let mut needs_newline = false;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(&io_error)?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        match line.strip_suffix(b"\n") {
+            Some(body) => visit(number, body.strip_suffix(b"\r").unwrap_or(body))?,
+            None if is_whole_json(&line) => {
+                visit(number, &line)?;
+                needs_newline = true;
+            }
+            None => {
+                torn = Some(std::mem::take(&mut line));
+                break;
+            }
+        }
+        complete += read as u64;
+    }
+    if torn.is_some() {
+        file.set_len(complete).map_err(&io_error)?;
+    }
+    file.seek(SeekFrom::End(0)).map_err(&io_error)?;
+    if needs_newline {
+        file.write_all(b"\n").map_err(&io_error)?;
+    }
+    Ok(Appending { file, torn })
+}
+
+fn is_whole_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
+/// Opens (or creates) `path` to append to it after the lines it already holds, for files only a
+/// program writes (the eval cache): unlike [`open_keeping_lines`], it cuts the file at the first
+/// line `accept` refuses.
 ///
 /// Each complete line (ended by `\n`) is handed to `accept` in order until it answers `false` or
 /// the file ends. The file is then cut after the last accepted line, which drops a line a crash
@@ -74,6 +146,53 @@ mod tests {
         let (seen, kept) = resume("1\n2\n3\n", 1);
         assert_eq!(seen, ["1", "2"]);
         assert_eq!(kept, "1\n");
+    }
+
+    fn keep(contents: &[u8]) -> (Vec<(usize, String)>, Option<String>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        std::fs::write(&path, contents).unwrap();
+        let mut seen = Vec::new();
+        let opened = open_keeping_lines(
+            &path,
+            |e| e,
+            |number, line| {
+                seen.push((number, String::from_utf8_lossy(line).into_owned()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let torn = opened
+            .torn
+            .map(|t| String::from_utf8_lossy(&t).into_owned());
+        (seen, torn, std::fs::read(&path).unwrap())
+    }
+
+    #[test]
+    fn every_line_is_kept_whatever_it_holds() {
+        let text = b"{\"a\":1}\n\n  \nnot json\n\xff\xfe\n[1]\r\n{\"b\":2}\n";
+        let (seen, torn, kept) = keep(text);
+        assert_eq!(kept, text);
+        assert_eq!(torn, None);
+        let numbers: Vec<usize> = seen.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(seen[5].1, "[1]");
+    }
+
+    #[test]
+    fn only_a_torn_last_line_is_removed() {
+        let (seen, torn, kept) = keep(b"{\"a\":1}\n\n{\"b\":2, \"c");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(torn.as_deref(), Some("{\"b\":2, \"c"));
+        assert_eq!(kept, b"{\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn a_whole_last_line_without_its_newline_is_kept_and_ended() {
+        let (seen, torn, kept) = keep(b"{\"a\":1}\n{\"b\":2}");
+        assert_eq!(seen, [(1, "{\"a\":1}".into()), (2, "{\"b\":2}".into())]);
+        assert_eq!(torn, None);
+        assert_eq!(kept, b"{\"a\":1}\n{\"b\":2}\n");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek as _, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{EngineError, Scorer};
-use crate::jsonl::open_resumable;
+use crate::jsonl::open_keeping_lines;
 use crate::server::engine_error_body;
 
 /// What to do with an output file that already exists.
@@ -102,6 +102,24 @@ pub enum OfflineError {
         /// The failure.
         source: io::Error,
     },
+    /// Writing an output line failed (a full disk, a file size limit). The line is removed again,
+    /// so the output holds every line written before it, whole, and `--resume` continues it.
+    #[error(
+        "cannot write {}: {error}; {}free some space and run again with --resume to continue",
+        path.display(),
+        match cut {
+            None => "every line written before is intact: ".to_owned(),
+            Some(e) => format!("its last line may be cut short ({e}; --resume removes it): "),
+        }
+    )]
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// The failure.
+        error: io::Error,
+        /// Why the partly written line could not be removed, if it could not.
+        cut: Option<io::Error>,
+    },
     /// The model failed in a way that would fail every following line too.
     #[error(transparent)]
     Engine(EngineError),
@@ -119,17 +137,21 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     let input = File::open(&job.input).map_err(io_error(&job.input))?;
     let total = count_lines(&job.input)?;
     let (mut output, mut seen) = open_output(&job.output, job.existing)?;
+    let mut end = output.stream_position().map_err(io_error(&job.output))?;
     let progress = crate::progress::bar(job.progress, total, "lines");
     let started = Instant::now();
     let mut summary = Summary::default();
 
-    for (line_index, line) in BufReader::new(input).lines().enumerate() {
+    for (line_index, line) in BufReader::new(input).split(b'\n').enumerate() {
         let line = line.map_err(io_error(&job.input))?;
-        if line.trim().is_empty() || job.shard.is_some_and(|s| line_index % s.count != s.index) {
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.trim_ascii().is_empty()
+            || job.shard.is_some_and(|s| line_index % s.count != s.index)
+        {
             progress.inc(1);
             continue;
         }
-        let (id, request) = parse_line(&line, line_index + 1);
+        let (id, request) = parse_bytes(line, line_index + 1);
         let key = id.to_string();
         let record = if seen.contains(&key) {
             if job.existing == Existing::Resume {
@@ -168,9 +190,20 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
                 with_id(id, serde_json::to_value(&error).unwrap_or(Value::Null))
             }
         };
-        writeln!(output, "{value}")
-            .and_then(|()| output.flush())
-            .map_err(io_error(&job.output))?;
+        // One write per line; a line cut short by a full disk is removed again, so the output
+        // only ever holds whole lines and `--resume` picks up right after them.
+        let mut bytes = value.to_string().into_bytes();
+        bytes.push(b'\n');
+        if let Err(error) = output.write_all(&bytes) {
+            progress.abandon();
+            let cut = output.set_len(end).err();
+            return Err(OfflineError::Write {
+                path: job.output.clone(),
+                error,
+                cut,
+            });
+        }
+        end += bytes.len() as u64;
         seen.insert(key);
         progress.inc(1);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -178,6 +211,24 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
     }
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// [`parse_line`] for a line as read: one that is not UTF-8 is an error for its line number.
+fn parse_bytes(line: &[u8], line_number: usize) -> (Value, Result<ScoreRequest, ErrorBody>) {
+    match std::str::from_utf8(line) {
+        Ok(line) => parse_line(line, line_number),
+        Err(e) => {
+            let error = error_body(
+                "invalid_json",
+                format!(
+                    "the line is not valid UTF-8 (byte {} of the line), so not JSON; save the file \
+                     as UTF-8",
+                    e.valid_up_to() + 1
+                ),
+            );
+            (Value::from(line_number), Err(error))
+        }
+    }
 }
 
 /// Splits a line into its id (the line number when it has none) and its request.
@@ -227,7 +278,9 @@ fn count_lines(path: &Path) -> Result<u64, OfflineError> {
 
 /// Opens the output as `existing` says, returning the ids it already holds.
 ///
-/// On resume, a last line cut short by a crash is removed before appending.
+/// On resume every line already there is kept: a blank line is skipped, a line that is not a
+/// JSON object with an `id` (a note, a line of another tool) is kept and reported, and only a last
+/// line cut short by a crash (no newline, not whole JSON) is removed, with a warning.
 fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>), OfflineError> {
     let mut seen = HashSet::new();
     let file = match existing {
@@ -240,15 +293,34 @@ fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>
                 _ => io_error(path)(e),
             })?,
         Existing::Overwrite => File::create(path).map_err(io_error(path))?,
-        Existing::Resume => open_resumable(path, io_error(path), |line| {
-            let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
-                return Ok(false);
-            };
-            if let Some(id) = object.remove("id") {
-                seen.insert(id.to_string());
+        Existing::Resume => {
+            let opened = open_keeping_lines(path, io_error(path), |number, line| {
+                if line.trim_ascii().is_empty() {
+                    return Ok(());
+                }
+                match serde_json::from_slice::<Value>(line) {
+                    Ok(Value::Object(mut object)) if object.contains_key("id") => {
+                        seen.insert(object.remove("id").unwrap_or_default().to_string());
+                    }
+                    _ => tracing::warn!(
+                        "{}:{number}: kept a line that is not an output line (a JSON object with \
+                         an \"id\"); it marks no input line as done",
+                        path.display()
+                    ),
+                }
+                Ok(())
+            })?;
+            if let Some(torn) = opened.torn {
+                tracing::warn!(
+                    "{}: removed its last line, cut short by an interrupted write ({} bytes: \
+                     {:?}); its input line is scored again",
+                    path.display(),
+                    torn.len(),
+                    String::from_utf8_lossy(&torn[..torn.len().min(120)])
+                );
             }
-            Ok(true)
-        })?,
+            opened.file
+        }
     };
     Ok((file, seen))
 }
@@ -276,12 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_not_utf8_is_an_error_for_its_number() {
+        let (id, request) = parse_bytes(b"{\"id\": \"x\", \"prompt\": \"\xe9\"}", 5);
+        assert_eq!(id, Value::from(5));
+        let error = request.unwrap_err().error;
+        assert_eq!(error.code, "invalid_json");
+        assert!(error.message.contains("byte 24"), "{}", error.message);
+    }
+
+    #[test]
     fn bad_lines_become_errors() {
         let (id, request) = parse_line("{not json", 3);
         assert_eq!(id, Value::from(3));
         assert_eq!(request.unwrap_err().error.code, "invalid_json");
         let (_, request) = parse_line(r#"{"id": 1, "candidates": "x"}"#, 3);
         assert_eq!(request.unwrap_err().error.code, "invalid_request");
+    }
+
+    #[test]
+    fn resume_keeps_lines_it_cannot_read_and_their_ids_stay_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let text = "{\"id\":1}\n\nnot json\n{\"no_id\":true}\n{\"id\":\"x\"}\n";
+        std::fs::write(&path, text).unwrap();
+        let (_, seen) = open_output(&path, Existing::Resume).unwrap();
+        assert_eq!(seen, HashSet::from(["1".to_owned(), "\"x\"".to_owned()]));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The entropy coefficient `α` (the softmax temperature of the soft Q-function); always finite and > 0.
+/// The entropy coefficient `α` (the softmax temperature of the soft Q-function); always within
+/// [`Alpha::MIN`]`..=`[`Alpha::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Alpha(f64);
@@ -21,9 +22,21 @@ impl Alpha {
     /// `α = 1`, the model's own distribution.
     pub const ONE: Alpha = Alpha(1.0);
 
-    /// Accepts any finite `α > 0`.
+    /// The smallest `α` accepted. Below it `V(s)` is the row's maximum logit to within
+    /// `α · ln(vocabulary)` < 0.02 nat, so nothing is lost; far below it `1/α` overflows the f32 the
+    /// logits are scaled in (`1/α = ∞`, and `0 · ∞` makes the soft value NaN).
+    pub const MIN: f64 = 1e-3;
+
+    /// The largest `α` accepted. Above it the policy `π = softmax(f/α)` is uniform to within 1% for
+    /// logits spread over < 10 nats, so the reward says nothing more; far above it `α · ln(Σ…)`
+    /// overflows f64 (`α = 1.7e308` gives `V = ∞`, and every score NaN).
+    pub const MAX: f64 = 1e3;
+
+    /// Accepts `α` in `MIN..=MAX` (so not NaN); `None` otherwise.
     pub fn new(value: f64) -> Option<Alpha> {
-        (value.is_finite() && value > 0.0).then_some(Alpha(value))
+        (Self::MIN..=Self::MAX)
+            .contains(&value)
+            .then_some(Alpha(value))
     }
 
     /// The value of `α`.
@@ -345,6 +358,26 @@ mod tests {
         assert!(Alpha::new(f64::NAN).is_none());
         assert!(Alpha::new(f64::INFINITY).is_none());
         assert_eq!(Alpha::new(0.5).map(Alpha::get), Some(0.5));
+    }
+
+    #[test]
+    fn alpha_is_bounded_where_the_math_stays_finite() {
+        for outside in [1.7e308, 1e300, 1000.5, 9.99e-4, 1e-300, f64::MIN_POSITIVE] {
+            assert!(Alpha::new(outside).is_none(), "{outside}");
+        }
+        assert_eq!(Alpha::new(Alpha::MIN).map(Alpha::get), Some(1e-3));
+        assert_eq!(Alpha::new(Alpha::MAX).map(Alpha::get), Some(1e3));
+        // At both ends, over a vocabulary-sized row with a wide spread, every value is finite.
+        let row: Vec<f32> = (0..150_000)
+            .map(|i| (i % 4000) as f32 * 0.01 - 20.0)
+            .collect();
+        for alpha in [Alpha::MIN, Alpha::MAX] {
+            let alpha = Alpha::new(alpha).unwrap();
+            let v = soft_value(&row, alpha);
+            let t = TokenValues::new(f64::from(row[0]), v, v, alpha);
+            assert!(v.is_finite() && t.logprob.is_finite() && t.reward.is_finite());
+            assert!(Aggregates::of(&[t, t], alpha).logprob.is_finite());
+        }
     }
 
     #[test]

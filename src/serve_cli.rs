@@ -1,7 +1,7 @@
 //! The `serve` and `config` subcommands of the `endorm` binary (a module of main.rs).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use endorm::config::{Config, ModelSettings, Overrides};
 use endorm::paths;
-use endorm::server::{self, ServeOptions};
+use endorm::server::{self, socket, ServeOptions};
 
 /// The per-model flags of every command that runs a model. With `serve` they override every
 /// served model's settings (over the config); elsewhere they override the built-in defaults.
@@ -71,9 +71,14 @@ pub struct ServeArgs {
     /// `Authorization: Bearer TOKEN`.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The TCP bearer token [default: read from (or created in) the token file]. ENDORM_TOKEN works too.
-    #[arg(long)]
+    /// The TCP bearer token, at least 32 characters [default: read from (or created in) the token
+    /// file]. Other users can read a command line (`ps`): prefer --token-file or ENDORM_TOKEN.
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// Read the TCP bearer token from this file (created 0600 with a random token when missing),
+    /// over the config's `token_file`; unlike --token, it does not show in `ps`.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Shut down when standard input closes (for an editor or test that starts the daemon as its child).
     #[arg(long)]
     exit_on_eof: bool,
@@ -116,7 +121,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         },
         socket: args.socket,
         listen: args.listen,
-        token: args.token.or_else(|| std::env::var("ENDORM_TOKEN").ok()),
+        token: token(args.token, args.token_file.as_deref())?,
         exit_on_eof: args.exit_on_eof,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +131,31 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(server::serve(options))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TCP token from `--token`, `--token-file` or `ENDORM_TOKEN` (in that order), checked; `None`
+/// leaves it to the config's token file.
+fn token(flag: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(path) = file {
+        let token = socket::token_from_file(path)?;
+        tracing::info!(path = %path.display(), "TCP bearer token is in this file");
+        return Ok(Some(token));
+    }
+    let token = match flag {
+        Some(token) => {
+            tracing::warn!(
+                "--token puts the token on the command line, visible to other users of this machine \
+                 (ps, /proc): pass --token-file PATH or ENDORM_TOKEN instead"
+            );
+            token
+        }
+        None => match std::env::var("ENDORM_TOKEN") {
+            Ok(token) if !token.is_empty() => token,
+            _ => return Ok(None),
+        },
+    };
+    socket::check_token(&token).map_err(anyhow::Error::msg)?;
+    Ok(Some(token))
 }
 
 /// `endorm config path|show|check`.

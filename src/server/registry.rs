@@ -123,7 +123,9 @@ impl Registry {
         current
     }
 
-    /// Moves reloaded models that finished loading (or failed to) from `pending` into `models`.
+    /// Moves reloaded models that finished loading from `pending` into `models`. One that failed
+    /// to load is dropped instead: the model loaded before keeps serving, and the failure is
+    /// reported as the snapshot's `config_error` (in `/health`) until the config changes again.
     fn promote_loaded(&self) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         let (done, pending): (BTreeMap<_, _>, BTreeMap<_, _>) = current
@@ -135,15 +137,30 @@ impl Registry {
             return;
         }
         let mut models = current.models.clone();
+        let mut errors: Vec<String> = current.config_error.iter().cloned().collect();
         for (id, entry) in done {
-            tracing::info!(model = %id, "reloaded model now serves");
-            models.insert(id, entry);
+            match entry.state() {
+                WorkerState::Failed(reason) => {
+                    let path = entry.spec.worker.path.display();
+                    tracing::error!(
+                        model = %id,
+                        %path,
+                        %reason,
+                        "reload failed; the model loaded before keeps serving"
+                    );
+                    errors.push(failed_reload_message(&id, &entry.spec, &reason));
+                }
+                _ => {
+                    tracing::info!(model = %id, "reloaded model now serves");
+                    models.insert(id, entry);
+                }
+            }
         }
         *current = Arc::new(Snapshot {
             models,
             default_model: current.default_model.clone(),
             limits: current.limits,
-            config_error: current.config_error.clone(),
+            config_error: (!errors.is_empty()).then(|| errors.join("; ")),
             pending,
         });
     }
@@ -209,6 +226,14 @@ impl Registry {
         };
         *current = Arc::new(snapshot);
     }
+}
+
+/// What `/health` says about a reload of `id` that failed while its previous load kept serving.
+fn failed_reload_message(id: &str, spec: &ModelSpec, reason: &str) -> String {
+    format!(
+        "model {id}: reloading {} failed ({reason}); the model loaded before keeps serving",
+        spec.worker.path.display()
+    )
 }
 
 impl Snapshot {

@@ -248,7 +248,7 @@ fn tcp_needs_the_bearer_token_and_loopback() {
     let address = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(
         &model_section("m"),
-        &["--listen", &address, "--token", "s3cret"],
+        &["--listen", &address, "--token", LONG_TOKEN],
     );
     let tcp = |headers: &[(&str, &str)]| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -268,7 +268,7 @@ fn tcp_needs_the_bearer_token_and_loopback() {
     none.expect_error(401, "invalid_token");
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
     tcp(&[("Authorization", "Bearer wrong")]).expect_error(401, "invalid_token");
-    let ok = tcp(&[("Authorization", "Bearer s3cret")]);
+    let ok = tcp(&[("Authorization", &format!("Bearer {LONG_TOKEN}"))]);
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["data"][0]["id"], "m");
     // The socket needs no token.
@@ -536,4 +536,307 @@ fn config_path_show_and_check() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// `model_section(id)` with the model's path replaced by `path`.
+fn model_section_at(id: &str, path: &std::path::Path) -> String {
+    model_section(id).replace(
+        &support::model_path().display().to_string(),
+        &path.display().to_string(),
+    )
+}
+
+#[test]
+fn a_reload_onto_a_broken_model_file_keeps_the_last_good_model_serving() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let control = json!({"prompt": "What is 2+2?", "candidates": ["4", "5", "22"]});
+    let expected = daemon.ok("/v1/score", &control)["results"].clone();
+
+    let dir = daemon.dir.path();
+    let model = std::fs::read(support::model_path()).unwrap();
+    let gguf_header = |tensors: u64, kvs: u64| {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&tensors.to_le_bytes());
+        bytes.extend_from_slice(&kvs.to_le_bytes());
+        bytes
+    };
+    // One key whose name claims to be 2^62 bytes long.
+    let mut long_key = gguf_header(0, 1);
+    long_key.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    long_key.extend_from_slice(b"general.architecture");
+    let broken: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("missing.gguf", None),
+        ("empty.gguf", Some(Vec::new())),
+        ("truncated-header.gguf", Some(model[..64 * 1024].to_vec())),
+        (
+            "truncated-data.gguf",
+            Some(model[..model.len() / 2].to_vec()),
+        ),
+        (
+            "absurd-counts.gguf",
+            Some(gguf_header(u64::MAX / 2, u64::MAX / 2)),
+        ),
+        ("absurd-tensors.gguf", Some(gguf_header(u64::MAX, 0))),
+        ("absurd-key.gguf", Some(long_key)),
+    ];
+    for (name, contents) in broken {
+        let path = dir.join(name);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap();
+        }
+        daemon.write_config(&model_section_at("m", &path));
+        daemon.wait_for(&format!("{name}: the failed reload in /health"), |d| {
+            d.get("/health").json()["status"] != "ok"
+        });
+        let health = daemon.get("/health").json();
+        assert_eq!(health["status"], "degraded", "{name}: {health}");
+        assert_eq!(health["models"][0]["state"], "ready", "{name}: {health}");
+        let error = health["config_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("model m") && error.contains(name),
+            "{name}: {health}"
+        );
+        let again = daemon.ok("/v1/score", &control);
+        assert_eq!(again["results"], expected, "{name}: the old model answers");
+
+        daemon.write_config(&model_section("m"));
+        daemon.wait_for(&format!("{name}: the error to clear"), |d| {
+            d.get("/health").json()["status"] == "ok"
+        });
+        assert_eq!(daemon.ok("/v1/score", &control)["results"], expected);
+    }
+    let log = plain(&daemon.log_text());
+    assert!(
+        !log.contains("now serves"),
+        "a failed load is not announced as serving:\n{log}"
+    );
+    assert!(log.contains("keeps serving"), "{log}");
+}
+
+#[test]
+fn alpha_outside_its_finite_range_is_a_400_and_inside_it_every_score_is_finite() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let request = |alpha: f64| json!({"prompt": "What is 2+2?", "candidates": ["4", "5"], "alpha": alpha, "aggregate": "logprob"});
+    for alpha in [1.7e308, 1e300, 5000.0, 1e-4, 1e-300] {
+        let response = daemon.post("/v1/score", &request(alpha));
+        let message = response.expect_error(400, "invalid_request");
+        assert!(message.contains("alpha"), "{alpha}: {message}");
+    }
+    for alpha in [1e-3, 1.0, 1e3] {
+        let body = daemon.ok("/v1/score", &request(alpha));
+        for result in body["results"].as_array().unwrap() {
+            for key in ["score", "endo", "endo_mean", "logprob", "logprob_mean"] {
+                assert!(result[key].is_f64(), "alpha {alpha}: {key} in {body}");
+            }
+        }
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` over TCP with `headers`, retrying the connection while the daemon starts.
+fn tcp_get(address: &str, path: &str, headers: &[(&str, &str)]) -> support::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => return support::exchange(stream, "GET", path, None, headers).unwrap(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot connect to {address}: {e}"),
+        }
+    }
+}
+
+const LONG_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn the_bearer_scheme_is_matched_case_insensitively() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let _daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token", LONG_TOKEN],
+    );
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {LONG_TOKEN}");
+        let response = tcp_get(&address, "/health", &[("Authorization", &auth)]);
+        assert_eq!(response.status, 200, "{auth}: {}", response.text());
+    }
+    tcp_get(
+        &address,
+        "/health",
+        &[("Authorization", &format!("Basic {LONG_TOKEN}"))],
+    )
+    .expect_error(401, "invalid_token");
+}
+
+/// `endorm serve` that is expected to refuse to start: its stderr. (Should it start, standard
+/// input is closed at once, which stops it, and the assertion fails.)
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let socket = scratch.path().join("s.sock");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "serve",
+            "--exit-on-eof",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .args(["--model", support::model_path().to_str().unwrap()])
+        .args(args)
+        .env("XDG_CONFIG_HOME", scratch.path())
+        .env("XDG_RUNTIME_DIR", scratch.path())
+        .env_remove("ENDORM_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run endorm serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "it started: {stderr}");
+    stderr
+}
+
+#[test]
+fn tokens_shorter_than_128_bits_are_refused_at_start() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let short = &LONG_TOKEN[..31];
+    for (args, env) in [
+        (vec!["--listen", listen.as_str(), "--token", short], vec![]),
+        (
+            vec!["--listen", listen.as_str()],
+            vec![("ENDORM_TOKEN", short)],
+        ),
+        (
+            vec!["--listen", listen.as_str(), "--token", "s3cret"],
+            vec![],
+        ),
+        (
+            vec![
+                "--listen",
+                listen.as_str(),
+                "--token",
+                "0123456789abcdef 0123456789abcdef",
+            ],
+            vec![],
+        ),
+    ] {
+        let stderr = serve_refused(&args, &env);
+        assert!(stderr.contains("at least 32"), "{args:?} {env:?}: {stderr}");
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = scratch.path().join("token");
+    std::fs::write(&file, format!("{short}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let stderr = serve_refused(
+        &["--listen", &listen, "--token-file", file.to_str().unwrap()],
+        &[],
+    );
+    assert!(stderr.contains("at least 32"), "{stderr}");
+    assert!(stderr.contains(file.to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn a_token_file_keeps_the_token_out_of_the_command_line() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = scratch.path().join("private/token");
+    let address = format!("127.0.0.1:{}", free_port());
+    // Missing: created 0600 with a random token, in a directory created 0700.
+    let daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token-file", file.to_str().unwrap()],
+    );
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        tcp_get(&address, "/health", &[("Authorization", &auth)]).status,
+        200
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemon.child.id())).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
+    assert!(
+        !plain(&daemon.log_text()).contains("visible"),
+        "{}",
+        daemon.log_text()
+    );
+    drop(daemon);
+
+    // Present: its token is used.
+    std::fs::write(&file, format!("{LONG_TOKEN}\n")).unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let _daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token-file", file.to_str().unwrap()],
+    );
+    let auth = format!("Bearer {LONG_TOKEN}");
+    assert_eq!(
+        tcp_get(&address, "/health", &[("Authorization", &auth)]).status,
+        200
+    );
+}
+
+#[test]
+fn a_token_on_the_command_line_is_warned_about() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start(
+        &model_section("m"),
+        &["--listen", &address, "--token", LONG_TOKEN],
+    );
+    let log = plain(&daemon.log_text());
+    assert!(
+        log.contains("--token") && log.contains("visible to other users"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_socket_directory_is_made_private_or_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // endorm's own directory, left 0755 by an earlier tool: made 0700.
+    let own = scratch.path().join("endorm");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = own.join("endorm.sock");
+    let mut daemon = Daemon::spawn(&model_section("m"), &["--socket", socket.to_str().unwrap()]);
+    daemon.socket = socket.clone();
+    daemon.wait_ready();
+    assert_eq!(mode(&own), 0o700);
+    assert_eq!(mode(&socket), 0o600);
+    drop(daemon);
+
+    // A shared directory others can write to (like /tmp): refused, and the message says what to do.
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("other.txt"), "").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args(["serve", "--exit-on-eof", "--socket"])
+        .arg(shared.join("endorm.sock"))
+        .args(["--model", support::model_path().to_str().unwrap()])
+        .env("XDG_CONFIG_HOME", scratch.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1777") && stderr.contains("--socket") && stderr.contains("0700"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&shared), 0o1777);
 }

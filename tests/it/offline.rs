@@ -168,3 +168,261 @@ fn shards_split_the_lines() {
     }
     assert_eq!(seen, [Value::from("a"), Value::from("b")]);
 }
+
+#[test]
+fn resume_keeps_every_line_a_user_left_in_the_output() {
+    // An output a user edited: an error line deleted to retry it (leaving a blank line), a note
+    // that is not JSON, and a line from another run. --resume keeps all of it and appends.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let first = std::fs::read_to_string(&output).unwrap();
+    let edited = format!(
+        "{first}\n   \nmy note: not JSON\n{{\"id\": \"other-run\", \"results\": []}}\n[1, 2]\n"
+    );
+    std::fs::write(&output, &edited).unwrap();
+
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(text.starts_with(&edited), "lines were lost:\n{text}");
+    let appended: Vec<Value> = text[edited.len()..]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(appended.len(), 1, "{text}");
+    assert_eq!(appended[0]["id"], "b", "only the new id is scored: {text}");
+    assert!(stderr.contains("1 skipped"), "{stderr}");
+    for line in [4, 6] {
+        assert!(
+            stderr.contains(&format!("out.jsonl:{line}:")),
+            "no warning for line {line}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn resume_completes_a_whole_last_line_and_drops_only_a_torn_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, format!("{GOOD_A}\n{GOOD_B}\n")).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let full = std::fs::read_to_string(&output).unwrap();
+    let (line_a, line_b) = full.trim_end().split_once('\n').unwrap();
+
+    // A whole record whose newline never made it to disk is kept (and its id skipped).
+    std::fs::write(&output, format!("{line_a}\n{line_b}")).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(resumed.status.success());
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), full);
+
+    // A record cut short is removed and scored again, after a warning.
+    std::fs::write(
+        &output,
+        format!("{line_a}\n{}", &line_b[..line_b.len() / 2]),
+    )
+    .unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("cut short"), "{stderr}");
+    let out = lines(&output);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["id"], "b");
+}
+
+#[test]
+fn a_line_that_is_not_utf8_becomes_an_error_line_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let mut bytes = format!("{GOOD_A}\n").into_bytes();
+    bytes.extend_from_slice(
+        b"{\"id\": \"latin1\", \"prompt\": \"caf\xe9\", \"candidates\": [\"x\"]}\r\n",
+    );
+    bytes.extend_from_slice(format!("{GOOD_B}\r\n").as_bytes());
+    std::fs::write(&input, &bytes).unwrap();
+
+    let run = score(&input, &output, &[]);
+    assert!(
+        !run.status.success(),
+        "a bad line makes the exit status non-zero"
+    );
+    let out = lines(&output);
+    let ids: Vec<&Value> = out.iter().map(|l| &l["id"]).collect();
+    assert_eq!(ids, [&Value::from("a"), &Value::from(2), &Value::from("b")]);
+    assert_eq!(out[1]["error"]["code"], "invalid_json");
+    assert!(
+        out[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{}",
+        out[1]
+    );
+    assert_eq!(out[2]["results"].as_array().unwrap().len(), 2);
+
+    // --resume reads past it too: everything is done, nothing is added.
+    let before = std::fs::read_to_string(&output).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("3 skipped"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), before);
+}
+
+/// An input of `n` good lines with ids `0..n`.
+fn many_lines(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let line = if i % 2 == 0 { GOOD_A } else { GOOD_B };
+            line.replacen("\"id\": \"a\"", &format!("\"id\": {i}"), 1)
+                .replacen("\"id\": \"b\"", &format!("\"id\": {i}"), 1)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Every output line is whole (ends in a newline, is a JSON object) and no id is there twice.
+fn assert_whole_and_unique(output: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(output).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a torn last line:\n{text}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut ids: Vec<String> = lines.iter().map(|l| l["id"].to_string()).collect();
+    ids.sort();
+    let count = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicated ids:\n{text}");
+    lines
+}
+
+/// Runs `score` with the output file's size capped at `blocks` KiB (RLIMIT_FSIZE, with SIGXFSZ
+/// ignored so that a write past it fails with EFBIG as on a full disk); no root needed.
+fn score_capped(input: &Path, output: &Path, blocks: u32, extra: &[&str]) -> std::process::Output {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {blocks} && exec \"$@\""))
+        .arg("bash")
+        .arg(env!("CARGO_BIN_EXE_endorm"))
+        .args([
+            "score",
+            "--quiet",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+            "--model",
+        ])
+        .arg(common::model_path())
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra);
+    command.output().expect("run endorm under bash")
+}
+
+#[test]
+fn a_full_disk_stops_the_run_with_whole_lines_and_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, many_lines(6)).unwrap();
+    let full = score_capped(&input, &output, 2, &[]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let written = assert_whole_and_unique(&output);
+    assert!(
+        !written.is_empty() && written.len() < 6,
+        "{}",
+        written.len()
+    );
+
+    // Space again: --resume finishes it, each id once.
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(assert_whole_and_unique(&output).len(), 6);
+}
+
+/// A small tmpfs, unmounted when dropped; `None` (with a message) where mounting is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_owned())),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs here ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount ({e})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_real_full_disk_on_a_tmpfs_when_mounting_is_allowed() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, many_lines(6)).unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "8k") else {
+        return;
+    };
+    let output = disk.0.join("out.jsonl");
+    // Fill the disk but for about two lines' worth.
+    let filler = disk.0.join("filler");
+    let _ = std::fs::write(&filler, vec![b'x'; 64 * 1024]);
+    let size = std::fs::metadata(&filler).map_or(0, |m| m.len());
+    std::fs::write(&filler, vec![b'x'; (size as usize).saturating_sub(2048)]).unwrap();
+
+    let full = score(&input, &output, &[]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("No space left") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let written = assert_whole_and_unique(&output);
+    assert!(written.len() < 6, "{}", written.len());
+
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = score(&input, &output, &["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(assert_whole_and_unique(&output).len(), 6);
+    drop(disk);
+}

@@ -148,7 +148,7 @@ pub struct Daemon {
     /// Its log (stderr).
     pub log: PathBuf,
     /// The temp directory holding all of it (removed when dropped).
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -191,7 +191,7 @@ impl Daemon {
             socket,
             config: config_path,
             log,
-            _dir: dir,
+            dir,
         }
     }
 
