@@ -65,6 +65,10 @@ pub struct TeiRerankRequest {
     pub query: String,
     /// The candidate answers.
     pub texts: Vec<String>,
+    /// Return only the best `top_n`. Not a field of TEI's own API, which answers every text: LiteLLM's
+    /// `huggingface` rerank provider sends it and expects the cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_n: Option<usize>,
     /// `score` is the raw reward instead of the probability of being the best text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_scores: Option<bool>,
@@ -317,7 +321,14 @@ mod tests {
         let tei: AnyRerankRequest =
             serde_json::from_value(json!({"query": "q", "texts": ["a"], "raw_scores": null}))
                 .unwrap();
-        assert!(matches!(tei, AnyRerankRequest::Tei(t) if t.texts == ["a"]));
+        assert!(matches!(tei, AnyRerankRequest::Tei(t) if t.texts == ["a"] && t.top_n.is_none()));
+        // LiteLLM's `huggingface` provider adds `top_n` to TEI's body.
+        let litellm: AnyRerankRequest = serde_json::from_value(
+            json!({"query": "q", "texts": ["a", "b"], "top_n": 1, "raw_scores": false,
+                   "truncation_direction": "Right", "return_text": true}),
+        )
+        .unwrap();
+        assert!(matches!(litellm, AnyRerankRequest::Tei(t) if t.top_n == Some(1)));
         let cohere: AnyRerankRequest =
             serde_json::from_value(json!({"query": "q", "documents": ["a"]})).unwrap();
         assert!(matches!(cohere, AnyRerankRequest::Documents(r) if r.documents.len() == 1));

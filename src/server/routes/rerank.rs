@@ -37,8 +37,8 @@ pub async fn v2(
     cohere(&app, request, "2").await
 }
 
-/// `POST /rerank`: text-embeddings-inference's bare list for a body with `texts`, else as
-/// `/v1/rerank`.
+/// `POST /rerank`: text-embeddings-inference's bare list for a body with `texts` (cut to `top_n`
+/// when one is given, as LiteLLM's `huggingface` provider asks), else as `/v1/rerank`.
 pub async fn any(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<AnyRerankRequest>,
@@ -48,7 +48,15 @@ pub async fn any(
         AnyRerankRequest::Tei(request) => request,
     };
     let texts = request.texts;
-    let (ranking, _, tokens) = rank(&app, None, request.query, texts.clone(), None, None).await?;
+    let (ranking, _, tokens) = rank(
+        &app,
+        None,
+        request.query,
+        texts.clone(),
+        request.top_n,
+        None,
+    )
+    .await?;
     let texts = request.return_text.unwrap_or(false).then_some(&texts[..]);
     let list = ranking.tei(request.raw_scores.unwrap_or(false), texts);
     Ok(with_tokens(Json(list), tokens))
