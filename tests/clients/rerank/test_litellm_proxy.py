@@ -1,5 +1,5 @@
 """The LiteLLM proxy (`litellm --config proxy.yaml`) with a rerank model routed to the daemon, and
-a Cohere client of the proxy. The proxy's config is the one docs/INTEGRATIONS-rerank.md shows."""
+a Cohere client of the proxy. The proxy's config is the one docs/INTEGRATIONS.md shows."""
 
 from __future__ import annotations
 
