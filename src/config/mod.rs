@@ -466,6 +466,34 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_defaults_and_refuse_zero() {
+        let config = parse("[server]\nmax_connections = 8\nbody_timeout_secs = 5\n").unwrap();
+        assert_eq!(config.server.max_connections, 8);
+        assert_eq!(config.server.body_timeout_secs, 5);
+        let defaults = ServerConfig::default();
+        assert_eq!(
+            (
+                defaults.header_timeout_secs,
+                defaults.body_timeout_secs,
+                defaults.idle_timeout_secs,
+                defaults.max_connections
+            ),
+            (10, 30, 60, 256)
+        );
+        for key in [
+            "max_connections",
+            "header_timeout_secs",
+            "body_timeout_secs",
+            "idle_timeout_secs",
+        ] {
+            let zero = parse(&format!("[server]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(zero.contains(key), "{zero}");
+        }
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let unknown = parse("[server]\nmax_body = 3\n").unwrap_err().to_string();
         assert!(unknown.contains("max_body"), "{unknown}");

@@ -25,6 +25,8 @@ use crate::config::ServerConfig;
 
 /// How often a connection checks its timeouts and the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a closing connection reads what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The connection limits of `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +88,8 @@ struct ConnState {
     idle_since: Mutex<Instant>,
     /// When the first byte of the next request head arrived, while no request is in flight.
     head_started: Mutex<Option<Instant>>,
+    /// When the connection started closing (lingering to read what the client still sends).
+    closing: Mutex<Option<Instant>>,
 }
 
 impl ConnState {
@@ -125,6 +129,7 @@ impl Drop for InFlight {
 struct Watched<T> {
     io: T,
     state: Arc<ConnState>,
+    lingering: Option<Instant>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -145,7 +150,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -158,8 +163,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Closes the sending side, then reads and discards what the client still sends (a body
+    /// refused before it was read) until it closes too, for at most [`LINGER`]: closing a socket
+    /// with unread data resets the connection, and the client could lose the answer.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.lingering = Some(Instant::now());
+            *ConnState::lock(&this.state.closing) = Some(Instant::now());
+        }
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -224,10 +246,12 @@ where
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         head_started: Mutex::new(None),
+        closing: Mutex::new(None),
     });
     let io = TokioIo::new(Watched {
         io,
         state: Arc::clone(&state),
+        lingering: None,
     });
     let service = {
         let state = Arc::clone(&state);
@@ -261,6 +285,13 @@ where
                     if drain.stopping() && !stopping {
                         stopping = true;
                         conn.as_mut().graceful_shutdown();
+                    }
+                    continue;
+                }
+                let closing = *ConnState::lock(&state.closing);
+                if let Some(since) = closing {
+                    if since.elapsed() > LINGER {
+                        return;
                     }
                     continue;
                 }

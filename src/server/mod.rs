@@ -255,7 +255,7 @@ async fn serve_on(
     // Let the last responses be written, then close whatever is left (idle or half-sent requests).
     for mut tasks in connections {
         let flushed = async { while tasks.join_next().await.is_some() {} };
-        let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), flushed).await;
         tasks.abort_all();
     }
     if outcome.is_ok() {
