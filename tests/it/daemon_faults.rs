@@ -305,3 +305,39 @@ fn kill_9_then_restart_reclaims_the_socket() {
     );
     assert_eq!(second.get("/health").status, 200);
 }
+
+#[test]
+fn a_client_that_leaves_stops_its_running_score_between_candidate_groups() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    // 48 candidates: three groups of max_sequences = 16 after one long context.
+    let candidates: Vec<String> = (0..48)
+        .map(|i| format!(" answer {i}: {}", long_text(30)))
+        .collect();
+    let body =
+        json!({"format": "raw", "prompt": long_text(450), "candidates": candidates}).to_string();
+    {
+        let mut stream = connect(&daemon);
+        write!(
+            stream,
+            "POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        daemon.wait_for("the request to run", |d| {
+            metric_or_zero(d, "endorm_queue_running{model=\"m\"}") >= 1.0
+        });
+    }
+    daemon.wait_for("the running job to be stopped", |d| {
+        metric_or_zero(d, "endorm_jobs_cancelled_total") >= 1.0
+    });
+    assert!(daemon.log_text().contains("client gone while its job ran"));
+    assert_eq!(
+        metric_or_zero(
+            &daemon,
+            "endorm_requests_total{route=\"/v1/score\",status=\"499\"}"
+        ),
+        1.0
+    );
+    let small = json!({"prompt": "Hi", "candidates": ["Hello!"]});
+    assert_eq!(daemon.post("/v1/score", &small).status, 200);
+}
