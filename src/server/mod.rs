@@ -6,6 +6,8 @@
 //! * [`registry`] — the served models, each with a worker thread ([`crate::engine::Worker`]).
 //! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
+//! * [`listen`] — the accept loop: connection cap, header/body/idle timeouts, requests in flight
+//!   for shutdown (docs/RELIABILITY.md).
 //!
 //! The server never touches llama.cpp: models, tokens and scores come from [`crate::engine`].
 
@@ -129,6 +131,7 @@ impl App {
 
 /// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
+/// [`ServerError::Unfinished`] when the grace period ran out first (those still waiting got 503).
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     let (config, source) = match &options.config {
         Some(path) if path.exists() || options.config_required => {
