@@ -100,8 +100,26 @@ fn an_idle_kept_alive_connection_is_closed() {
 #[test]
 fn connections_over_max_connections_get_503_and_the_daemon_recovers() {
     let daemon = Daemon::start(&with_server("max_connections = 2"), &[]);
-    let held: Vec<UnixStream> = (0..2).map(|_| connect(&daemon)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Two kept-alive connections, each answered once, hold both slots (the readiness checks'
+    // connections may take a moment to close: retry a refused one).
+    let held: Vec<UnixStream> = (0..2)
+        .map(|_| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut stream = connect(&daemon);
+                stream
+                    .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).unwrap();
+                if head.ends_with(b"200") {
+                    break stream;
+                }
+                assert!(Instant::now() < deadline, "no free slot");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .collect();
     let mut extra = connect(&daemon);
     extra
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
