@@ -96,6 +96,16 @@ pub struct ServerConfig {
     pub queue_depth: usize,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Seconds a client may take to send a request's head once its first byte arrived (the
+    /// connection is closed after). Read at start only.
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body (408 after). Read at start only.
+    pub body_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay idle between requests. Read at start only.
+    pub idle_timeout_secs: u64,
+    /// Open connections per listener (Unix socket, TCP); one more is answered 503 and closed.
+    /// Read at start only.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +122,10 @@ impl Default for ServerConfig {
             max_tokens: 65_536,
             queue_depth: 64,
             shutdown_grace_secs: 30,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 256,
         }
     }
 }
@@ -195,6 +209,10 @@ impl Config {
             ("max_candidates", server.max_candidates),
             ("max_tokens", server.max_tokens),
             ("queue_depth", server.queue_depth),
+            ("max_connections", server.max_connections),
+            ("header_timeout_secs", server.header_timeout_secs as usize),
+            ("body_timeout_secs", server.body_timeout_secs as usize),
+            ("idle_timeout_secs", server.idle_timeout_secs as usize),
         ] {
             if value == 0 {
                 return Err(format!("[server] {name} must be at least 1"));
@@ -445,6 +463,34 @@ mod tests {
             config.default_model_id(&specs, Some(cli)).as_deref(),
             Some("other-model")
         );
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_refuse_zero() {
+        let config = parse("[server]\nmax_connections = 8\nbody_timeout_secs = 5\n").unwrap();
+        assert_eq!(config.server.max_connections, 8);
+        assert_eq!(config.server.body_timeout_secs, 5);
+        let defaults = ServerConfig::default();
+        assert_eq!(
+            (
+                defaults.header_timeout_secs,
+                defaults.body_timeout_secs,
+                defaults.idle_timeout_secs,
+                defaults.max_connections
+            ),
+            (10, 30, 60, 256)
+        );
+        for key in [
+            "max_connections",
+            "header_timeout_secs",
+            "body_timeout_secs",
+            "idle_timeout_secs",
+        ] {
+            let zero = parse(&format!("[server]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(zero.contains(key), "{zero}");
+        }
     }
 
     #[test]

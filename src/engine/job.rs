@@ -83,6 +83,11 @@ impl<I, O> Queued<I, O> {
         wanted
     }
 
+    /// Whether its client left (checked between the passes of a running job).
+    pub(super) fn is_abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
     /// Runs `work` on the input if the job is still wanted, and sends the outcome.
     pub(super) fn run(self, shared: &Shared, work: impl FnOnce(&I) -> Result<O, EngineError>) {
         if !self.is_wanted(shared) {

@@ -37,6 +37,9 @@ pub struct Scorer<'m> {
     cache_tokens: usize,
 }
 
+/// The error of a pass stopped because nobody waits for it any more.
+pub const CANCELLED: &str = "cancelled: the client left while its request ran";
+
 impl<'m> Scorer<'m> {
     /// Creates a context on `model`.
     pub fn new(model: &'m Model, options: ContextOptions) -> Result<Self, EngineError> {
@@ -95,6 +98,17 @@ impl<'m> Scorer<'m> {
     /// The context continues the longest matching one in the prefix cache: only the tokens after
     /// the shared prefix are decoded, and none when the same context was scored last.
     pub fn score(&mut self, prepared: &Prepared, alpha: Alpha) -> Result<Scored, EngineError> {
+        self.score_unless(prepared, alpha, &|| false)
+    }
+
+    /// [`Scorer::score`], asking `cancelled` after the context and after each candidate group:
+    /// when it says yes (the client left), stops there with an error and an empty cache slot.
+    pub fn score_unless(
+        &mut self,
+        prepared: &Prepared,
+        alpha: Alpha,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Scored, EngineError> {
         self.validate(prepared)?;
         let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
         // Refuse what cannot fit even in an empty cache, naming the whole window.
@@ -104,7 +118,7 @@ impl<'m> Scorer<'m> {
         if !self.cache_enabled {
             self.clear_cache();
         }
-        let result = self.score_cached(prepared, &lens, alpha);
+        let result = self.score_cached(prepared, &lens, alpha, cancelled);
         if result.is_err() {
             self.clear_cache();
         }
@@ -116,6 +130,7 @@ impl<'m> Scorer<'m> {
         prepared: &Prepared,
         lens: &[usize],
         alpha: Alpha,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
         let started = Instant::now();
         let context = &prepared.context;
@@ -142,6 +157,9 @@ impl<'m> Scorer<'m> {
 
         let mut rows = vec![first_rows];
         for group in groups {
+            if cancelled() {
+                return Err(EngineError::Internal(CANCELLED.into()));
+            }
             let branch = Branch {
                 request: 0,
                 prepared,

@@ -404,8 +404,15 @@ fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>, shared: &Shared) {
     for (job, waited) in batch.into_iter().zip(waited) {
         let result = match together.as_mut().and_then(Iterator::next) {
             Some(scored) => Ok(scored),
-            None => scorer.score(&job.input.prepared, job.input.alpha),
+            None => {
+                scorer.score_unless(&job.input.prepared, job.input.alpha, &|| job.is_abandoned())
+            }
         };
+        if result.is_err() && job.is_abandoned() {
+            shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("client gone while its job ran: stopped between candidate groups");
+            continue;
+        }
         job.send(result, waited);
     }
 }

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
@@ -22,7 +26,27 @@ impl<T: DeserializeOwned + Send> FromRequest<Arc<App>> for JsonBody<T> {
 
     async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
         let limit = app.registry.snapshot().limits.max_body_bytes;
-        read_json(request.into_body(), limit).await.map(JsonBody)
+        // A declared length over the limit is refused before any of the body arrives.
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(too_large(limit));
+        }
+        let timeout = Duration::from_secs(app.started.server.body_timeout_secs);
+        match tokio::time::timeout(timeout, read_json(request.into_body(), limit)).await {
+            Ok(read) => read.map(JsonBody),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within body_timeout_secs = {} (set in the config's [server] section)",
+                    timeout.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -78,4 +102,39 @@ pub fn too_large(limit: usize) -> ApiError {
         "body_too_large",
         format!("the request body is larger than max_body_bytes = {limit} bytes (set in the config's [server] section)"),
     )
+}
+
+/// The longest request target (path and query) accepted: 414 above.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+/// The most bytes of header names and values accepted: 431 above. (hyper itself closes a
+/// connection whose head exceeds its read buffer, about 400 KiB, with an empty 431.)
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+
+/// Refuses a request whose target or headers are too long, with the JSON error body of API.md.
+pub async fn check_head(request: Request, next: Next) -> Response {
+    let uri = request.uri().to_string().len();
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request headers are {headers} bytes; at most {MAX_HEADER_BYTES} are accepted"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

@@ -41,7 +41,17 @@ pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Ne
     let method = request.method().clone();
     let started = Instant::now();
     let span = tracing::info_span!("request", id);
+    let abandoned = Abandoned {
+        app: Arc::clone(&app),
+        id,
+        method: method.clone(),
+        route: route.clone(),
+        started,
+        answered: false,
+    };
     let mut response = next.run(request).instrument(span).await;
+    let mut abandoned = abandoned;
+    abandoned.answered = true;
     let seconds = started.elapsed().as_secs_f64();
     let tokens = response
         .extensions()
@@ -69,6 +79,40 @@ pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Ne
         .headers_mut()
         .insert("x-request-id", HeaderValue::from(id));
     response
+}
+
+/// The status logged and counted for a request whose client disconnected before its answer, as
+/// nginx does: its queued work was skipped (or its remaining items were never queued).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Logs and counts a request whose handler was dropped before answering (its client left).
+struct Abandoned {
+    app: Arc<App>,
+    id: u64,
+    method: axum::http::Method,
+    route: String,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            request_id = self.id,
+            method = %self.method,
+            route = self.route,
+            status = CLIENT_CLOSED,
+            ms = format_args!("{:.1}", seconds * 1e3),
+            "request abandoned: the client disconnected before the answer"
+        );
+        self.app
+            .metrics
+            .record(&self.route, CLIENT_CLOSED, seconds, 0, 0);
+    }
 }
 
 /// The bearer token every TCP request must carry.

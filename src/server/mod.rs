@@ -6,12 +6,15 @@
 //! * [`registry`] — the served models, each with a worker thread ([`crate::engine::Worker`]).
 //! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
+//! * [`listen`] — the accept loop: connection cap, header/body/idle timeouts, requests in flight
+//!   for shutdown (docs/RELIABILITY.md).
 //!
 //! The server never touches llama.cpp: models, tokens and scores come from [`crate::engine`].
 
 mod body;
 mod error;
 mod jobs;
+mod listen;
 mod metrics;
 mod middleware;
 mod registry;
@@ -21,7 +24,6 @@ pub mod socket;
 #[cfg(test)]
 mod tests;
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,6 +79,13 @@ pub enum ServerError {
     /// The server failed while running.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The grace period after SIGTERM/SIGINT ran out with requests in flight (answered 503 where
+    /// they still waited for their turn).
+    #[error("stopped with {unfinished} requests unfinished at the end of shutdown_grace_secs")]
+    Unfinished {
+        /// Requests in flight when the grace period ran out.
+        unfinished: usize,
+    },
 }
 
 /// How `endorm serve` was started.
@@ -122,6 +131,7 @@ impl App {
 
 /// Runs the daemon until SIGINT, SIGTERM (or end of input with `exit_on_eof`): then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace_secs`), removes the socket.
+/// [`ServerError::Unfinished`] when the grace period ran out first (those still waiting got 503).
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     let (config, source) = match &options.config {
         Some(path) if path.exists() || options.config_required => {
@@ -178,6 +188,7 @@ async fn serve_on(
         None => None,
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let limits = listen::ConnLimits::of(&config.server);
     let app = Arc::new(App::new(config, options.overrides.clone()));
     let _watch = options
         .config
@@ -189,39 +200,71 @@ async fn serve_on(
     if options.exit_on_eof {
         spawn_eof_watch(stop);
     }
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&stop| stop).await;
-    };
+    let drain = Arc::new(listen::Drain::default());
     tracing::info!(socket = %socket_path.display(), "listening");
-    let unix_server = axum::serve(unix, router(Arc::clone(&app), None))
-        .with_graceful_shutdown(until_stopped(stopped.clone()))
-        .into_future();
-    let tcp_server = async {
-        match tcp {
-            Some((listener, token)) => {
-                tracing::info!(address = %listener.local_addr()?, token = token.is_some(), "listening on TCP");
-                axum::serve(listener, router(Arc::clone(&app), token))
-                    .with_graceful_shutdown(until_stopped(stopped.clone()))
-                    .await
-            }
-            None => Ok(()),
-        }
-    };
-    let servers = async { tokio::try_join!(unix_server, tcp_server) };
-    let deadline = async {
-        until_stopped(stopped.clone()).await;
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: finishing in-flight requests"
-        );
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = servers => { result?; }
-        () = deadline => tracing::warn!("in-flight requests did not finish within the grace period"),
+    let mut loops = vec![tokio::spawn(listen::accept_loop(
+        unix,
+        router(Arc::clone(&app), None),
+        limits,
+        Arc::clone(&drain),
+        stopped.clone(),
+        "unix",
+    ))];
+    if let Some((listener, token)) = tcp {
+        tracing::info!(address = %listener.local_addr()?, token = token.is_some(), "listening on TCP");
+        loops.push(tokio::spawn(listen::accept_loop(
+            listener,
+            router(Arc::clone(&app), token),
+            limits,
+            Arc::clone(&drain),
+            stopped.clone(),
+            "tcp",
+        )));
     }
-    tracing::info!("stopped");
-    Ok(())
+    let mut stopped = stopped;
+    let _ = stopped.wait_for(|&stop| stop).await;
+    drain.stop();
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        in_flight = drain.in_flight(),
+        "shutting down: no new connections; finishing the requests in flight"
+    );
+    let mut connections = Vec::new();
+    for accept in loops {
+        connections.push(
+            accept
+                .await
+                .map_err(|e| std::io::Error::other(format!("an accept loop failed: {e}")))?,
+        );
+    }
+    let outcome = if tokio::time::timeout(grace, drain.idle()).await.is_ok() {
+        Ok(())
+    } else {
+        let left = drain.in_flight();
+        // Requests still waiting for their job answer 503 now; a moment for them to be written.
+        jobs::end_grace();
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain.idle()).await;
+        let refused = jobs::refused_at_shutdown();
+        let cut = drain.in_flight();
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            unfinished = left,
+            answered_503 = refused,
+            closed_without_answer = cut,
+            "grace period over: requests still in flight were not served"
+        );
+        Err(ServerError::Unfinished { unfinished: left })
+    };
+    // Let the last responses be written, then close whatever is left (idle or half-sent requests).
+    for mut tasks in connections {
+        let flushed = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(3), flushed).await;
+        tasks.abort_all();
+    }
+    if outcome.is_ok() {
+        tracing::info!("stopped: every request in flight finished");
+    }
+    outcome
 }
 
 /// The TCP token: `--token`/`ENDORM_TOKEN`, else the token file (created if missing).
@@ -300,6 +343,7 @@ pub fn router(app: Arc<App>, token: Option<Token>) -> Router {
         router = router.layer(from_fn_with_state(token, middleware::require_token));
     }
     router
+        .layer(axum::middleware::from_fn(body::check_head))
         .layer(from_fn_with_state(app, middleware::log_request))
         .layer(DefaultBodyLimit::disable())
 }

@@ -415,3 +415,49 @@ async fn metrics_count_what_the_router_answered() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+/// A body that never sends anything (a client that stalls after its head).
+struct Stalled;
+
+impl axum::body::HttpBody for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_declared_length_over_max_body_bytes_is_413_before_the_body() {
+    let (app, _) = app();
+    let request = Request::post("/v1/score")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "100000000000")
+        .body(Body::new(Stalled))
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(router(Arc::clone(&app), None), request),
+    )
+    .await
+    .expect("answered without waiting for the body");
+    answer.error(413, "body_too_large");
+}
+
+#[tokio::test]
+async fn a_long_target_is_414_and_large_headers_431_with_the_json_body() {
+    let (app, _) = app();
+    let long = format!("/health?{}", "a".repeat(super::body::MAX_URI_BYTES));
+    get(&app, &long).await.error(414, "uri_too_long");
+    let request = Request::get("/health")
+        .header("x-big", "b".repeat(super::body::MAX_HEADER_BYTES))
+        .body(Body::empty())
+        .unwrap();
+    send(router(Arc::clone(&app), None), request)
+        .await
+        .error(431, "headers_too_large");
+}

@@ -8,6 +8,7 @@ mod support;
 mod batching;
 mod daemon;
 mod daemon_config;
+mod daemon_faults;
 mod daemon_lifecycle;
 mod eval;
 mod offline;

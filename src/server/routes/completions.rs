@@ -92,15 +92,21 @@ pub async fn completions(
         prompt_tokens + sequences.len() * usize::from(greedy),
         &snapshot.limits,
     )?;
-    let input = LogprobsInput {
-        sequences,
-        top_k: request.logprobs.map(|k| k as usize),
-        greedy,
-    };
-    let done = jobs::done(jobs::worker(&entry)?.logprobs(input)).await?;
-    let choices: Vec<CompletionChoice> = done
-        .result?
+    // One job per prompt, so other clients' requests run between them (fairness).
+    let top_k = request.logprobs.map(|k| k as usize);
+    let inputs = sequences
         .into_iter()
+        .map(|sequence| LogprobsInput {
+            sequences: vec![sequence],
+            top_k,
+            greedy,
+        })
+        .collect();
+    let worker = jobs::worker(&entry)?;
+    let outputs = jobs::each(inputs, |input| worker.logprobs(input)).await?;
+    let choices: Vec<CompletionChoice> = outputs
+        .into_iter()
+        .flatten()
         .zip(texts)
         .enumerate()
         .map(|(index, (sequence, text))| choice(index, sequence, text, request.logprobs, greedy))

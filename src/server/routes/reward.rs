@@ -49,10 +49,15 @@ pub async fn get_reward(
     // A batch whose every response is empty has nothing to decode.
     let scored = match layouts.is_empty() {
         true => Vec::new(),
+        // One job per group, so other clients' requests run between them (fairness).
         false => {
-            jobs::done(jobs::worker(&entry)?.score_each(layouts))
+            let worker = jobs::worker(&entry)?;
+            let groups = layouts.into_iter().map(|layout| vec![layout]).collect();
+            jobs::each(groups, |group| worker.score_each(group))
                 .await?
-                .result?
+                .into_iter()
+                .flatten()
+                .collect()
         }
     };
     let mut rewards = vec![0.0; count];

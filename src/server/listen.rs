@@ -1,0 +1,367 @@
+//! Accepting connections (the Unix socket and TCP alike): at most `max_connections` open per
+//! listener (one more is answered 503 and closed), a request head must arrive within
+//! `header_timeout_secs` of its first byte, a kept-alive connection idle for `idle_timeout_secs` is
+//! closed, and every request in flight is counted so that shutdown waits for requests, not for
+//! connections (docs/RELIABILITY.md).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::serve::Listener;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tower_service::Service as _;
+
+use crate::config::ServerConfig;
+
+/// How often a connection checks its timeouts and the shutdown flag.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a closing connection reads what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The connection limits of `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// From the first byte of a request head to its end.
+    pub header: Duration,
+    /// Between two requests on a kept-alive connection.
+    pub idle: Duration,
+    /// Open connections per listener.
+    pub max_connections: usize,
+}
+
+impl ConnLimits {
+    /// The limits of `server`.
+    pub fn of(server: &ServerConfig) -> ConnLimits {
+        ConnLimits {
+            header: Duration::from_secs(server.header_timeout_secs),
+            idle: Duration::from_secs(server.idle_timeout_secs),
+            max_connections: server.max_connections,
+        }
+    }
+}
+
+/// What every listener shares: requests in flight, and whether the daemon is stopping.
+#[derive(Debug, Default)]
+pub struct Drain {
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Drain {
+    /// Requests whose head arrived and whose response is not yet produced.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops every connection after its current request.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight (polled: shutdown only).
+    pub async fn idle(&self) {
+        while self.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One connection's state, for its timeouts.
+#[derive(Debug)]
+struct ConnState {
+    in_flight: AtomicUsize,
+    /// When the connection last became idle (opened, or a response produced).
+    idle_since: Mutex<Instant>,
+    /// When the first byte of the next request head arrived, while no request is in flight.
+    head_started: Mutex<Option<Instant>>,
+    /// When the connection started closing (lingering to read what the client still sends).
+    closing: Mutex<Option<Instant>>,
+}
+
+impl ConnState {
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts a request in flight on its connection and in the [`Drain`] until dropped (its response
+/// is produced, or its client left).
+struct InFlight {
+    conn: Arc<ConnState>,
+    drain: Arc<Drain>,
+}
+
+impl InFlight {
+    fn enter(conn: &Arc<ConnState>, drain: &Arc<Drain>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        *ConnState::lock(&conn.head_started) = None;
+        drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            conn: Arc::clone(conn),
+            drain: Arc::clone(drain),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *ConnState::lock(&self.conn.idle_since) = Instant::now();
+        self.conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.drain.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The connection's stream, noting when a request head starts arriving.
+struct Watched<T> {
+    io: T,
+    state: Arc<ConnState>,
+    lingering: Option<Instant>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && self.state.in_flight.load(Ordering::SeqCst) == 0
+        {
+            ConnState::lock(&self.state.head_started).get_or_insert_with(Instant::now);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Closes the sending side, then reads and discards what the client still sends (a body
+    /// refused before it was read) until it closes too, for at most [`LINGER`]: closing a socket
+    /// with unread data resets the connection, and the client could lose the answer.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.lingering = Some(Instant::now());
+            *ConnState::lock(&this.state.closing) = Some(Instant::now());
+        }
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `stop` turns true; returns the connection tasks still
+/// running (the caller waits for requests in flight through `drain`, then aborts them).
+pub async fn accept_loop<L: Listener>(
+    mut listener: L,
+    router: Router,
+    limits: ConnLimits,
+    drain: Arc<Drain>,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+) -> JoinSet<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut tasks = JoinSet::new();
+    let mut refused: u64 = 0;
+    loop {
+        if *stop.borrow_and_update() {
+            return tasks;
+        }
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return tasks;
+                }
+                continue;
+            }
+        };
+        while tasks.try_join_next().is_some() {}
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => {
+                let router = router.clone();
+                let drain = Arc::clone(&drain);
+                tasks.spawn(async move {
+                    connection(io, router, limits, drain).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        refused,
+                        "too many open connections: new ones are answered 503 and closed"
+                    );
+                }
+                tasks.spawn(refuse(io, limits.max_connections));
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, times out, or (the daemon stopping) its request is done.
+async fn connection<I>(io: I, router: Router, limits: ConnLimits, drain: Arc<Drain>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState {
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+        head_started: Mutex::new(None),
+        closing: Mutex::new(None),
+    });
+    let io = TokioIo::new(Watched {
+        io,
+        state: Arc::clone(&state),
+        lingering: None,
+    });
+    let service = {
+        let state = Arc::clone(&state);
+        let drain = Arc::clone(&drain);
+        service_fn(move |request: hyper::Request<Incoming>| {
+            let guard = InFlight::enter(&state, &drain);
+            let mut router = router.clone();
+            async move {
+                let response = router.call(request).await;
+                drop(guard);
+                response
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval(TICK);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if state.in_flight.load(Ordering::SeqCst) > 0 {
+                    if drain.stopping() && !stopping {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    continue;
+                }
+                let closing = *ConnState::lock(&state.closing);
+                if let Some(since) = closing {
+                    if since.elapsed() > LINGER {
+                        return;
+                    }
+                    continue;
+                }
+                // Between requests: a half-sent head or an idle connection never holds shutdown.
+                if drain.stopping() {
+                    return;
+                }
+                let head_started = *ConnState::lock(&state.head_started);
+                match head_started {
+                    Some(started) if started.elapsed() > limits.header => {
+                        tracing::info!(timeout_secs = limits.header.as_secs(), "request head not received in time: connection closed");
+                        return;
+                    }
+                    Some(_) => {}
+                    None if ConnState::lock(&state.idle_since).elapsed() > limits.idle => {
+                        tracing::debug!("idle connection closed");
+                        return;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// The response to a connection over `max_connections`: 503 with the JSON error body of API.md.
+fn refusal(max_connections: usize) -> Vec<u8> {
+    let body = serde_json::json!({"error": {
+        "message": format!("too many open connections (max_connections = {max_connections} in the config's [server] section): retry shortly"),
+        "type": "server_error",
+        "code": "too_many_connections",
+    }})
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers a connection over the limit and closes it; reads what the client sent for a moment
+/// first, so that closing does not reset the connection before the client reads the answer.
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, max_connections: usize) {
+    let answer = async {
+        let mut head = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(200), io.read(&mut head)).await;
+        io.write_all(&refusal(max_connections)).await?;
+        io.shutdown().await?;
+        let mut rest = [0u8; 4096];
+        while io.read(&mut rest).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_503_with_the_json_error_body() {
+        let text = String::from_utf8(refusal(7)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_connections");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections = 7"));
+    }
+}
