@@ -10,6 +10,8 @@ mod daemon;
 mod daemon_config;
 mod daemon_lifecycle;
 mod eval;
+mod faults;
+mod fuzz;
 mod offline;
 mod reference;
 mod scoring;
