@@ -299,18 +299,26 @@ def main():
     monitor.start()
     if args.max_seconds:
         threading.Timer(args.max_seconds, run.stop.set).start()
-    clients = [threading.Thread(target=run.client, args=(i,)) for i in range(args.clients)]
+    clients = [threading.Thread(target=run.client, args=(i,), daemon=True) for i in range(args.clients)]
     for c in clients:
         c.start()
+    # With --max-seconds, requests still in flight get a minute to finish; then the figures are
+    # reported without them (a busy machine can hold one for long).
+    deadline = started + args.max_seconds + 60 if args.max_seconds else None
     for c in clients:
-        c.join()
+        c.join(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+    unfinished = sum(c.is_alive() for c in clients)
     wall = time.perf_counter() - started
     run.stop.set()
     monitor.join()
     if process is not None:
         alive = process.poll() is None
         process.stdin.close()
-        code = process.wait(timeout=120)
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
         if not alive:
             run.violate(f"the daemon exited during the run ({code})")
         directory.cleanup()
@@ -335,7 +343,7 @@ def main():
         "rss_mib_first": round(samples[0][1], 1) if samples else None,
         "rss_mib_1min": round(rss_1min, 1), "rss_mib_end": round(rss_end, 1),
         "rss_mib_max": round(max((m for _, m in samples), default=float("nan")), 1),
-        "rss_samples": len(samples), "control_checks": getattr(run, "controls", 0), "violations": len(run.violations),
+        "rss_samples": len(samples), "control_checks": getattr(run, "controls", 0), "clients_unfinished_at_deadline": unfinished, "violations": len(run.violations),
     }
     print(json.dumps(figures, indent=2))
     for v in run.violations[:50]:

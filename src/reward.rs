@@ -21,9 +21,16 @@ impl Alpha {
     /// `α = 1`, the model's own distribution.
     pub const ONE: Alpha = Alpha(1.0);
 
-    /// Accepts any finite `α > 0`.
+    /// The smallest `α` accepted: below it `1/α` overflows the f32 logits arithmetic (NaN).
+    pub const MIN: f64 = 1e-6;
+    /// The largest `α` accepted: above it `α · ln(vocabulary)` overflows (an infinite value).
+    pub const MAX: f64 = 1e6;
+
+    /// Accepts `α` in [`Alpha::MIN`, `Alpha::MAX`], where every value stays finite.
     pub fn new(value: f64) -> Option<Alpha> {
-        (value.is_finite() && value > 0.0).then_some(Alpha(value))
+        (Alpha::MIN..=Alpha::MAX)
+            .contains(&value)
+            .then_some(Alpha(value))
     }
 
     /// The value of `α`.
@@ -344,6 +351,10 @@ mod tests {
         assert!(Alpha::new(-1.0).is_none());
         assert!(Alpha::new(f64::NAN).is_none());
         assert!(Alpha::new(f64::INFINITY).is_none());
+        // Finite but out of range: 1.7e308 made every score -inf, 1e-300 made it NaN (the fuzzer).
+        assert!(Alpha::new(1.7e308).is_none());
+        assert!(Alpha::new(1e-300).is_none());
+        assert!(Alpha::new(Alpha::MAX).is_some() && Alpha::new(Alpha::MIN).is_some());
         assert_eq!(Alpha::new(0.5).map(Alpha::get), Some(0.5));
     }
 

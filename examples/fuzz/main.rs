@@ -6,10 +6,10 @@
 //!     cargo run --release --example fuzz -- --execs 10000000 [--seed 1] [--model PATH]
 //!
 //! Black-box, against a running daemon on a Unix socket (bodies from the same generator on every
-//! route; no 5xx but 503 with Retry-After, the daemon keeps answering, and a control request's
+//! route, for N requests or S seconds; no 5xx but 503 with Retry-After, the daemon keeps answering, and a control request's
 //! scores never change):
 //!
-//!     cargo run --release --example fuzz -- --socket PATH --requests 20000
+//!     cargo run --release --example fuzz -- --socket PATH --requests 20000 [--max-seconds S]
 //!
 //! Exits 1 on any finding, printing each body.
 
@@ -26,7 +26,9 @@ use harness::{case, Rng};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut execs, mut seed, mut model, mut socket, mut requests) = (1_000_000u64, 1u64, None, None, 10_000u64);
+    let (mut execs, mut seed, mut model, mut socket, mut requests) =
+        (1_000_000u64, 1u64, None, None, 10_000u64);
+    let mut max_seconds = f64::INFINITY;
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
@@ -35,11 +37,12 @@ fn main() {
             "--model" => model = Some(PathBuf::from(value())),
             "--socket" => socket = Some(PathBuf::from(value())),
             "--requests" => requests = value().parse().expect("--requests N"),
+            "--max-seconds" => max_seconds = value().parse().expect("--max-seconds S"),
             other => panic!("unknown argument {other}"),
         }
     }
     let failed = match socket {
-        Some(socket) => http(&socket, seed, requests),
+        Some(socket) => http(&socket, seed, requests, max_seconds),
         None => in_process(model, seed, execs),
     };
     std::process::exit(i32::from(failed));
@@ -124,15 +127,18 @@ fn scores(reply: &Reply) -> Option<String> {
     )
 }
 
-fn http(socket: &PathBuf, seed: u64, requests: u64) -> bool {
+fn http(socket: &PathBuf, seed: u64, requests: u64, max_seconds: f64) -> bool {
     let control = send(socket, "/v1/score", CONTROL).expect("control request");
     let expected = scores(&control).unwrap_or_else(|| panic!("control: {}", control.body));
     let mut rng = Rng::new(seed);
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
     let mut findings = 0;
     let started = Instant::now();
+    let mut sent = 0;
     for n in 0..requests {
+        let last = n + 1 == requests || started.elapsed().as_secs_f64() > max_seconds;
         let (route, body) = case(&mut rng);
+        sent += 1;
         let problem = match send(socket, route.path(), &body) {
             Err(e) => Some(format!("no response: {e}")),
             Ok(reply) => {
@@ -148,7 +154,7 @@ fn http(socket: &PathBuf, seed: u64, requests: u64) -> bool {
             findings += 1;
             println!("FINDING {} {problem}: {}", route.path(), String::from_utf8_lossy(&body));
         }
-        if (n + 1) % 500 == 0 || n + 1 == requests {
+        if (n + 1) % 100 == 0 || last {
             let control = send(socket, "/v1/score", CONTROL);
             match control.as_ref().ok().and_then(scores) {
                 Some(now) if now == expected => {}
@@ -157,11 +163,18 @@ fn http(socket: &PathBuf, seed: u64, requests: u64) -> bool {
                     println!("FINDING control scores changed: {other:?} != {expected}");
                 }
             }
-            eprintln!("{} requests, {:.0}/s, {statuses:?}", n + 1, (n + 1) as f64 / started.elapsed().as_secs_f64());
+            eprintln!(
+                "{} requests, {:.1}/s, {statuses:?}",
+                n + 1,
+                (n + 1) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+        if last {
+            break;
         }
     }
     println!(
-        "{requests} requests in {:.1} s, seed {seed}: statuses {statuses:?}, {findings} findings",
+        "{sent} requests in {:.1} s, seed {seed}: statuses {statuses:?}, {findings} findings",
         started.elapsed().as_secs_f64()
     );
     findings > 0

@@ -31,7 +31,9 @@ impl PreparedRequest {
             None => Alpha::ONE,
             Some(value) => Alpha::new(value).ok_or_else(|| {
                 EngineError::InvalidInput(format!(
-                    "`alpha` must be a finite number > 0, not {value}"
+                    "`alpha` must be a number from {} to {}, not {value}",
+                    Alpha::MIN,
+                    Alpha::MAX
                 ))
             })?,
         };

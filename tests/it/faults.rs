@@ -130,3 +130,20 @@ fn an_empty_conversation_is_refused_as_such() {
     let error = prepare::score_request(common::model(), &request, Some("Be helpful.")).unwrap_err();
     assert!(error.to_string().contains("`messages` is empty"), "{error}");
 }
+
+/// Found by the HTTP fuzzer: `"alpha": 1.7e308` passed as "finite and > 0" and every score came
+/// out -inf (a 500 `scores_not_finite`); `1e-300` gave NaN. Both are the caller's fault: a 400.
+#[test]
+fn an_alpha_that_overflows_the_scores_is_refused() {
+    for alpha in [1.7e308, 1e7, 1e-300, 1e-7] {
+        let request = ScoreRequest {
+            prompt: Some("Hi".into()),
+            candidates: vec!["Hello".into()],
+            alpha: Some(alpha),
+            ..ScoreRequest::default()
+        };
+        let error = endorm::engine::PreparedRequest::new(common::model(), &request, None).unwrap_err();
+        assert!(error.is_input_error(), "{error}");
+        assert!(error.to_string().contains("`alpha` must be a number from"), "{error}");
+    }
+}
