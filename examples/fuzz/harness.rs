@@ -116,7 +116,15 @@ const TEXTS: &[&str] = &[
     "\t\t\t",
 ];
 
-const ROLES: &[&str] = &["user", "assistant", "system", "tool", "", "USER", "<|im_start|>"];
+const ROLES: &[&str] = &[
+    "user",
+    "assistant",
+    "system",
+    "tool",
+    "",
+    "USER",
+    "<|im_start|>",
+];
 
 /// A hostile text: one of [`TEXTS`], random characters, or several joined, at most ~2 KB.
 pub fn text(rng: &mut Rng) -> String {
@@ -135,7 +143,10 @@ pub fn text(rng: &mut Rng) -> String {
         }
         3 => {
             let n = 1 + rng.below(4);
-            (0..n).map(|_| *rng.pick(TEXTS)).collect::<Vec<_>>().concat()
+            (0..n)
+                .map(|_| *rng.pick(TEXTS))
+                .collect::<Vec<_>>()
+                .concat()
         }
         4 => rng.pick(TEXTS).repeat(1 + rng.below(50)),
         _ => "word ".repeat(rng.below(200)),
@@ -221,7 +232,11 @@ fn put(rng: &mut Rng, body: &mut serde_json::Map<String, Value>, key: &str, valu
 pub fn structured(rng: &mut Rng, route: Route) -> Value {
     let mut body = serde_json::Map::new();
     if rng.one_in(3) {
-        let model = if rng.one_in(2) { json!("default") } else { json!(text(rng)) };
+        let model = if rng.one_in(2) {
+            json!("default")
+        } else {
+            json!(text(rng))
+        };
         put(rng, &mut body, "model", model);
     }
     match route {
@@ -243,7 +258,10 @@ pub fn structured(rng: &mut Rng, route: Route) -> Value {
                 ("terminal", json!(rng.one_in(2))),
                 ("alpha", number(rng)),
                 ("max_candidate_tokens", number(rng)),
-                ("aggregate", json!(*rng.pick(&["endo", "sum", "mean", "last", "x"]))),
+                (
+                    "aggregate",
+                    json!(*rng.pick(&["endo", "sum", "mean", "last", "x"])),
+                ),
                 ("return_tokens", json!(rng.one_in(2))),
             ] {
                 if rng.one_in(3) {
@@ -280,9 +298,19 @@ pub fn structured(rng: &mut Rng, route: Route) -> Value {
             let q = json!(text(rng));
             put(rng, &mut body, "query", q);
             let docs: Vec<Value> = (0..rng.below(4))
-                .map(|_| if rng.one_in(3) { json!({"text": text(rng)}) } else { json!(text(rng)) })
+                .map(|_| {
+                    if rng.one_in(3) {
+                        json!({"text": text(rng)})
+                    } else {
+                        json!(text(rng))
+                    }
+                })
                 .collect();
-            let key = if route == Route::RerankAny && rng.one_in(2) { "texts" } else { "documents" };
+            let key = if route == Route::RerankAny && rng.one_in(2) {
+                "texts"
+            } else {
+                "documents"
+            };
             put(rng, &mut body, key, Value::Array(docs));
             for (key, value) in [
                 ("top_n", number(rng)),
@@ -328,7 +356,13 @@ pub fn structured(rng: &mut Rng, route: Route) -> Value {
                 let t = json!(text(rng));
                 put(rng, &mut body, "prompt", t);
             }
-            for key in ["add_special", "add_special_tokens", "parse_special", "with_pieces", "return_token_strs"] {
+            for key in [
+                "add_special",
+                "add_special_tokens",
+                "parse_special",
+                "with_pieces",
+                "return_token_strs",
+            ] {
                 if rng.one_in(3) {
                     let b = json!(rng.one_in(2));
                     put(rng, &mut body, key, b);
@@ -377,7 +411,8 @@ pub fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
             }
             _ => {
                 let at = rng.below(len + 1);
-                let splice = *rng.pick(&[&b"null"[..], b"[]", b"{}", b"1e999", b"-0", b"\"\\ud800\""]);
+                let splice =
+                    *rng.pick(&[&b"null"[..], b"[]", b"{}", b"1e999", b"-0", b"\"\\ud800\""]);
                 bytes.splice(at..at, splice.iter().copied());
             }
         }
@@ -449,14 +484,18 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
     }
     let outcome = match route {
         Route::Score => {
-            let Some(request) = decode::<ScoreRequest>(body) else { return Ok(None) };
+            let Some(request) = decode::<ScoreRequest>(body) else {
+                return Ok(None);
+            };
             match PreparedRequest::new(model, &request, None) {
                 Ok(prepared) => check_prepared(model, &prepared.prepared).map(|()| true),
                 Err(e) => refused(e),
             }
         }
         Route::Reward => {
-            let Some(request) = decode::<RewardRequest>(body) else { return Ok(None) };
+            let Some(request) = decode::<RewardRequest>(body) else {
+                return Ok(None);
+            };
             match prepare::rewards(model, &request.query, request.prompts.as_deref()) {
                 Ok(groups) => {
                     for (prepared, indices) in &groups {
@@ -472,7 +511,9 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
         }
         Route::Rerank | Route::RerankAny => {
             let (query, documents, max) = if route == Route::Rerank {
-                let Some(r) = decode::<RerankRequest>(body) else { return Ok(None) };
+                let Some(r) = decode::<RerankRequest>(body) else {
+                    return Ok(None);
+                };
                 let docs = r.documents.into_iter().map(|d| d.into_text()).collect();
                 (r.query, docs, r.max_tokens_per_doc)
             } else {
@@ -500,7 +541,9 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
             }
         }
         Route::Completions => {
-            let Some(request) = decode::<CompletionRequest>(body) else { return Ok(None) };
+            let Some(request) = decode::<CompletionRequest>(body) else {
+                return Ok(None);
+            };
             let items: Vec<SequenceText<'_>> = match &request.prompt {
                 Prompt::Text(t) => vec![SequenceText::Text(t)],
                 Prompt::Texts(ts) => ts.iter().map(|t| SequenceText::Text(t)).collect(),
@@ -517,11 +560,17 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
             Ok(all)
         }
         Route::Tokenize => {
-            let Some(request) = decode::<TokenizeRequest>(body) else { return Ok(None) };
+            let Some(request) = decode::<TokenizeRequest>(body) else {
+                return Ok(None);
+            };
             let Some((text, add_special)) = request.text_and_add_special() else {
                 return Ok(Some(false));
             };
-            match model.tokenize(text, add_special && model.adds_bos(), request.parses_special()) {
+            match model.tokenize(
+                text,
+                add_special && model.adds_bos(),
+                request.parses_special(),
+            ) {
                 Ok(tokens) => {
                     check_tokens(model, &tokens, "tokenize")?;
                     let texts = model.token_texts(&tokens);
@@ -535,7 +584,9 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
             }
         }
         Route::Detokenize => {
-            let Some(request) = decode::<DetokenizeRequest>(body) else { return Ok(None) };
+            let Some(request) = decode::<DetokenizeRequest>(body) else {
+                return Ok(None);
+            };
             match model.tokens(&request.tokens) {
                 Ok(tokens) => {
                     let _ = model.detokenize(&tokens);
@@ -561,7 +612,8 @@ pub fn run(
     let mut findings = Vec::new();
     for n in 0..execs {
         let (route, body) = case(&mut rng);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(model, route, &body)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(model, route, &body)));
         match result {
             Ok(Ok(None)) => tally.undecodable += 1,
             Ok(Ok(Some(true))) => tally.prepared += 1,
@@ -573,7 +625,11 @@ pub fn run(
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                     .unwrap_or_else(|| "panic".into());
-                findings.push(Finding { route, body, what: format!("panicked: {what}") });
+                findings.push(Finding {
+                    route,
+                    body,
+                    what: format!("panicked: {what}"),
+                });
             }
         }
         if (n + 1) % 100_000 == 0 {

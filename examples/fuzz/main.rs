@@ -113,7 +113,8 @@ fn send(socket: &PathBuf, path: &str, body: &[u8]) -> std::io::Result<Reply> {
     })
 }
 
-const CONTROL: &[u8] = br#"{"messages":[{"role":"user","content":"What is 2+2?"}],"candidates":["4","5","four"]}"#;
+const CONTROL: &[u8] =
+    br#"{"messages":[{"role":"user","content":"What is 2+2?"}],"candidates":["4","5","four"]}"#;
 
 fn scores(reply: &Reply) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
@@ -152,7 +153,11 @@ fn http(socket: &PathBuf, seed: u64, requests: u64, max_seconds: f64) -> bool {
         };
         if let Some(problem) = problem {
             findings += 1;
-            println!("FINDING {} {problem}: {}", route.path(), String::from_utf8_lossy(&body));
+            println!(
+                "FINDING {} {problem}: {}",
+                route.path(),
+                String::from_utf8_lossy(&body)
+            );
         }
         if (n + 1) % 100 == 0 || last {
             let control = send(socket, "/v1/score", CONTROL);

@@ -61,7 +61,10 @@ pub fn check_header_bytes(header: &[u8], size: u64) -> Result<(), String> {
     let (n_tensors, n_kv) = (u64_at(8), u64_at(16));
     let needed = n_tensors
         .checked_mul(MIN_TENSOR_INFO_BYTES)
-        .and_then(|t| n_kv.checked_mul(MIN_KV_BYTES).and_then(|k| t.checked_add(k)))
+        .and_then(|t| {
+            n_kv.checked_mul(MIN_KV_BYTES)
+                .and_then(|k| t.checked_add(k))
+        })
         .and_then(|n| n.checked_add(HEADER_BYTES));
     match needed {
         Some(needed) if needed <= size => Ok(()),
@@ -86,7 +89,10 @@ mod tests {
 
     #[test]
     fn a_plausible_header_passes() {
-        assert_eq!(check_header_bytes(&header(b"GGUF", 3, 272, 30), 90_000_000), Ok(()));
+        assert_eq!(
+            check_header_bytes(&header(b"GGUF", 3, 272, 30), 90_000_000),
+            Ok(())
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ fn a_served_model_file_truncated_then_overwritten_keeps_serving_the_loaded_weigh
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let copy = dir.path().join("served.gguf");
     std::fs::copy(model_path(), &copy).unwrap();
-    let config = model_section("m").replace(&model_path().display().to_string(), &copy.display().to_string());
+    let config = model_section("m").replace(
+        &model_path().display().to_string(),
+        &copy.display().to_string(),
+    );
     let daemon = Daemon::start(&config, &[]);
     let before = control_scores(&daemon);
 
@@ -40,7 +43,12 @@ fn a_served_model_file_truncated_then_overwritten_keeps_serving_the_loaded_weigh
     let file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
     file.set_len(4096).unwrap();
     drop(file);
-    assert_eq!(control_scores(&daemon), before, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        control_scores(&daemon),
+        before,
+        "log:\n{}",
+        daemon.log_text()
+    );
 
     // Overwritten in place with other bytes of the same length: this was a 200 with null scores.
     let size = std::fs::metadata(model_path()).unwrap().len();
@@ -54,7 +62,12 @@ fn a_served_model_file_truncated_then_overwritten_keeps_serving_the_loaded_weigh
         written += n as u64;
     }
     drop(file);
-    assert_eq!(control_scores(&daemon), before, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        control_scores(&daemon),
+        before,
+        "log:\n{}",
+        daemon.log_text()
+    );
     assert_eq!(daemon.get("/health").status, 200);
 }
 
@@ -95,7 +108,10 @@ fn a_corrupt_gguf_names_its_cause() {
     // llama.cpp's own log line, not only "null result".
     let model = std::fs::read(model_path()).unwrap();
     let truncated = load_error(&model[..model.len() / 2]);
-    assert!(!truncated.ends_with("null result from llama cpp (is it a GGUF file llama.cpp supports?)"), "{truncated}");
+    assert!(
+        !truncated.ends_with("null result from llama cpp (is it a GGUF file llama.cpp supports?)"),
+        "{truncated}"
+    );
     assert!(truncated.contains("llama.cpp"), "{truncated}");
     eprintln!("truncated: {truncated}");
 }
@@ -105,7 +121,10 @@ fn a_corrupt_gguf_shows_its_cause_in_health() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let broken = dir.path().join("broken.gguf");
     std::fs::write(&broken, [header(3, u64::MAX, 5), vec![0; 64]].concat()).unwrap();
-    let config = model_section("m").replace(&model_path().display().to_string(), &broken.display().to_string());
+    let config = model_section("m").replace(
+        &model_path().display().to_string(),
+        &broken.display().to_string(),
+    );
     let daemon = Daemon::spawn(&config, &[]);
     daemon.wait_for("the model to fail", |d| {
         d.try_get("/health")
@@ -142,8 +161,12 @@ fn an_alpha_that_overflows_the_scores_is_refused() {
             alpha: Some(alpha),
             ..ScoreRequest::default()
         };
-        let error = endorm::engine::PreparedRequest::new(common::model(), &request, None).unwrap_err();
+        let error =
+            endorm::engine::PreparedRequest::new(common::model(), &request, None).unwrap_err();
         assert!(error.is_input_error(), "{error}");
-        assert!(error.to_string().contains("`alpha` must be a number from"), "{error}");
+        assert!(
+            error.to_string().contains("`alpha` must be a number from"),
+            "{error}"
+        );
     }
 }
