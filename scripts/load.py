@@ -206,10 +206,9 @@ class Run:
             time.sleep(0.2)
         raise RuntimeError("control request: 503 twenty times")
 
-    def monitor(self, pid, expected, samples):
-        client = Client(self.args)
+    def monitor(self, pid, samples):
+        """RSS every second, independent of how long the control requests take."""
         started = time.perf_counter()
-        last_control = 0.0
         while not self.stop.wait(1.0):
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
@@ -219,9 +218,11 @@ class Run:
                 self.stop.set()
                 return
             samples.append((time.perf_counter() - started, kib / 1024))
-            if time.perf_counter() - last_control < self.args.control_every:
-                continue
-            last_control = time.perf_counter()
+
+    def controller(self, expected):
+        """The control request every --control-every seconds; its scores must never change."""
+        client = Client(self.args)
+        while not self.stop.wait(self.args.control_every):
             try:
                 scores = self.control(client)
             except Exception as e:  # noqa: BLE001 -- any failure of the control request is a violation
@@ -294,9 +295,11 @@ def main():
     run = Run(args)
     expected = run.control(Client(args))
     samples = []
-    monitor = threading.Thread(target=run.monitor, args=(pid, expected, samples), daemon=True)
+    monitor = threading.Thread(target=run.monitor, args=(pid, samples), daemon=True)
+    controller = threading.Thread(target=run.controller, args=(expected,), daemon=True)
     started = time.perf_counter()
     monitor.start()
+    controller.start()
     if args.max_seconds:
         threading.Timer(args.max_seconds, run.stop.set).start()
     clients = [threading.Thread(target=run.client, args=(i,), daemon=True) for i in range(args.clients)]
@@ -311,6 +314,7 @@ def main():
     wall = time.perf_counter() - started
     run.stop.set()
     monitor.join()
+    controller.join(60)
     if process is not None:
         alive = process.poll() is None
         process.stdin.close()
