@@ -215,6 +215,7 @@ fn load(args: &ModelArgs) -> Result<(Model, ContextOptions)> {
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
         chat_template: None,
+        use_mmap: false,
     };
     let model = Model::load(&path, &options)?;
     let context = settings.context_options(&model);

@@ -357,6 +357,10 @@ mod tests {
         assert!(Alpha::new(-1.0).is_none());
         assert!(Alpha::new(f64::NAN).is_none());
         assert!(Alpha::new(f64::INFINITY).is_none());
+        // Finite but out of range: 1.7e308 made every score -inf, 1e-300 made it NaN (the fuzzer).
+        assert!(Alpha::new(1.7e308).is_none());
+        assert!(Alpha::new(1e-300).is_none());
+        assert!(Alpha::new(Alpha::MAX).is_some() && Alpha::new(Alpha::MIN).is_some());
         assert_eq!(Alpha::new(0.5).map(Alpha::get), Some(0.5));
     }
 

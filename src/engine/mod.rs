@@ -16,7 +16,9 @@
 mod batch;
 mod cache;
 mod context;
+mod gguf;
 mod job;
+mod loadlog;
 mod logprobs;
 mod model;
 mod plan;

@@ -8,7 +8,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::template::ChatTemplate;
-use super::{backend, EngineError, Token};
+use super::{backend, gguf, loadlog, EngineError, Token};
 
 /// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
 const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
@@ -21,6 +21,10 @@ pub struct ModelOptions {
     /// A Jinja chat template to use instead of the one in the GGUF; an empty string means none
     /// (chat format is then refused, as for a model that ships no template).
     pub chat_template: Option<String>,
+    /// Memory-map the GGUF instead of reading it into memory. Off by default: a mapped file that
+    /// is truncated on disk kills the process with SIGBUS, and one overwritten in place changes
+    /// the weights under a running model (docs/RELIABILITY.md, "Model files").
+    pub use_mmap: bool,
 }
 
 /// What a model is: sizes and capabilities, read from the GGUF at load.
@@ -40,7 +44,7 @@ pub struct ModelInfo {
     pub path: PathBuf,
 }
 
-/// A GGUF model loaded through llama.cpp (memory-mapped).
+/// A GGUF model loaded through llama.cpp (read into memory, unless `use_mmap`).
 pub struct Model {
     llama: LlamaModel,
     meta: ModelInfo,
@@ -66,9 +70,19 @@ impl Model {
         if !path.is_file() {
             return Err(not_loaded("no such file".into()));
         }
-        let params = LlamaModelParams::default().with_n_gpu_layers(options.n_gpu_layers);
-        let llama = LlamaModel::load_from_file(backend()?, path, &params)
-            .map_err(|e| not_loaded(format!("{e} (is it a GGUF file llama.cpp supports?)")))?;
+        gguf::check_header(path).map_err(not_loaded)?;
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(options.n_gpu_layers)
+            .with_use_mmap(options.use_mmap);
+        let backend = backend()?;
+        let (loaded, log) = loadlog::capture(|| LlamaModel::load_from_file(backend, path, &params));
+        let llama = loaded.map_err(|e| {
+            not_loaded(if log.is_empty() {
+                format!("{e} (is it a GGUF file llama.cpp supports?)")
+            } else {
+                format!("{} (llama.cpp: {e})", log.join("; "))
+            })
+        })?;
 
         let vocab = llama.vocab();
         let piece = |token: LlamaToken| {

@@ -127,6 +127,11 @@ fn conversation(
     let mut messages = match (&request.messages, &request.prompt) {
         (Some(_), Some(_)) => return Err(invalid("send either `messages` or `prompt`, not both")),
         (None, None) => return Err(invalid("chat format needs `messages` or `prompt`")),
+        (Some(messages), None) if messages.is_empty() => {
+            return Err(invalid(
+                "`messages` is empty: send at least one message (the conversation to reply to)",
+            ))
+        }
         (Some(messages), None) => messages.clone(),
         (None, Some(prompt)) => vec![Message {
             role: "user".into(),

@@ -265,6 +265,7 @@ fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
         chat_template: settings.chat_template.clone(),
+        use_mmap: false,
     };
     let model = match Model::load(&settings.path, &options) {
         Ok(model) => Arc::new(model),

@@ -11,6 +11,8 @@ mod daemon_config;
 mod daemon_faults;
 mod daemon_lifecycle;
 mod eval;
+mod faults;
+mod fuzz;
 mod offline;
 mod reference;
 mod scoring;
