@@ -165,7 +165,7 @@ fn an_alpha_that_overflows_the_scores_is_refused() {
             endorm::engine::PreparedRequest::new(common::model(), &request, None).unwrap_err();
         assert!(error.is_input_error(), "{error}");
         assert!(
-            error.to_string().contains("`alpha` must be a number from"),
+            error.to_string().contains("`alpha` must be from"),
             "{error}"
         );
     }
