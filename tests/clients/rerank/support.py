@@ -13,8 +13,16 @@ from typing import Any
 
 import pytest
 
-# LiteLLM fetches its model price map from the network at import unless told to use its own copy.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# The tests talk to 127.0.0.1 only. LiteLLM fetches its model price map from the network at import
+# unless told to use its own copy, and its cost estimate for the `huggingface` provider fetches the
+# model's config.json from the Hugging Face hub after every rerank: HTTP(S) to anything but loopback
+# goes to a proxy address where nothing listens (this process and the daemon and LiteLLM proxy it
+# starts), so those lookups fail at once, without leaving the machine.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ[_name] = "http://127.0.0.1:9"
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = "127.0.0.1,localhost"
 
 # Two shared cores may be busy: a request can take seconds.
 TIMEOUT = 120.0

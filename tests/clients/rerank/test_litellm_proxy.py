@@ -47,8 +47,7 @@ def proxy(daemon: Endorm) -> Iterator[tuple[str, str]]:
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="litellm-") as tmp:
         Path(tmp, "proxy.yaml").write_text(CONFIG.format(url=daemon.url))
-        env = dict(os.environ, ENDORM_TOKEN=daemon.token or "", LITELLM_MASTER_KEY=key,
-                   LITELLM_LOCAL_MODEL_COST_MAP="True")
+        env = dict(os.environ, ENDORM_TOKEN=daemon.token or "", LITELLM_MASTER_KEY=key)
         log_path = Path(tmp, "proxy.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(litellm), "--config", str(Path(tmp, "proxy.yaml")),
