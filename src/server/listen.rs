@@ -319,12 +319,15 @@ where
 
 /// The response to a connection over `max_connections`: 503 with the JSON error body of API.md.
 fn refusal(max_connections: usize) -> Vec<u8> {
-    let body = serde_json::json!({"error": {
-        "message": format!("too many open connections (max_connections = {max_connections} in the config's [server] section): retry shortly"),
-        "type": "server_error",
-        "code": "too_many_connections",
-    }})
-    .to_string();
+    let body = crate::api::ErrorBody::new(
+        "server_error",
+        "too_many_connections",
+        format!(
+            "too many open connections (max_connections = {max_connections} in the config's \
+             [server] section): retry shortly"
+        ),
+    );
+    let body = serde_json::to_string(&body).unwrap_or_default();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
