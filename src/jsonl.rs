@@ -27,13 +27,7 @@ pub fn open_keeping_lines<E>(
     io_error: impl Fn(io::Error) -> E,
     mut visit: impl FnMut(usize, &[u8]) -> Result<(), E>,
 ) -> Result<Appending, E> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(&io_error)?;
+    let mut file = open_read_write(path).map_err(&io_error)?;
     let mut reader = BufReader::new(&file);
     let mut line = Vec::new();
     let mut number = 0;
@@ -87,13 +81,7 @@ pub fn open_resumable<E>(
     io_error: impl Fn(io::Error) -> E,
     mut accept: impl FnMut(&[u8]) -> Result<bool, E>,
 ) -> Result<File, E> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(&io_error)?;
+    let mut file = open_read_write(path).map_err(&io_error)?;
     let mut reader = BufReader::new(&file);
     let mut line = Vec::new();
     let mut complete = 0u64;
@@ -111,6 +99,16 @@ pub fn open_resumable<E>(
     file.set_len(complete).map_err(&io_error)?;
     file.seek(SeekFrom::End(0)).map_err(&io_error)?;
     Ok(file)
+}
+
+/// Opens (or creates) `path` for reading and appending without truncating it.
+fn open_read_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 #[cfg(test)]

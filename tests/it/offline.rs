@@ -12,8 +12,9 @@ fn endorm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_endorm"))
 }
 
-fn score(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
-    endorm()
+/// Adds `endorm score`'s arguments for the tests: small context, two threads, the default model.
+fn score_args(command: &mut Command, input: &Path, output: &Path, extra: &[&str]) {
+    command
         .args([
             "score",
             "--quiet",
@@ -28,9 +29,13 @@ fn score(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
         .arg(input)
         .arg("--output")
         .arg(output)
-        .args(extra)
-        .output()
-        .expect("run endorm")
+        .args(extra);
+}
+
+fn score(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let mut command = endorm();
+    score_args(&mut command, input, output, extra);
+    command.output().expect("run endorm")
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -313,22 +318,8 @@ fn score_capped(input: &Path, output: &Path, blocks: u32, extra: &[&str]) -> std
         .arg("-c")
         .arg(format!("trap '' XFSZ; ulimit -f {blocks} && exec \"$@\""))
         .arg("bash")
-        .arg(env!("CARGO_BIN_EXE_endorm"))
-        .args([
-            "score",
-            "--quiet",
-            "--threads",
-            "2",
-            "--n-ctx",
-            "1024",
-            "--model",
-        ])
-        .arg(common::model_path())
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra);
+        .arg(env!("CARGO_BIN_EXE_endorm"));
+    score_args(&mut command, input, output, extra);
     command.output().expect("run endorm under bash")
 }
 
