@@ -66,7 +66,8 @@ def _binary(binary: Optional[str]) -> str:
 class EndormScorer:
     """A callable class for ``Dataset.map_batches(..., compute=ActorPoolStrategy(...))``.
 
-    Each actor starts its own ``endorm serve`` on a Unix socket in a private temporary directory
+    ``model`` is the GGUF file's absolute path, the same on every node (an actor's working
+    directory is Ray's, not the driver's). Each actor starts its own ``endorm serve`` on a Unix socket in a private temporary directory
     (mode 0700), with an empty config unless ``config`` is given (so that, like ``endorm score``,
     no user config applies), and scores its batches' rows one by one. ``binary`` defaults to
     ``$ENDORM_BIN``, then ``endorm`` on PATH; ``serve_args`` are added to ``endorm serve``'s
