@@ -3,7 +3,8 @@
 score_with_ray.py runs Ray (node address 127.0.0.1, 2 CPUs) in a child process bounded by a timeout,
 2 actors, one `endorm serve` each on a private socket; `endorm score` scores the same file. Every
 line must come back in input order with the same id, the same scores (exactly: same binary, same
-model, same threads) and the same errors.
+model, same threads) and the same errors. Beside it: a killed actor's daemon exits, and (without
+Ray) a batch keeps every row's fields and a dead daemon raises.
 """
 
 from __future__ import annotations
@@ -179,3 +180,34 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_batch_keeps_every_row_and_a_dead_daemon_raises() -> None:
+    """Without Ray: a scored row and an error row in one batch both come back whole, and a batch
+    after the daemon died raises instead of turning its rows into errors or dropping them."""
+    _require(BIN, "endorm binary")
+    _require(MODEL, "model")
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        import pyarrow as pa
+
+        from endorm.ray import EndormScorer, drop_nulls
+    finally:
+        sys.path.remove(str(PACKAGE))
+    scorer = EndormScorer(model=str(MODEL), binary=str(BIN), serve_args=["--threads", "1"])
+    try:
+        batch = pa.Table.from_pylist([LINES[0], LINES[7]])  # chat, then no candidates
+        rows = [drop_nulls(row) for row in scorer(batch).to_pylist()]
+        assert [row["id"] for row in rows] == ["chat", "empty"]
+        assert len(rows[0]["results"]) == 2 and "error" not in rows[0]
+        assert rows[1]["error"]["code"] == "invalid_request" and "results" not in rows[1]
+        with pytest.raises(TypeError, match="batch_format"):
+            scorer(batch.to_pandas())
+        assert scorer._proc is not None
+        os.kill(scorer._proc.pid, signal.SIGKILL)
+        scorer._proc.wait()
+        with pytest.raises(RuntimeError, match="endorm serve exited"):
+            scorer(batch)
+    finally:
+        scorer.close()
+    assert not os.path.exists(scorer._dir)
