@@ -246,3 +246,24 @@ fn rpc_endpoints_are_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("IPv6"), "{stderr}");
 }
+
+#[test]
+fn a_worker_off_loopback_is_warned_about_and_an_address_not_here_is_refused() {
+    // 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine: the warning is printed,
+    // then the bind fails, so nothing ever listens off loopback.
+    let output = Command::new(env!("CARGO_BIN_EXE_endorm"))
+        .args(["rpc-worker", "--listen", "192.0.2.1:50052"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run endorm rpc-worker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("no authentication"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot listen on 192.0.2.1:50052"),
+        "{stderr}"
+    );
+}
