@@ -2,6 +2,7 @@
 
 mod serve_cli;
 
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use endorm::api::{Format, ScoreRequest};
-use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer};
+use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer, WorkerOptions};
 use endorm::offline::{self, Existing, Shard};
 use endorm::reward::Aggregate;
 use endorm::{bench, eval, paths};
@@ -41,6 +42,9 @@ enum Command {
     Config(serve_cli::ConfigCommand),
     /// Measure how well the reward ranks on a labelled file, beside the paper's baselines.
     Eval(EvalArgs),
+    /// Lend this machine to another endorm: ggml's RPC server, which holds and runs the layers an
+    /// `endorm serve --rpc` places here. No authentication: docs/SCALE.md.
+    RpcWorker(RpcWorkerArgs),
 }
 
 #[derive(Args)]
@@ -125,6 +129,21 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct RpcWorkerArgs {
+    /// IPv4 address and port to listen on. Anything but loopback lets every host that can reach
+    /// it use this machine, unauthenticated.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    listen: SocketAddrV4,
+    /// CPU threads [default: one per core]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+    /// Keep the large tensors clients send in this directory, so that loading the same model again
+    /// sends only their hashes.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -190,6 +209,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Serve(args) => serve_cli::serve(args),
         Command::Config(command) => serve_cli::config(command),
         Command::Eval(args) => run_eval(args),
+        Command::RpcWorker(args) => rpc_worker(args),
     }
 }
 
@@ -214,6 +234,7 @@ fn load(args: &ModelArgs) -> Result<(Model, ContextOptions)> {
     let settings = args.settings.settings().worker(&path, None, 0);
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
+        rpc: settings.rpc.clone(),
         chat_template: None,
         use_mmap: false,
     };
@@ -383,4 +404,27 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         eprintln!("report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rpc_worker(args: RpcWorkerArgs) -> Result<ExitCode> {
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "WARNING: listening on {}, not loopback. ggml's RPC protocol has no authentication and \
+             no encryption: any host that can reach this port can read the model's weights and \
+             activations, run computations here and fill this machine's memory. Only on a network \
+             you trust (a private cluster network, a VPN), or firewall the port to the serving \
+             machine (docs/SCALE.md).",
+            args.listen
+        );
+    }
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let options = WorkerOptions {
+        listen: args.listen,
+        threads,
+        cache_dir: args.cache.as_deref(),
+    };
+    match endorm::engine::run_worker(&options)? {}
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 
 use endorm::config::{Config, ModelSettings, Overrides};
+use endorm::engine::RpcEndpoint;
 use endorm::paths;
 use endorm::server::{self, socket, ServeOptions};
 
@@ -31,6 +32,11 @@ pub struct SettingsArgs {
         ModelSettings::BUILT_IN.n_gpu_layers,
     ))]
     n_gpu_layers: Option<u32>,
+    /// ggml RPC workers (`endorm rpc-worker`), comma-separated HOST:PORT: the model's layers are
+    /// split over them (all layers unless --n-gpu-layers says how many). No authentication:
+    /// docs/SCALE.md.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    rpc: Option<Vec<RpcEndpoint>>,
 }
 
 impl SettingsArgs {
@@ -41,6 +47,7 @@ impl SettingsArgs {
             n_threads: self.threads,
             n_batch: self.n_batch,
             n_gpu_layers: self.n_gpu_layers,
+            rpc: self.rpc.clone(),
             ..ModelSettings::default()
         }
     }

@@ -146,7 +146,7 @@ pub enum Auth {
 pub struct Overrides {
     /// `--model PATH`: served beside the config's models, and the default model.
     pub model: Option<PathBuf>,
-    /// `--n-ctx`, `--threads`, `--n-batch`, `--n-gpu-layers`: over every model's settings.
+    /// `--n-ctx`, `--threads`, `--n-batch`, `--n-gpu-layers`, `--rpc`: over every model's settings.
     pub settings: ModelSettings,
 }
 

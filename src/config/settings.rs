@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ContextOptions, WorkerSettings};
+use crate::engine::{ContextOptions, RpcEndpoint, WorkerSettings};
 
 /// How a model is run: `[defaults]`, and the settings part of every `[models.NAME]`. Every value
 /// is optional; an unset one comes from the next layer of [`ModelSettings::merged`] (the command
@@ -23,9 +23,13 @@ pub struct ModelSettings {
     /// CPU threads [default: one per core].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_threads: Option<u32>,
-    /// Layers offloaded to the GPU.
+    /// Layers offloaded to the GPU; with `rpc`, to the RPC workers, 0 meaning all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_gpu_layers: Option<u32>,
+    /// ggml RPC workers (`endorm rpc-worker`, `HOST:PORT`) that hold the model's offloaded layers
+    /// (docs/SCALE.md); `[]` in a model's entry runs it on this machine alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<Vec<RpcEndpoint>>,
     /// Candidates decoded side by side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sequences: Option<u32>,
@@ -52,6 +56,7 @@ impl ModelSettings {
         n_batch: Some(ContextOptions::N_BATCH),
         n_threads: None,
         n_gpu_layers: Some(0),
+        rpc: None,
         max_sequences: Some(ContextOptions::MAX_SEQUENCES),
         cache_slots: Some(ContextOptions::CACHE_SLOTS),
         cache_tokens: Some(ContextOptions::CACHE_TOKENS),
@@ -71,6 +76,7 @@ impl ModelSettings {
                 n_batch,
                 n_threads,
                 n_gpu_layers,
+                rpc,
                 max_sequences,
                 cache_slots,
                 cache_tokens,
@@ -81,6 +87,7 @@ impl ModelSettings {
             merged.n_batch = merged.n_batch.or(*n_batch);
             merged.n_threads = merged.n_threads.or(*n_threads);
             merged.n_gpu_layers = merged.n_gpu_layers.or(*n_gpu_layers);
+            merged.rpc = merged.rpc.take().or_else(|| rpc.clone());
             merged.max_sequences = merged.max_sequences.or(*max_sequences);
             merged.cache_slots = merged.cache_slots.or(*cache_slots);
             merged.cache_tokens = merged.cache_tokens.or(*cache_tokens);
@@ -103,6 +110,7 @@ impl ModelSettings {
         WorkerSettings {
             path: path.to_owned(),
             n_gpu_layers: merged.n_gpu_layers.unwrap_or_default(),
+            rpc: merged.rpc.unwrap_or_default(),
             chat_template,
             n_ctx: merged.n_ctx,
             n_batch: merged.n_batch,

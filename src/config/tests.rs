@@ -272,3 +272,35 @@ fn show_fills_in_every_default_and_says_which_depend_on_model_or_machine() {
     assert_eq!(again.models, config.models);
     assert_eq!(again.server, config.server);
 }
+
+#[test]
+fn rpc_workers_come_from_defaults_and_an_empty_list_keeps_a_model_local() {
+    let config = parse(
+        "[defaults]\nrpc = [\"10.0.0.2:50052\", \"gpu-box:7\"]\n\
+         [models.a]\npath = \"/m/a.gguf\"\n\
+         [models.b]\npath = \"/m/b.gguf\"\nrpc = []\n",
+    )
+    .unwrap();
+    let specs = config.model_specs(&Overrides::default());
+    let rpc: Vec<&str> = specs[0].worker.rpc.iter().map(|e| e.as_str()).collect();
+    assert_eq!(rpc, ["10.0.0.2:50052", "gpu-box:7"]);
+    assert!(specs[1].worker.rpc.is_empty());
+    // `serve --rpc` is over both.
+    let overrides = Overrides {
+        model: None,
+        settings: ModelSettings {
+            rpc: Some(vec!["127.0.0.1:1".parse().unwrap()]),
+            ..ModelSettings::default()
+        },
+    };
+    for spec in config.model_specs(&overrides) {
+        assert_eq!(spec.worker.rpc.len(), 1, "{}", spec.id);
+    }
+    let error = parse("[models.a]\npath = \"a\"\nrpc = [\"10.0.0.2\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("RPC worker \"10.0.0.2\": no port"),
+        "{error}"
+    );
+}

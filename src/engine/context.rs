@@ -137,10 +137,14 @@ impl<'m> Context<'m> {
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
+        let backend = backend()?;
+        // llama.cpp reads ggml's device list here, which an RPC worker may be joining (rpc.rs).
+        let registry = super::rpc::registry_read();
         let llama = model
             .llama()
-            .new_context(backend()?, params)
+            .new_context(backend, params)
             .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
+        drop(registry);
         // llama.cpp rounds n_ctx up and may cap n_batch: plan with what was asked and it made.
         let limits = Limits {
             n_ctx: (n_ctx as usize).min(llama.n_ctx() as usize - 1),

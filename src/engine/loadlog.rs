@@ -2,6 +2,8 @@
 //! file bounds", "invalid magic", ...), and its API returns a bare null. While a model loads, the
 //! loading thread's log events (which llama-cpp-2 sends to `tracing` on that thread) are also kept
 //! here, so the load error can quote them. Every event still reaches the subscriber it would have.
+//! The lines that say where the weights went (layers offloaded, each device's buffer) are kept
+//! too, for the log line of a model split over RPC workers.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,28 +16,39 @@ use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 const LLAMA_TARGET: &str = "llama-cpp-2";
 /// How many of the last warning and error lines a load error quotes.
 const KEPT_LINES: usize = 4;
+/// What llama.cpp's lines about the weights' placement contain (llama-model.cpp, `load_tensors`).
+const PLACEMENT: [&str; 2] = ["to GPU", "model buffer size"];
 
-/// Runs `f` with llama.cpp's warnings and errors on this thread captured; returns its result and
-/// the last few captured lines (oldest first).
-pub fn capture<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
+/// What llama.cpp logged while a model loaded.
+#[derive(Debug, Default)]
+pub struct Log {
+    /// The last few warning and error lines (oldest first).
+    pub problems: Vec<String>,
+    /// The lines that say where the weights went.
+    pub placement: Vec<String>,
+}
+
+/// Runs `f` with llama.cpp's log lines on this thread captured; returns its result and the lines
+/// kept.
+pub fn capture<T>(f: impl FnOnce() -> T) -> (T, Log) {
+    let log = Arc::new(Mutex::new(Log::default()));
     let inner = tracing::dispatcher::get_default(Dispatch::clone);
     let capture = Dispatch::new(Capture {
         inner,
-        lines: Arc::clone(&lines),
+        log: Arc::clone(&log),
     });
     let result = tracing::dispatcher::with_default(&capture, f);
-    let lines = std::mem::take(&mut *lines.lock().unwrap_or_else(|e| e.into_inner()));
-    (result, lines)
+    let log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    (result, log)
 }
 
-fn is_llama_problem(meta: &Metadata<'_>) -> bool {
-    meta.target() == LLAMA_TARGET && *meta.level() <= Level::WARN
+fn is_llama(meta: &Metadata<'_>) -> bool {
+    meta.target() == LLAMA_TARGET && *meta.level() <= Level::INFO
 }
 
 struct Capture {
     inner: Dispatch,
-    lines: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 struct Message(String);
@@ -60,7 +73,7 @@ impl Subscriber for Capture {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        is_llama_problem(meta) || self.inner.enabled(meta)
+        is_llama(meta) || self.inner.enabled(meta)
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
@@ -80,16 +93,21 @@ impl Subscriber for Capture {
     }
 
     fn event(&self, event: &Event<'_>) {
-        if is_llama_problem(event.metadata()) {
+        let meta = event.metadata();
+        if is_llama(meta) {
             let mut message = Message(String::new());
             event.record(&mut message);
             let line = message.0.trim().to_owned();
             if !line.is_empty() {
-                let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-                if lines.len() == KEPT_LINES {
-                    lines.remove(0);
+                let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                if *meta.level() <= Level::WARN {
+                    if log.problems.len() == KEPT_LINES {
+                        log.problems.remove(0);
+                    }
+                    log.problems.push(line);
+                } else if PLACEMENT.iter().any(|part| line.contains(part)) {
+                    log.placement.push(line);
                 }
-                lines.push(line);
             }
         }
         if self.inner.enabled(event.metadata()) {

@@ -9,6 +9,8 @@
 //!   [`Scorer::probe`]. Used directly by the offline scorer, `eval` and `bench`.
 //! * [`Worker`] — a thread that owns a `Scorer` and runs typed jobs (`job.rs`) from a bounded
 //!   queue, for the daemon; it batches score jobs queued together (continuous batching).
+//! * [`RpcEndpoint`], [`run_worker`] — ggml's RPC backend: a model's layers on `endorm rpc-worker`s
+//!   (`rpc.rs`).
 //!
 //! Inside: `context` alone holds the `LlamaContext` and its batch; `plan` and `cache` are pure
 //! arithmetic and bookkeeping, tested without llama.cpp.
@@ -25,6 +27,7 @@ mod plan;
 pub mod prepare;
 mod probe;
 mod request;
+mod rpc;
 mod scorer;
 mod template;
 mod worker;
@@ -42,6 +45,7 @@ pub use model::{Model, ModelInfo, ModelOptions};
 pub use prepare::{Candidate, Prepared};
 pub use probe::Probed;
 pub use request::PreparedRequest;
+pub use rpc::{run_worker, RpcEndpoint, WorkerOptions};
 pub use scorer::{Scored, Scorer};
 pub(crate) use worker::{LoadedModel, SubmitError, Worker, WorkerSettings, WorkerState};
 

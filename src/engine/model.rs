@@ -7,6 +7,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+use super::rpc::{self, RpcEndpoint};
 use super::template::ChatTemplate;
 use super::{backend, gguf, loadlog, EngineError, Token};
 
@@ -16,8 +17,12 @@ const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
-    /// Layers to offload to the GPU (0 on CPU-only builds).
+    /// Layers to offload to the GPU (0 on CPU-only builds); with `rpc`, to the RPC workers and
+    /// the GPUs, where 0 means every layer.
     pub n_gpu_layers: u32,
+    /// ggml RPC workers (`endorm rpc-worker`) that hold the offloaded layers, split in proportion
+    /// to the memory each reports free.
+    pub rpc: Vec<RpcEndpoint>,
     /// A Jinja chat template to use instead of the one in the GGUF; an empty string means none
     /// (chat format is then refused, as for a model that ships no template).
     pub chat_template: Option<String>,
@@ -71,18 +76,40 @@ impl Model {
             return Err(not_loaded("no such file".into()));
         }
         gguf::check_header(path).map_err(not_loaded)?;
-        let params = LlamaModelParams::default()
-            .with_n_gpu_layers(options.n_gpu_layers)
-            .with_use_mmap(options.use_mmap);
         let backend = backend()?;
-        let (loaded, log) = loadlog::capture(|| LlamaModel::load_from_file(backend, path, &params));
+        // Workers holding no layer would be idle: with workers, 0 (the default) offloads all.
+        let n_gpu_layers = match options.n_gpu_layers {
+            0 if !options.rpc.is_empty() => u32::MAX,
+            n => n,
+        };
+        let mut params = LlamaModelParams::default()
+            .with_n_gpu_layers(n_gpu_layers)
+            .with_use_mmap(options.use_mmap);
+        if let Some(devices) = rpc::devices(&options.rpc).map_err(not_loaded)? {
+            params = params
+                .with_devices(&devices)
+                .map_err(|e| not_loaded(e.to_string()))?;
+        }
+        let (loaded, log) = loadlog::capture(|| {
+            let _registry = rpc::registry_read();
+            LlamaModel::load_from_file(backend, path, &params)
+        });
         let llama = loaded.map_err(|e| {
-            not_loaded(if log.is_empty() {
+            not_loaded(if log.problems.is_empty() {
                 format!("{e} (is it a GGUF file llama.cpp supports?)")
             } else {
-                format!("{} (llama.cpp: {e})", log.join("; "))
+                format!("{} (llama.cpp: {e})", log.problems.join("; "))
             })
         })?;
+        if !options.rpc.is_empty() {
+            let workers: Vec<&str> = options.rpc.iter().map(RpcEndpoint::as_str).collect();
+            tracing::info!(
+                path = %path.display(),
+                workers = %workers.join(","),
+                "model placed (llama.cpp counts the RPC workers' layers as GPU layers): {}",
+                log.placement.join("; ")
+            );
+        }
 
         let vocab = llama.vocab();
         let piece = |token: LlamaToken| {

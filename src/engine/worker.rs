@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::job::{Job, Layouts, LogprobsInput, Pending, Queued};
 use super::plan::PassBudget;
 use super::{
-    ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, Scored, Scorer,
+    ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, RpcEndpoint, Scored, Scorer,
     SequenceLogprobs,
 };
 use crate::reward::Alpha;
@@ -28,8 +28,10 @@ use crate::reward::Alpha;
 pub struct WorkerSettings {
     /// The GGUF file.
     pub path: PathBuf,
-    /// Layers offloaded to the GPU.
+    /// Layers offloaded to the GPU (with `rpc`: to the workers, 0 meaning all).
     pub n_gpu_layers: u32,
+    /// ggml RPC workers that hold the offloaded layers.
+    pub rpc: Vec<RpcEndpoint>,
     /// A Jinja chat template that replaces the GGUF's; empty: none.
     pub chat_template: Option<String>,
     /// Context window in tokens.
@@ -264,6 +266,7 @@ impl Worker {
 fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
+        rpc: settings.rpc.clone(),
         chat_template: settings.chat_template.clone(),
         use_mmap: false,
     };

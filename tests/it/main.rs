@@ -15,4 +15,5 @@ mod faults;
 mod fuzz;
 mod offline;
 mod reference;
+mod rpc;
 mod scoring;
