@@ -133,7 +133,8 @@ struct EvalArgs {
     #[arg(long, short)]
     data: PathBuf,
     /// Methods, comma-separated [default: all]: endo, endo_mean, logprob, logprob_mean, length,
-    /// -length, judge-verifier, judge-pairwise.
+    /// -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus,
+    /// logprob_mean+consensus, judge-verifier, judge-pairwise.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     method: Vec<eval::methods::Method>,
     /// Principle (system message) for the reward on preference items.

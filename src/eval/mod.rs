@@ -3,8 +3,8 @@
 //!
 //! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
 //!   with test results).
-//! * [`methods`] scores items: endorm's four aggregates and the length baselines; [`judges`] the
-//!   verifier and pairwise judges.
+//! * [`methods`] scores items: endorm's four aggregates, the length baselines and the candidates'
+//!   consensus (alone and added to each aggregate); [`judges`] the verifier and pairwise judges.
 //! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
 //! * [`cache`] keeps per-item scores next to the report, so long runs resume.
 
@@ -175,7 +175,11 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         None => Cache::in_memory(),
     };
 
-    let passes: BTreeSet<Pass> = config.methods.iter().map(|m| m.pass()).collect();
+    let passes: BTreeSet<Pass> = config
+        .methods
+        .iter()
+        .flat_map(|m| m.passes().iter().copied())
+        .collect();
     let items: Vec<ItemRef<'_>> = match &dataset {
         Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
         Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
@@ -213,7 +217,8 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
                 id: item.id().to_owned(),
                 outcome,
             };
-            // Length scores cost nothing: recompute them each run rather than cache them.
+            // Length and consensus scores cost next to nothing: recompute them each run rather
+            // than cache them (so a cache written before they existed stays valid).
             if pass.uses_model() {
                 cache.put(record)?;
                 progress.inc(1);
@@ -269,24 +274,24 @@ fn method_report(
     let mut pass_seconds = 0.0;
     let mut pass_tokens = 0;
     // Per item: the method's scores, or None when the item failed.
-    let per_item: Vec<Option<&Scores>> = items
+    let per_item: Vec<Option<Scores>> = items
         .iter()
-        .map(|item| match cache.get(method.pass(), item.id()) {
-            Some(Outcome::Scored(pass)) => {
-                pass_seconds += pass.seconds;
-                pass_tokens += pass.tokens;
-                let scores = pass.scores.get(method.name());
-                if scores.is_some() {
-                    scored += 1;
-                } else {
-                    failed += 1;
-                }
-                scores
+        .map(|item| {
+            let pass = |pass: Pass| match cache.get(pass, item.id()) {
+                Some(Outcome::Scored(scores)) => Some(scores),
+                _ => None,
+            };
+            if let Some(own) = pass(method.pass()) {
+                pass_seconds += own.seconds;
+                pass_tokens += own.tokens;
             }
-            _ => {
+            let scores = methods::method_scores(method, pass);
+            if scores.is_some() {
+                scored += 1;
+            } else {
                 failed += 1;
-                None
             }
+            scores
         })
         .collect();
     let mut report = MethodReport {
@@ -306,13 +311,13 @@ fn method_report(
                 .iter()
                 .zip(&per_item)
                 .filter_map(|(item, scores)| {
-                    preference_outcomes(item.chosen.len(), item.rejected.len(), (*scores)?)
+                    preference_outcomes(item.chosen.len(), item.rejected.len(), scores.as_ref()?)
                 })
                 .collect();
             report.accuracy = metrics::accuracy(&outcomes);
             let (mut longer, mut shorter) = (Vec::new(), Vec::new());
             for (item, scores) in prefs.iter().zip(&per_item) {
-                let Some(outcomes) = (*scores).and_then(|scores| {
+                let Some(outcomes) = scores.as_ref().and_then(|scores| {
                     preference_outcomes(item.chosen.len(), item.rejected.len(), scores)
                 }) else {
                     continue;
@@ -397,7 +402,15 @@ impl Report {
         } else {
             &["accuracy", "length-balanced"]
         };
-        let _ = write!(out, "{:<16}", "method");
+        // The method column fits the longest name (`logprob_mean+consensus`).
+        let width = self
+            .methods
+            .iter()
+            .map(|m| m.method.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(16);
+        let _ = write!(out, "{:<width$}", "method");
         for name in metric_names {
             let _ = write!(out, "  {:<22}", name);
         }
@@ -405,14 +418,14 @@ impl Report {
         if let Some(random) = &self.random_pass_at_1 {
             let _ = writeln!(
                 out,
-                "{:<16}  {:<22}  {:<22}",
+                "{:<width$}  {:<22}  {:<22}",
                 "random",
                 interval(&Some(*random)),
                 "0.500"
             );
         }
         for m in &self.methods {
-            let _ = write!(out, "{:<16}", m.method);
+            let _ = write!(out, "{:<width$}", m.method);
             if self.kind == "ranking" {
                 let _ = write!(
                     out,
