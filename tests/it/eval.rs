@@ -22,6 +22,7 @@ fn config(file: &str, methods: &[Method]) -> EvalConfig {
         cache: None,
         model_id: "test".into(),
         progress: false,
+        plot: None,
     }
 }
 
@@ -82,9 +83,20 @@ fn consensus_methods_come_from_the_cached_reward_pass_without_a_decode() {
     // the cache gains nothing (agreement is recomputed from the texts).
     let with_consensus = EvalConfig {
         methods: vec![Method::Consensus, Method::WithConsensus(Aggregate::Endo)],
+        plot: Some(dir.path().join("figures")),
         ..reward_only
     };
     let second = eval::run(&mut scorer, &with_consensus).unwrap();
+    // The figures come from the same cache; plot.rs's tests look inside them.
+    let figures: Vec<String> = ["estimates.svg", "roc.svg"]
+        .iter()
+        .map(|f| dir.path().join("figures").join(f).display().to_string())
+        .collect();
+    assert_eq!(second.figures, figures);
+    for figure in &figures {
+        let svg = std::fs::read_to_string(figure).unwrap();
+        assert!(svg.contains("endo+consensus"), "{figure}");
+    }
     assert_eq!(
         second.resumed, 3,
         "the reward pass of all 3 tasks is cached"
