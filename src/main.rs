@@ -152,7 +152,8 @@ struct EvalArgs {
     #[arg(long, short)]
     data: PathBuf,
     /// Methods, comma-separated [default: all]: endo, endo_mean, logprob, logprob_mean, length,
-    /// -length, judge-verifier, judge-pairwise.
+    /// -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus,
+    /// logprob_mean+consensus, judge-verifier, judge-pairwise.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     method: Vec<eval::methods::Method>,
     /// Principle (system message) for the reward on preference items.
@@ -168,6 +169,10 @@ struct EvalArgs {
     /// Delete the cached per-item scores first and start over.
     #[arg(long, requires = "report")]
     fresh: bool,
+    /// Also draw the report as SVG figures in this directory: estimates.svg (each method's
+    /// number with its 95% interval), roc.svg (ranking files), differences.svg (preference files).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -394,9 +399,13 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         cache,
         model_id: paths::model_id(&model.meta().path),
         progress: !args.quiet,
+        plot: args.plot,
     };
     let report = eval::run(&mut scorer, &config)?;
     println!("{}", report.table());
+    for figure in &report.figures {
+        eprintln!("figure: {figure}");
+    }
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json + "\n")

@@ -9,8 +9,11 @@
 //!   with `V(s_{H+1}) = 0` when the candidate ends in an end-of-generation token.
 //!
 //! Nothing here knows about llama.cpp or I/O: the engine hands in logits rows and gets numbers back.
+//! [`consensus`] scores candidates by how much they agree with each other, from their texts alone.
 
 use serde::{Deserialize, Serialize};
+
+pub mod consensus;
 
 /// The entropy coefficient `α` (the softmax temperature of the soft Q-function); always within
 /// [`Alpha::MIN`]`..=`[`Alpha::MAX`].
@@ -228,7 +231,9 @@ impl Aggregates {
 }
 
 /// Which response-level score ranks the candidates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregate {
     /// `Σ r_t` (default).

@@ -359,6 +359,7 @@ mod tests {
             logprob: 0.0,
             logprob_mean: 0.0,
             n_tokens: 1,
+            agreement: None,
             tokens: None,
         };
         ScoreResponse {

@@ -61,6 +61,10 @@ pub struct ScoreRequest {
     /// reply still ends with its end-of-turn token). Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_candidate_tokens: Option<usize>,
+    /// Weight `w` (0 < w ≤ 100) of the candidates' agreement with each other: `score` becomes
+    /// `z(aggregate) + w · z(agreement)` (`crate::reward::consensus`). Plain aggregate when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<f64>,
 }
 
 /// Response of `POST /v1/score`.
@@ -85,7 +89,7 @@ pub struct ScoreResponse {
 pub struct CandidateResult {
     /// Position of the candidate in the request.
     pub index: usize,
-    /// The requested aggregate.
+    /// The requested aggregate; with `consensus`, the aggregate combined with `agreement`.
     pub score: f64,
     /// 1 for the best candidate.
     pub rank: usize,
@@ -99,6 +103,9 @@ pub struct CandidateResult {
     pub logprob_mean: f64,
     /// `H`, the number of scored tokens.
     pub n_tokens: usize,
+    /// With `consensus`: the mean similarity of this candidate's text to the others'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
     /// Per-token detail, when `return_tokens` was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<TokenDetail>>,
@@ -116,6 +123,7 @@ impl CandidateResult {
             logprob: sums.logprob,
             logprob_mean: sums.logprob_mean,
             n_tokens,
+            agreement: None,
             tokens: None,
         }
     }
@@ -209,13 +217,14 @@ mod tests {
             terminal: true,
             return_tokens: true,
             max_candidate_tokens: Some(3),
+            consensus: Some(0.5),
         };
         assert_wire(
             &full,
             json!({"model": "m", "format": "chat", "messages": [{"role": "user", "content": "Hi"}],
                    "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
                    "alpha": 0.5, "terminal": true, "return_tokens": true,
-                   "max_candidate_tokens": 3}),
+                   "max_candidate_tokens": 3, "consensus": 0.5}),
         );
         assert_wire(&Format::Raw, json!("raw"));
         let error = serde_json::from_value::<ScoreRequest>(
@@ -245,6 +254,7 @@ mod tests {
         let bare = CandidateResult {
             index: 1,
             tokens: None,
+            agreement: Some(0.25),
             rank: 2,
             ..result.clone()
         };
@@ -277,7 +287,7 @@ mod tests {
                      "tokens": [{"id": 504, "text": "Paris", "logprob": -0.5, "q": 18.25,
                                  "v_next": 17.75, "reward": 0.5}]},
                     {"index": 1, "score": -11.25, "rank": 2, "endo": -11.25, "endo_mean": -5.625,
-                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2}
+                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2, "agreement": 0.25}
                 ],
                 "order": [0, 1],
                 "usage": {"prompt_tokens": 48, "cached_tokens": 0, "candidate_tokens": 31,

@@ -4,9 +4,13 @@
 use std::time::{Duration, Instant};
 
 use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage};
-use crate::reward::{order_best_first, Aggregates, Alpha};
+use crate::reward::{consensus, order_best_first, Aggregates, Alpha};
 
 use super::{prepare, EngineError, Model, Prepared, Scored};
+
+/// The largest `consensus` weight accepted: beyond it the aggregate is a tie-breaker only, which
+/// a client asks for more plainly by ranking on agreement itself.
+pub const MAX_CONSENSUS_WEIGHT: f64 = 100.0;
 
 /// A score request in tokens, ready for a scorer, and when it arrived.
 #[derive(Debug, Clone)]
@@ -15,6 +19,8 @@ pub struct PreparedRequest {
     pub prepared: Prepared,
     /// The request's `alpha`.
     pub alpha: Alpha,
+    /// The request's `consensus` weight, checked to lie in `0 < w ≤` [`MAX_CONSENSUS_WEIGHT`].
+    pub consensus: Option<f64>,
     started: Instant,
     tokenize_time: Duration,
 }
@@ -37,10 +43,23 @@ impl PreparedRequest {
                 ))
             })?,
         };
+        let consensus = match request.consensus {
+            None => None,
+            // Written so that NaN fails too.
+            Some(w) if w > 0.0 && w <= MAX_CONSENSUS_WEIGHT => Some(w),
+            Some(w) => {
+                return Err(EngineError::InvalidInput(format!(
+                    "`consensus` is the weight of the candidates' agreement and must be above 0 \
+                     and at most {MAX_CONSENSUS_WEIGHT}, not {w}; leave it out for the plain \
+                     aggregate"
+                )))
+            }
+        };
         let prepared = prepare::score_request(model, request, default_principle)?;
         Ok(PreparedRequest {
             prepared,
             alpha,
+            consensus,
             started,
             tokenize_time: started.elapsed(),
         })
@@ -93,6 +112,18 @@ impl PreparedRequest {
                 );
             }
             results.push(result);
+        }
+        if let Some(weight) = self.consensus {
+            // The texts as sent (before any `max_candidate_tokens` cut): agreement is about what
+            // the candidates say, not about how much of them was scored.
+            let texts: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
+            let agreement = consensus::agreement(&texts);
+            let aggregate: Vec<f64> = results.iter().map(|r| r.score).collect();
+            let combined = consensus::combine(&aggregate, &agreement, weight);
+            for ((result, agreement), score) in results.iter_mut().zip(agreement).zip(combined) {
+                result.agreement = Some(agreement);
+                result.score = score;
+            }
         }
         let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
         let order = order_best_first(&scores);

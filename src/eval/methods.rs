@@ -1,5 +1,6 @@
-//! The methods an evaluation compares: endorm's reward aggregates, the length baselines, and the
-//! two training-free judges built on the same model (REWARD.md, "Judge baselines").
+//! The methods an evaluation compares: endorm's reward aggregates, the length baselines, the
+//! candidates' consensus alone and added to each aggregate, and the two training-free judges built
+//! on the same model (REWARD.md, "Judge baselines").
 //!
 //! Every method turns one item into scores: one score per candidate (higher is better), or for the
 //! pairwise judge on preference items one margin per chosen × rejected pair (> 0: chosen wins).
@@ -13,7 +14,11 @@ use super::data::{PreferenceItem, RankingItem};
 use super::judges;
 use crate::api::{Format, ScoreRequest};
 use crate::engine::{EngineError, Scorer};
-use crate::reward::Aggregate;
+use crate::reward::{consensus, Aggregate};
+
+/// The weight of agreement in the reward plus consensus methods: fixed at 1 (the standardised
+/// reward and agreement count alike), not tuned.
+pub const CONSENSUS_WEIGHT: f64 = 1.0;
 
 /// A way of scoring candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +35,10 @@ pub enum Method {
     Length,
     /// The shorter candidate wins (`-length`).
     Shorter,
+    /// Agreement with the item's other candidates (`crate::reward::consensus`); no model.
+    Consensus,
+    /// `z(aggregate) + z(agreement)`, from the reward pass's scores and the texts: no extra decode.
+    WithConsensus(Aggregate),
     /// `log P("Yes")` after asking the model whether the response is good.
     JudgeVerifier,
     /// `log P("A") − log P("B")` after showing both responses, averaged over both orders.
@@ -38,13 +47,18 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 13] = [
         Method::Endo,
         Method::EndoMean,
         Method::Logprob,
         Method::LogprobMean,
         Method::Length,
         Method::Shorter,
+        Method::Consensus,
+        Method::WithConsensus(Aggregate::Endo),
+        Method::WithConsensus(Aggregate::EndoMean),
+        Method::WithConsensus(Aggregate::Logprob),
+        Method::WithConsensus(Aggregate::LogprobMean),
         Method::JudgeVerifier,
         Method::JudgePairwise,
     ];
@@ -58,28 +72,50 @@ impl Method {
             Method::LogprobMean => "logprob_mean",
             Method::Length => "length",
             Method::Shorter => "-length",
+            Method::Consensus => "consensus",
+            Method::WithConsensus(Aggregate::Endo) => "endo+consensus",
+            Method::WithConsensus(Aggregate::EndoMean) => "endo_mean+consensus",
+            Method::WithConsensus(Aggregate::Logprob) => "logprob+consensus",
+            Method::WithConsensus(Aggregate::LogprobMean) => "logprob_mean+consensus",
             Method::JudgeVerifier => "judge-verifier",
             Method::JudgePairwise => "judge-pairwise",
         }
     }
 
-    /// The scoring pass that computes this method.
+    /// The scoring pass whose cost this method is reported with (the reward pass for the reward
+    /// plus consensus, whose agreement costs next to nothing).
     pub fn pass(self) -> Pass {
         match self {
             Method::Endo | Method::EndoMean | Method::Logprob | Method::LogprobMean => Pass::Reward,
+            Method::WithConsensus(_) => Pass::Reward,
             Method::Length | Method::Shorter => Pass::Length,
+            Method::Consensus => Pass::Consensus,
             Method::JudgeVerifier => Pass::Verifier,
             Method::JudgePairwise => Pass::Pairwise,
         }
     }
 
-    fn aggregate(self) -> Option<Aggregate> {
+    /// Every pass this method's scores are made from.
+    pub fn passes(self) -> &'static [Pass] {
         match self {
-            Method::Endo => Some(Aggregate::Endo),
-            Method::EndoMean => Some(Aggregate::EndoMean),
-            Method::Logprob => Some(Aggregate::Logprob),
-            Method::LogprobMean => Some(Aggregate::LogprobMean),
-            _ => None,
+            Method::WithConsensus(_) => &[Pass::Reward, Pass::Consensus],
+            _ => match self.pass() {
+                Pass::Length => &[Pass::Length],
+                Pass::Consensus => &[Pass::Consensus],
+                Pass::Reward => &[Pass::Reward],
+                Pass::Verifier => &[Pass::Verifier],
+                Pass::Pairwise => &[Pass::Pairwise],
+            },
+        }
+    }
+
+    /// The method of the reward pass that scores `aggregate`.
+    pub fn of_aggregate(aggregate: Aggregate) -> Method {
+        match aggregate {
+            Aggregate::Endo => Method::Endo,
+            Aggregate::EndoMean => Method::EndoMean,
+            Aggregate::Logprob => Method::Logprob,
+            Aggregate::LogprobMean => Method::LogprobMean,
         }
     }
 }
@@ -112,6 +148,8 @@ impl std::str::FromStr for Method {
 pub enum Pass {
     /// Candidate lengths; no model.
     Length,
+    /// The candidates' agreement with each other; no model.
+    Consensus,
     /// endorm's reward: one scoring pass gives all four aggregates.
     Reward,
     /// The verifier judge.
@@ -125,6 +163,7 @@ impl Pass {
     pub fn name(self) -> &'static str {
         match self {
             Pass::Length => "length",
+            Pass::Consensus => "consensus",
             Pass::Reward => "reward",
             Pass::Verifier => "judge-verifier",
             Pass::Pairwise => "judge-pairwise",
@@ -133,7 +172,7 @@ impl Pass {
 
     /// Whether the pass runs the model.
     pub fn uses_model(self) -> bool {
-        self != Pass::Length
+        !matches!(self, Pass::Length | Pass::Consensus)
     }
 }
 
@@ -211,6 +250,7 @@ pub fn run_pass(
     let started = Instant::now();
     let (scores, tokens) = match pass {
         Pass::Length => (length_scores(item), 0),
+        Pass::Consensus => (consensus_scores(item), 0),
         Pass::Reward => reward_scores(scorer, item, options)?,
         Pass::Verifier => judges::verifier_scores(scorer, item)?,
         Pass::Pairwise => judges::pairwise_scores(scorer, item)?,
@@ -262,6 +302,39 @@ pub fn length_scores(item: ItemRef<'_>) -> BTreeMap<String, Scores> {
     ])
 }
 
+/// Each candidate's agreement with the item's other candidates, all of them as given (copies
+/// included): `consensus`.
+pub fn consensus_scores(item: ItemRef<'_>) -> BTreeMap<String, Scores> {
+    BTreeMap::from([(
+        Method::Consensus.name().to_owned(),
+        Scores::Candidates(consensus::agreement(&item.candidates())),
+    )])
+}
+
+/// The scores of `method` on one item from the scores its passes computed (`pass` looks a pass's
+/// scores up): a pass's own method is read as stored; the reward plus consensus is combined here,
+/// so it needs no pass of its own and no cache record. `None` when a pass is missing or failed.
+pub fn method_scores<'a>(
+    method: Method,
+    pass: impl Fn(Pass) -> Option<&'a PassScores>,
+) -> Option<Scores> {
+    let get = |method: Method| pass(method.pass())?.scores.get(method.name());
+    match method {
+        Method::WithConsensus(aggregate) => {
+            let Scores::Candidates(reward) = get(Method::of_aggregate(aggregate))? else {
+                return None;
+            };
+            let Scores::Candidates(agreement) = get(Method::Consensus)? else {
+                return None;
+            };
+            (reward.len() == agreement.len()).then(|| {
+                Scores::Candidates(consensus::combine(reward, agreement, CONSENSUS_WEIGHT))
+            })
+        }
+        _ => get(method).cloned(),
+    }
+}
+
 /// endorm's reward: preference items in chat format (the prompt as the user's message, each
 /// response an assistant turn, with the principle if given); ranking items in raw format (the
 /// prompt is the context, each completion its continuation, not terminal). One scoring pass gives
@@ -309,7 +382,6 @@ fn reward_scores(
     .into_iter()
     .enumerate()
     .map(|(k, method)| {
-        debug_assert!(method.aggregate().is_some());
         let distinct_scores: Vec<f64> = values.iter().map(|v| v[k]).collect();
         (
             method.name().to_owned(),
@@ -329,8 +401,12 @@ mod tests {
         for method in Method::ALL {
             assert_eq!(method.name().parse::<Method>(), Ok(method));
         }
-        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, judge-verifier, judge-pairwise".into()));
+        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise".into()));
         assert_eq!("endo-mean".parse::<Method>(), Ok(Method::EndoMean));
+        assert_eq!(
+            "endo-mean+consensus".parse::<Method>(),
+            Ok(Method::WithConsensus(Aggregate::EndoMean))
+        );
     }
 
     #[test]
@@ -344,6 +420,58 @@ mod tests {
         let scores = length_scores(ItemRef::Preference(&item));
         assert_eq!(scores["length"], Scores::Candidates(vec![5.0, 2.0]));
         assert_eq!(scores["-length"], Scores::Candidates(vec![-5.0, -2.0]));
+    }
+
+    #[test]
+    fn consensus_counts_copies_and_combines_with_the_cached_reward() {
+        let item = RankingItem {
+            id: "t".into(),
+            prompt: "p".into(),
+            completions: vec!["x".into(), "x".into(), "y".into()],
+            passed: vec![true, true, false],
+        };
+        let agreement = consensus_scores(ItemRef::Ranking(&item));
+        assert_eq!(
+            agreement["consensus"],
+            Scores::Candidates(vec![0.5, 0.5, 0.0])
+        );
+        let consensus_pass = PassScores {
+            scores: agreement,
+            tokens: 0,
+            seconds: 0.0,
+        };
+        // The reward prefers the odd one out, agreement its copies: with weight 1 they cancel.
+        let reward_pass = PassScores {
+            scores: BTreeMap::from([("endo".to_owned(), Scores::Candidates(vec![1.0, 1.0, 1.5]))]),
+            tokens: 9,
+            seconds: 1.0,
+        };
+        let lookup = |pass: Pass| match pass {
+            Pass::Reward => Some(&reward_pass),
+            Pass::Consensus => Some(&consensus_pass),
+            _ => None,
+        };
+        let Some(Scores::Candidates(combined)) =
+            method_scores(Method::WithConsensus(Aggregate::Endo), lookup)
+        else {
+            panic!("no combined scores");
+        };
+        // z(reward) = (−1/√2, −1/√2, √2), z(agreement) = (1/√2, 1/√2, −√2): exact opposites.
+        assert!(combined.iter().all(|s| s.abs() < 1e-12), "{combined:?}");
+        assert_eq!(
+            method_scores(Method::Endo, lookup),
+            Some(Scores::Candidates(vec![1.0, 1.0, 1.5]))
+        );
+        // A method whose reward aggregate was not scored, or without the consensus pass: none.
+        assert_eq!(
+            method_scores(Method::WithConsensus(Aggregate::Logprob), lookup),
+            None
+        );
+        let reward_only = |pass: Pass| (pass == Pass::Reward).then_some(&reward_pass);
+        assert_eq!(
+            method_scores(Method::WithConsensus(Aggregate::Endo), reward_only),
+            None
+        );
     }
 
     #[test]

@@ -3,16 +3,18 @@
 //!
 //! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
 //!   with test results).
-//! * [`methods`] scores items: endorm's four aggregates and the length baselines; [`judges`] the
-//!   verifier and pairwise judges.
+//! * [`methods`] scores items: endorm's four aggregates, the length baselines and the candidates'
+//!   consensus (alone and added to each aggregate); [`judges`] the verifier and pairwise judges.
 //! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
 //! * [`cache`] keeps per-item scores next to the report, so long runs resume.
+//! * [`plot`] draws the report as SVG figures (`--plot DIR`).
 
 pub mod cache;
 pub mod data;
 pub mod judges;
 pub mod methods;
 pub mod metrics;
+pub mod plot;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -68,6 +70,9 @@ pub enum EvalError {
         /// What this run would make.
         wanted: Box<Fingerprint>,
     },
+    /// A figure could not be written.
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
     /// The model failed in a way that would fail every following item too.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -90,6 +95,8 @@ pub struct EvalConfig {
     pub model_id: String,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Write SVG figures of the report into this directory.
+    pub plot: Option<PathBuf>,
 }
 
 /// Where the per-item scores of a report are kept: `OUT.json` → `OUT.items.jsonl`.
@@ -150,6 +157,9 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Items skipped because an earlier run had scored them.
     pub resumed: usize,
+    /// The SVG figures written (`--plot`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<String>,
 }
 
 /// Evaluates `config.methods` on `config.data` with `scorer`'s model.
@@ -175,7 +185,11 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         None => Cache::in_memory(),
     };
 
-    let passes: BTreeSet<Pass> = config.methods.iter().map(|m| m.pass()).collect();
+    let passes: BTreeSet<Pass> = config
+        .methods
+        .iter()
+        .flat_map(|m| m.passes().iter().copied())
+        .collect();
     let items: Vec<ItemRef<'_>> = match &dataset {
         Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
         Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
@@ -213,7 +227,8 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
                 id: item.id().to_owned(),
                 outcome,
             };
-            // Length scores cost nothing: recompute them each run rather than cache them.
+            // Length and consensus scores cost next to nothing: recompute them each run rather
+            // than cache them (so a cache written before they existed stays valid).
             if pass.uses_model() {
                 cache.put(record)?;
                 progress.inc(1);
@@ -239,7 +254,7 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         }
         Dataset::Preference(_) => None,
     };
-    Ok(Report {
+    let mut report = Report {
         model: config.model_id.clone(),
         data: config.data.display().to_string(),
         kind: dataset.kind().into(),
@@ -255,7 +270,99 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         },
         wall_seconds: started.elapsed().as_secs_f64(),
         resumed,
+        figures: Vec::new(),
+    };
+    if let Some(dir) = &config.plot {
+        let figures = figures(&report, &config.methods, &dataset, &items, &cache);
+        report.figures = plot::write(dir, &figures)?
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+    }
+    Ok(report)
+}
+
+/// The scores of `method` on `item`, from the passes in `cache`; `None` when the item failed.
+fn item_scores(method: Method, item: &ItemRef<'_>, cache: &Cache) -> Option<Scores> {
+    methods::method_scores(method, |pass| match cache.get(pass, item.id()) {
+        Some(Outcome::Scored(scores)) => Some(scores),
+        _ => None,
     })
+}
+
+/// What the figures of `report` show: its estimates, and from the per-item scores each method's
+/// ROC curve (ranking) or its chosen − rejected differences (preference).
+fn figures(
+    report: &Report,
+    methods: &[Method],
+    dataset: &Dataset,
+    items: &[ItemRef<'_>],
+    cache: &Cache,
+) -> plot::Figures {
+    let methods = methods
+        .iter()
+        .zip(&report.methods)
+        .map(|(&method, measured)| {
+            let per_item = items.iter().map(|item| item_scores(method, item, cache));
+            let mut figure = plot::MethodFigure {
+                name: measured.method.clone(),
+                roc: None,
+                differences: None,
+                estimates: Vec::new(),
+            };
+            match dataset {
+                Dataset::Ranking(tasks) => {
+                    let curves: Vec<_> = tasks
+                        .iter()
+                        .zip(per_item)
+                        .filter_map(|(task, scores)| match scores? {
+                            Scores::Candidates(s) => plot::roc_points(&s, &task.passed),
+                            Scores::Pairs(_) => None,
+                        })
+                        .collect();
+                    figure.roc = plot::mean_roc(&curves);
+                    figure
+                        .estimates
+                        .extend(measured.pass_at_1.map(|e| ("pass@1", e)));
+                }
+                Dataset::Preference(prefs) => {
+                    let differences: Vec<f64> = prefs
+                        .iter()
+                        .zip(per_item)
+                        .filter_map(|(item, scores)| {
+                            preference_differences(item.chosen.len(), item.rejected.len(), &scores?)
+                        })
+                        .flatten()
+                        .collect();
+                    figure.differences = Some(differences);
+                    figure
+                        .estimates
+                        .extend(measured.accuracy.map(|e| ("accuracy", e)));
+                    figure.estimates.extend(
+                        measured
+                            .length
+                            .and_then(|l| l.balanced)
+                            .map(|e| ("length-balanced", e)),
+                    );
+                }
+            }
+            figure
+        })
+        .collect();
+    plot::Figures {
+        title: format!(
+            "{} · {}",
+            Path::new(&report.data)
+                .file_name()
+                .map_or(report.data.clone(), |f| f.to_string_lossy().into_owned()),
+            report.model
+        ),
+        baseline: match &report.random_pass_at_1 {
+            Some(random) => Some(("random".into(), random.value)),
+            None => (report.kind == "preference").then(|| ("chance".into(), 0.5)),
+        },
+        methods,
+    }
 }
 
 fn method_report(
@@ -269,24 +376,20 @@ fn method_report(
     let mut pass_seconds = 0.0;
     let mut pass_tokens = 0;
     // Per item: the method's scores, or None when the item failed.
-    let per_item: Vec<Option<&Scores>> = items
+    let per_item: Vec<Option<Scores>> = items
         .iter()
-        .map(|item| match cache.get(method.pass(), item.id()) {
-            Some(Outcome::Scored(pass)) => {
-                pass_seconds += pass.seconds;
-                pass_tokens += pass.tokens;
-                let scores = pass.scores.get(method.name());
-                if scores.is_some() {
-                    scored += 1;
-                } else {
-                    failed += 1;
-                }
-                scores
+        .map(|item| {
+            if let Some(Outcome::Scored(own)) = cache.get(method.pass(), item.id()) {
+                pass_seconds += own.seconds;
+                pass_tokens += own.tokens;
             }
-            _ => {
+            let scores = item_scores(method, item, cache);
+            if scores.is_some() {
+                scored += 1;
+            } else {
                 failed += 1;
-                None
             }
+            scores
         })
         .collect();
     let mut report = MethodReport {
@@ -306,13 +409,13 @@ fn method_report(
                 .iter()
                 .zip(&per_item)
                 .filter_map(|(item, scores)| {
-                    preference_outcomes(item.chosen.len(), item.rejected.len(), (*scores)?)
+                    preference_outcomes(item.chosen.len(), item.rejected.len(), scores.as_ref()?)
                 })
                 .collect();
             report.accuracy = metrics::accuracy(&outcomes);
             let (mut longer, mut shorter) = (Vec::new(), Vec::new());
             for (item, scores) in prefs.iter().zip(&per_item) {
-                let Some(outcomes) = (*scores).and_then(|scores| {
+                let Some(outcomes) = scores.as_ref().and_then(|scores| {
                     preference_outcomes(item.chosen.len(), item.rejected.len(), scores)
                 }) else {
                     continue;
@@ -359,24 +462,30 @@ fn method_report(
     report
 }
 
-/// The outcome of every chosen × rejected pair of a preference item (chosen-major).
-fn preference_outcomes(n_chosen: usize, n_rejected: usize, scores: &Scores) -> Option<Vec<f64>> {
+/// `chosen − rejected` of every chosen × rejected pair of a preference item (chosen-major); a
+/// pairwise judge's margins as they are.
+fn preference_differences(n_chosen: usize, n_rejected: usize, scores: &Scores) -> Option<Vec<f64>> {
     match scores {
         Scores::Candidates(s) if s.len() == n_chosen + n_rejected => Some(
             (0..n_chosen)
-                .flat_map(|c| {
-                    (0..n_rejected).map(move |r| metrics::pair_outcome(s[c], s[n_chosen + r]))
-                })
+                .flat_map(|c| (0..n_rejected).map(move |r| s[c] - s[n_chosen + r]))
                 .collect(),
         ),
-        Scores::Pairs(margins) if margins.len() == n_chosen * n_rejected => Some(
-            margins
-                .iter()
-                .map(|&m| metrics::pair_outcome(m, 0.0))
-                .collect(),
-        ),
+        Scores::Pairs(margins) if margins.len() == n_chosen * n_rejected => Some(margins.clone()),
         _ => None,
     }
+}
+
+/// The outcome of every chosen × rejected pair of a preference item (chosen-major): for finite
+/// scores `a − b > 0` exactly when `a > b`, so the difference decides as the scores would.
+fn preference_outcomes(n_chosen: usize, n_rejected: usize, scores: &Scores) -> Option<Vec<f64>> {
+    let differences = preference_differences(n_chosen, n_rejected, scores)?;
+    Some(
+        differences
+            .into_iter()
+            .map(|d| metrics::pair_outcome(d, 0.0))
+            .collect(),
+    )
 }
 
 impl Report {
@@ -397,7 +506,15 @@ impl Report {
         } else {
             &["accuracy", "length-balanced"]
         };
-        let _ = write!(out, "{:<16}", "method");
+        // The method column fits the longest name (`logprob_mean+consensus`).
+        let width = self
+            .methods
+            .iter()
+            .map(|m| m.method.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(16);
+        let _ = write!(out, "{:<width$}", "method");
         for name in metric_names {
             let _ = write!(out, "  {:<22}", name);
         }
@@ -405,14 +522,14 @@ impl Report {
         if let Some(random) = &self.random_pass_at_1 {
             let _ = writeln!(
                 out,
-                "{:<16}  {:<22}  {:<22}",
+                "{:<width$}  {:<22}  {:<22}",
                 "random",
                 interval(&Some(*random)),
                 "0.500"
             );
         }
         for m in &self.methods {
-            let _ = write!(out, "{:<16}", m.method);
+            let _ = write!(out, "{:<width$}", m.method);
             if self.kind == "ranking" {
                 let _ = write!(
                     out,

@@ -11,7 +11,7 @@ use crate::common;
 use crate::support::{long_text, model_section, Daemon};
 use endorm::api::{Format, ScoreRequest, ScoreResponse};
 use endorm::engine::prepare;
-use endorm::reward::{Aggregates, Alpha};
+use endorm::reward::{consensus, Aggregates, Alpha};
 
 const ID: &str = "smollm2-135m-instruct";
 const TOLERANCE: f64 = 1e-4;
@@ -226,6 +226,68 @@ fn max_tokens_per_doc_scores_the_first_tokens_only() {
         f(&scored["results"][0]["endo"]),
         "reward",
     );
+}
+
+#[test]
+fn consensus_adds_the_candidates_agreement_to_the_aggregate() {
+    let d = daemon();
+    // Two copies of one answer, a near copy and an outlier: agreement favours the copies.
+    let candidates = [
+        "The capital of France is Paris.",
+        "Paris.",
+        "The capital of France is Paris.",
+        "The capital of France is Paris!",
+        "I like turtles.",
+    ];
+    let plain = d.ok(
+        "/v1/score",
+        &json!({"prompt": "Capital of France?", "candidates": candidates, "aggregate": "endo_mean"}),
+    );
+    let body = json!({"prompt": "Capital of France?", "candidates": candidates,
+                      "aggregate": "endo_mean", "consensus": 2.5});
+    let combined = d.ok("/v1/score", &body);
+    let results = combined["results"].as_array().expect("results");
+    let agreement = consensus::agreement(&candidates);
+    let endo_mean: Vec<f64> = results.iter().map(|r| f(&r["endo_mean"])).collect();
+    let expected = consensus::combine(&endo_mean, &agreement, 2.5);
+    for (i, result) in results.iter().enumerate() {
+        // The aggregates are those of the plain request; agreement and score are added on top.
+        for field in ["endo", "endo_mean", "logprob", "logprob_mean"] {
+            assert_close(f(&result[field]), f(&plain["results"][i][field]), field);
+        }
+        assert!(plain["results"][i].get("agreement").is_none());
+        assert_eq!(f(&result["agreement"]), agreement[i], "agreement {i}");
+        assert_close(f(&result["score"]), expected[i], "combined score");
+    }
+    assert!(agreement[0] > agreement[4], "{agreement:?}");
+    // `order` and `rank` follow the combined score.
+    let order: Vec<usize> = serde_json::from_value(combined["order"].clone()).expect("order");
+    let scores: Vec<f64> = order.iter().map(|&i| f(&results[i]["score"])).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    for (rank, &i) in order.iter().enumerate() {
+        assert_eq!(results[i]["rank"], rank + 1);
+    }
+    // The offline scorer reads the same field.
+    let request: ScoreRequest = serde_json::from_value(body).expect("request");
+    let offline = offline(&request);
+    for (served, offline) in results.iter().zip(&offline.results) {
+        assert_close(f(&served["score"]), offline.score, "offline score");
+        assert_eq!(Some(f(&served["agreement"])), offline.agreement);
+    }
+
+    let bad = |weight: Value| {
+        d.post(
+            "/v1/score",
+            &json!({"prompt": "Q?", "candidates": ["a", "b"], "consensus": weight}),
+        )
+        .expect_error(400, "invalid_request")
+    };
+    for weight in [json!(0), json!(-1), json!(100.5)] {
+        let message = bad(weight.clone());
+        assert!(message.contains("`consensus`"), "{weight}: {message}");
+    }
+    // Not a number: serde's message, still a 400.
+    bad(json!("high"));
 }
 
 #[test]

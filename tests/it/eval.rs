@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use endorm::eval::methods::Method;
 use endorm::eval::{self, EvalConfig, Report};
+use endorm::reward::Aggregate;
 
 fn data(name: &str) -> PathBuf {
     common::data_dir().join("eval").join(name)
@@ -21,6 +22,7 @@ fn config(file: &str, methods: &[Method]) -> EvalConfig {
         cache: None,
         model_id: "test".into(),
         progress: false,
+        plot: None,
     }
 }
 
@@ -63,6 +65,53 @@ fn endo_ranks_working_code_first() {
     assert_eq!(endo.pass_at_1.unwrap().value, 1.0, "{endo:?}");
     assert!(endo.auc.unwrap().value >= 0.9, "{endo:?}");
     assert_eq!(report.random_pass_at_1.unwrap().value, 0.5);
+}
+
+#[test]
+fn consensus_methods_come_from_the_cached_reward_pass_without_a_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = eval::cache_path(&dir.path().join("report.json"));
+    let mut scorer = common::scorer(common::options());
+    let reward_only = EvalConfig {
+        cache: Some(cache.clone()),
+        ..config("obvious-code.jsonl", &[Method::Endo])
+    };
+    let first = eval::run(&mut scorer, &reward_only).unwrap();
+    let cached = std::fs::read_to_string(&cache).unwrap();
+
+    // A later run asks for the consensus methods: every model pass comes from that cache, and
+    // the cache gains nothing (agreement is recomputed from the texts).
+    let with_consensus = EvalConfig {
+        methods: vec![Method::Consensus, Method::WithConsensus(Aggregate::Endo)],
+        plot: Some(dir.path().join("figures")),
+        ..reward_only
+    };
+    let second = eval::run(&mut scorer, &with_consensus).unwrap();
+    // The figures come from the same cache; plot.rs's tests look inside them.
+    let figures: Vec<String> = ["estimates.svg", "roc.svg"]
+        .iter()
+        .map(|f| dir.path().join("figures").join(f).display().to_string())
+        .collect();
+    assert_eq!(second.figures, figures);
+    for figure in &figures {
+        let svg = std::fs::read_to_string(figure).unwrap();
+        assert!(svg.contains("endo+consensus"), "{figure}");
+    }
+    assert_eq!(
+        second.resumed, 3,
+        "the reward pass of all 3 tasks is cached"
+    );
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), cached);
+    let combined = method(&second, "endo+consensus");
+    assert_eq!((combined.scored, combined.failed), (3, 0), "{combined:?}");
+    assert_eq!(combined.pass_tokens, method(&first, "endo").pass_tokens);
+    // Each task's shuffled copies share their words, so agreement ties everywhere: consensus
+    // alone picks at random (ties share the pick) and leaves endo's ranking as it was.
+    let consensus = method(&second, "consensus");
+    assert_eq!((consensus.scored, consensus.pass_tokens), (3, 0));
+    assert_eq!(consensus.pass_at_1.unwrap().value, 0.5, "{consensus:?}");
+    assert_eq!(combined.pass_at_1, method(&first, "endo").pass_at_1);
+    assert_eq!(combined.auc, method(&first, "endo").auc);
 }
 
 #[test]
