@@ -14,6 +14,15 @@ pub enum Format {
     Raw,
 }
 
+/// What a candidate's score is contrasted with (the score minus the same aggregate there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contrast {
+    /// The same candidate tokens after a neutral context: chat, the template over one empty user
+    /// turn; raw, the empty prompt (the model's BOS token).
+    Neutral,
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +70,17 @@ pub struct ScoreRequest {
     /// reply still ends with its end-of-turn token). Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_candidate_tokens: Option<usize>,
+    /// Subtract the same aggregate under this context from `score` (each result's `neutral`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<Contrast>,
+    /// Add `log p(instruction | candidate)`, the reviewer term, to `score` (each result's
+    /// `reviewer`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reviewer: bool,
+    /// Subtract the same aggregate under this model, on the same tokens, from `score` (each
+    /// result's `reference`); the model's configured `reference_model` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
 }
 
 /// Response of `POST /v1/score`.
@@ -70,6 +90,9 @@ pub struct ScoreResponse {
     pub model: String,
     /// The aggregate in `score`.
     pub aggregate: Aggregate,
+    /// The model whose aggregate was subtracted (`reference` in each result), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
     /// One entry per candidate, in request order.
     pub results: Vec<CandidateResult>,
     /// Candidate indices, best first.
@@ -85,7 +108,7 @@ pub struct ScoreResponse {
 pub struct CandidateResult {
     /// Position of the candidate in the request.
     pub index: usize,
-    /// The requested aggregate.
+    /// The requested aggregate, minus `neutral` and `reference` and plus `reviewer` where present.
     pub score: f64,
     /// 1 for the best candidate.
     pub rank: usize,
@@ -99,6 +122,16 @@ pub struct CandidateResult {
     pub logprob_mean: f64,
     /// `H`, the number of scored tokens.
     pub n_tokens: usize,
+    /// The requested aggregate of the same tokens after the neutral context (`contrast: "neutral"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neutral: Option<f64>,
+    /// `Σ log π` of the instruction's tokens after the candidate (divided by their count for the
+    /// `*_mean` aggregates), when `reviewer` was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<f64>,
+    /// The requested aggregate under the reference model, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<f64>,
     /// Per-token detail, when `return_tokens` was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<TokenDetail>>,
@@ -116,6 +149,9 @@ impl CandidateResult {
             logprob: sums.logprob,
             logprob_mean: sums.logprob_mean,
             n_tokens,
+            neutral: None,
+            reviewer: None,
+            reference: None,
             tokens: None,
         }
     }
@@ -209,13 +245,17 @@ mod tests {
             terminal: true,
             return_tokens: true,
             max_candidate_tokens: Some(3),
+            contrast: Some(Contrast::Neutral),
+            reviewer: true,
+            reference_model: Some("small".into()),
         };
         assert_wire(
             &full,
             json!({"model": "m", "format": "chat", "messages": [{"role": "user", "content": "Hi"}],
                    "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
                    "alpha": 0.5, "terminal": true, "return_tokens": true,
-                   "max_candidate_tokens": 3}),
+                   "max_candidate_tokens": 3, "contrast": "neutral", "reviewer": true,
+                   "reference_model": "small"}),
         );
         assert_wire(&Format::Raw, json!("raw"));
         let error = serde_json::from_value::<ScoreRequest>(
@@ -223,6 +263,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("temprature"), "{error}");
+        let error = serde_json::from_value::<ScoreRequest>(
+            json!({"prompt": "Q?", "candidates": ["A."], "contrast": "generic"}),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("neutral"), "{error}");
     }
 
     #[test]
@@ -251,6 +296,7 @@ mod tests {
         let response = ScoreResponse {
             model: "m".into(),
             aggregate: Aggregate::Endo,
+            reference_model: None,
             results: vec![result, bare],
             order: vec![0, 1],
             usage: Usage {

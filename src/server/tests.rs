@@ -461,3 +461,19 @@ async fn a_long_target_is_414_and_large_headers_431_with_the_json_body() {
         .await
         .error(431, "headers_too_large");
 }
+
+#[tokio::test]
+async fn an_unknown_contrast_is_400_naming_the_known_ones() {
+    let (app, _) = app();
+    let message = post(
+        &app,
+        "/v1/score",
+        r#"{"prompt": "hi", "candidates": ["a"], "contrast": "generic"}"#,
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(
+        message.contains("unknown variant `generic`, expected `neutral`"),
+        "{message}"
+    );
+}

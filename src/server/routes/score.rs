@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::{check_count, check_tokens};
 use crate::api::{ScoreRequest, ScoreResponse};
-use crate::engine::PreparedRequest;
+use crate::engine::{Passes, PreparedRequest};
 use crate::server::body::JsonBody;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
@@ -46,12 +46,23 @@ pub async fn score_on(
         Ok((prepared, request))
     })
     .await?;
-    check_tokens(prepared.tokens(), &limits)?;
-    let done = jobs::done(jobs::worker(entry)?.score(prepared)).await?;
-    let (scored, waited) = (done.result?, done.waited);
+    check_tokens(prepared.all_tokens(), &limits)?;
+    // Every pass is queued before any is awaited: they run one after another on the worker.
+    let worker = jobs::worker(entry)?;
+    let neutral = prepared.neutral_pass().map(|pass| worker.score(pass));
+    let reviewer = prepared.reviewer_layouts().map(|l| worker.score_each(l));
+    let done = jobs::done(worker.score(prepared)).await?;
+    let (main, waited) = (done.result?, done.waited);
+    let mut passes = Passes::main(main);
+    if let Some(neutral) = neutral {
+        passes.neutral = Some(jobs::done(neutral).await?.result?);
+    }
+    if let Some(reviewer) = reviewer {
+        passes.reviewer = Some(jobs::done(reviewer).await?.result?);
+    }
     let id = entry.id().to_owned();
     let mut response =
-        jobs::blocking(move || Ok(done.input.respond(&loaded.model, &id, &request, &scored)?))
+        jobs::blocking(move || Ok(done.input.respond(&loaded.model, &id, &request, &passes)?))
             .await?;
     response.timings.queue_ms = waited.as_secs_f64() * 1e3;
     Ok(response)
