@@ -103,14 +103,23 @@ impl PreparedRequest {
         })
     }
 
-    /// The same request on another model for `reference_model`: its tokens there must be these
-    /// very tokens, or the difference would compare different things.
+    /// The same request on another model for `reference_model` (without the contrast and
+    /// reviewer passes): the vocabularies must have the same size and this request's tokens there
+    /// must be these very tokens, or the difference would compare different things.
     pub fn reference_pass(
         &self,
+        model: &Model,
         reference: &Model,
         request: &ScoreRequest,
         default_principle: Option<&str>,
     ) -> Result<PreparedRequest, EngineError> {
+        let (ours, theirs) = (model.meta().n_vocab, reference.meta().n_vocab);
+        if ours != theirs {
+            return Err(EngineError::InvalidInput(format!(
+                "`reference_model` has a vocabulary of {theirs} tokens, the model {ours}: the \
+                 contrast needs the same tokenizer"
+            )));
+        }
         let plain = ScoreRequest {
             contrast: None,
             reviewer: false,
