@@ -271,6 +271,28 @@ mod tests {
     }
 
     #[test]
+    fn contrast_terms_appear_only_when_asked_for() {
+        let sums = Aggregates {
+            endo: 1.5,
+            endo_mean: 0.75,
+            logprob: -2.0,
+            logprob_mean: -1.0,
+        };
+        let mut result = CandidateResult::new(0, Aggregate::EndoMean, &sums, 2);
+        result.neutral = Some(0.25);
+        result.reviewer = Some(-0.5);
+        result.reference = Some(0.125);
+        result.score = 0.75 - 0.25 - 0.125 - 0.5;
+        result.rank = 1;
+        assert_wire(
+            &result,
+            json!({"index": 0, "score": -0.125, "rank": 1, "endo": 1.5, "endo_mean": 0.75,
+                   "logprob": -2.0, "logprob_mean": -1.0, "n_tokens": 2, "neutral": 0.25,
+                   "reviewer": -0.5, "reference": 0.125}),
+        );
+    }
+
+    #[test]
     fn response_is_todays_json() {
         let values = TokenValues {
             logprob: -0.5,

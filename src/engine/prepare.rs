@@ -1,5 +1,6 @@
 //! Every token layout the engine scores is built here, in one place: a `/v1/score` request in
-//! chat or raw format (REWARD.md, "Which tokens are the candidate"), texts scored from their first
+//! chat or raw format (REWARD.md, "Which tokens are the candidate"), and its extra layouts (the
+//! candidates after the neutral context, the instruction after each candidate), texts scored from their first
 //! token, texts split at their prompt, a judge's question, the benchmark's synthetic request.
 //!
 //! Tokenizing is CPU work that can take a while (a request may hold 65,536 tokens): callers on an

@@ -470,6 +470,56 @@ mod tests {
     }
 
     #[test]
+    fn contrast_methods_combine_their_layouts_with_the_reward_passs_record() {
+        let reward = PassScores {
+            scores: [
+                ("endo", [4.0, 8.0]),
+                ("endo_mean", [2.0, 2.0]),
+                ("logprob", [-6.0, -12.0]),
+                ("logprob_mean", [-3.0, -3.0]),
+            ]
+            .into_iter()
+            .map(|(m, v)| (m.to_owned(), Scores::Candidates(v.to_vec())))
+            .collect(),
+            tokens: 0,
+            seconds: 0.0,
+        };
+        let main = recorded_sums(&reward, 1).unwrap();
+        assert_eq!((main.endo, main.logprob_mean), (8.0, -3.0));
+        assert!(recorded_sums(&reward, 2).is_none());
+        let neutral = Aggregates {
+            endo: 5.0,
+            endo_mean: 1.25,
+            logprob: -20.0,
+            logprob_mean: -5.0,
+        };
+        let reviewer = Aggregates {
+            logprob: -9.0,
+            logprob_mean: -1.5,
+            ..neutral
+        };
+        let value = |m| method_value(m, &main, Some(neutral), Some(reviewer));
+        assert_eq!(value(Method::EndoNeutral), Some(3.0));
+        assert_eq!(value(Method::EndoMeanNeutral), Some(0.75));
+        assert_eq!(value(Method::LogprobNeutral), Some(8.0));
+        assert_eq!(value(Method::LogprobMeanNeutral), Some(2.0));
+        assert_eq!(value(Method::Reviewer), Some(-9.0));
+        assert_eq!(value(Method::EndoReviewer), Some(-1.0));
+        assert_eq!(value(Method::EndoMeanReviewer), Some(0.5));
+        assert_eq!(
+            method_value(Method::Reviewer, &main, Some(neutral), None),
+            None
+        );
+        assert_eq!(value(Method::Length), None);
+        for method in Method::ALL {
+            assert_eq!(
+                method.pass().needs().is_some(),
+                matches!(method.pass(), Pass::Neutral | Pass::Reviewer)
+            );
+        }
+    }
+
+    #[test]
     fn length_counts_characters_both_ways() {
         let item = PreferenceItem {
             id: "x".into(),
