@@ -151,9 +151,11 @@ struct EvalArgs {
     /// completions, passed).
     #[arg(long, short)]
     data: PathBuf,
-    /// Methods, comma-separated [default: all]: endo, endo_mean, logprob, logprob_mean, length,
-    /// -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus,
-    /// logprob_mean+consensus, judge-verifier, judge-pairwise.
+    /// Methods, comma-separated [default: all but the contrasts]: endo, endo_mean, logprob,
+    /// logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus,
+    /// logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise; the contrasts
+    /// endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer,
+    /// endo+reviewer, endo_mean+reviewer.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     method: Vec<eval::methods::Method>,
     /// Principle (system message) for the reward on preference items.
@@ -390,7 +392,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let config = eval::EvalConfig {
         data: args.data,
         methods: if args.method.is_empty() {
-            eval::methods::Method::ALL.to_vec()
+            eval::methods::Method::DEFAULT.to_vec()
         } else {
             args.method
         },

@@ -36,7 +36,8 @@ pub use rerank::{
 };
 pub use reward::{RewardRequest, RewardResponse};
 pub use score::{
-    CandidateResult, Format, Message, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage,
+    CandidateResult, Contrast, Format, Message, ScoreRequest, ScoreResponse, Timings, TokenDetail,
+    Usage,
 };
 pub use tokenize::{
     DetokenizeRequest, DetokenizeResponse, ModelQuery, Piece, TokenList, TokenPiece,

@@ -360,11 +360,15 @@ mod tests {
             logprob_mean: 0.0,
             n_tokens: 1,
             agreement: None,
+            neutral: None,
+            reviewer: None,
+            reference: None,
             tokens: None,
         };
         ScoreResponse {
             model: "m".into(),
             aggregate: Aggregate::Endo,
+            reference_model: None,
             results: vec![result(0, -2.0), result(1, 1.0), result(2, 0.0)],
             order: vec![1, 2, 0],
             usage: Usage {

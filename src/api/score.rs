@@ -14,6 +14,15 @@ pub enum Format {
     Raw,
 }
 
+/// What a candidate's score is contrasted with (the score minus the same aggregate there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contrast {
+    /// The same candidate tokens after a neutral context: chat, the template over one empty user
+    /// turn; raw, the empty prompt (the model's BOS token).
+    Neutral,
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +74,17 @@ pub struct ScoreRequest {
     /// `z(aggregate) + w · z(agreement)` (`crate::reward::consensus`). Plain aggregate when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<f64>,
+    /// Subtract the same aggregate under this context from `score` (each result's `neutral`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<Contrast>,
+    /// Add `log p(instruction | candidate)`, the reviewer term, to `score` (each result's
+    /// `reviewer`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reviewer: bool,
+    /// Subtract the same aggregate under this model, on the same tokens, from `score` (each
+    /// result's `reference`); the model's configured `reference_model` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
 }
 
 /// Response of `POST /v1/score`.
@@ -74,6 +94,9 @@ pub struct ScoreResponse {
     pub model: String,
     /// The aggregate in `score`.
     pub aggregate: Aggregate,
+    /// The model whose aggregate was subtracted (`reference` in each result), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
     /// One entry per candidate, in request order.
     pub results: Vec<CandidateResult>,
     /// Candidate indices, best first.
@@ -89,7 +112,8 @@ pub struct ScoreResponse {
 pub struct CandidateResult {
     /// Position of the candidate in the request.
     pub index: usize,
-    /// The requested aggregate; with `consensus`, the aggregate combined with `agreement`.
+    /// The requested aggregate, minus `neutral` and `reference` and plus `reviewer` where present;
+    /// with `consensus`, that score combined with `agreement`.
     pub score: f64,
     /// 1 for the best candidate.
     pub rank: usize,
@@ -106,6 +130,16 @@ pub struct CandidateResult {
     /// With `consensus`: the mean similarity of this candidate's text to the others'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agreement: Option<f64>,
+    /// The requested aggregate of the same tokens after the neutral context (`contrast: "neutral"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neutral: Option<f64>,
+    /// `Σ log π` of the instruction's tokens after the candidate (divided by their count for the
+    /// `*_mean` aggregates), when `reviewer` was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<f64>,
+    /// The requested aggregate under the reference model, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<f64>,
     /// Per-token detail, when `return_tokens` was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<TokenDetail>>,
@@ -124,6 +158,9 @@ impl CandidateResult {
             logprob_mean: sums.logprob_mean,
             n_tokens,
             agreement: None,
+            neutral: None,
+            reviewer: None,
+            reference: None,
             tokens: None,
         }
     }
@@ -217,7 +254,8 @@ mod tests {
             terminal: true,
             return_tokens: true,
             max_candidate_tokens: Some(3),
-            consensus: Some(0.5),
+                   "max_candidate_tokens": 3, "consensus": 0.5, "contrast": "neutral", "reviewer": true,
+                   "reference_model": "small"}),
         };
         assert_wire(
             &full,
@@ -225,6 +263,8 @@ mod tests {
                    "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
                    "alpha": 0.5, "terminal": true, "return_tokens": true,
                    "max_candidate_tokens": 3, "consensus": 0.5}),
+                   "max_candidate_tokens": 3, "contrast": "neutral", "reviewer": true,
+                   "reference_model": "small"}),
         );
         assert_wire(&Format::Raw, json!("raw"));
         let error = serde_json::from_value::<ScoreRequest>(
@@ -232,6 +272,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("temprature"), "{error}");
+        let error = serde_json::from_value::<ScoreRequest>(
+            json!({"prompt": "Q?", "candidates": ["A."], "contrast": "generic"}),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("neutral"), "{error}");
+    }
+
+    #[test]
+    fn contrast_terms_appear_only_when_asked_for() {
+        let sums = Aggregates {
+            endo: 1.5,
+            endo_mean: 0.75,
+            logprob: -2.0,
+            logprob_mean: -1.0,
+        };
+        let mut result = CandidateResult::new(0, Aggregate::EndoMean, &sums, 2);
+        result.neutral = Some(0.25);
+        result.reviewer = Some(-0.5);
+        result.reference = Some(0.125);
+        result.score = 0.75 - 0.25 - 0.125 - 0.5;
+        result.rank = 1;
+        assert_wire(
+            &result,
+            json!({"index": 0, "score": -0.125, "rank": 1, "endo": 1.5, "endo_mean": 0.75,
+                   "logprob": -2.0, "logprob_mean": -1.0, "n_tokens": 2, "neutral": 0.25,
+                   "reviewer": -0.5, "reference": 0.125}),
+        );
     }
 
     #[test]
@@ -261,6 +328,7 @@ mod tests {
         let response = ScoreResponse {
             model: "m".into(),
             aggregate: Aggregate::Endo,
+            reference_model: None,
             results: vec![result, bare],
             order: vec![0, 1],
             usage: Usage {

@@ -159,6 +159,8 @@ pub struct ModelSpec {
     pub worker: WorkerSettings,
     /// The configured principle.
     pub principle: Option<String>,
+    /// The configured reference model's id.
+    pub reference_model: Option<String>,
 }
 
 impl Config {
@@ -226,6 +228,14 @@ impl Config {
         for (id, model) in &self.models {
             check_id(id)?;
             check_settings(&format!("[models.{id}]"), &model.settings)?;
+            if let Some(reference) = &model.reference_model {
+                if !self.models.contains_key(reference) {
+                    return Err(format!(
+                        "[models.{id}] reference_model = {reference:?} is not one of the models: {}",
+                        self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
         }
         let flags = if overrides.is_empty() {
             ""
@@ -261,12 +271,14 @@ impl Config {
             .models
             .iter()
             .map(|(id, model)| {
-                self.spec(
+                let mut spec = self.spec(
                     id,
                     &model.path,
                     &[&overrides.settings, &model.settings, &self.defaults],
                     model.chat_template.clone(),
-                )
+                );
+                spec.reference_model = model.reference_model.clone();
+                spec
             })
             .collect();
         let fallback = match &overrides.model {
@@ -310,6 +322,7 @@ impl Config {
             id: id.to_owned(),
             worker: settings.worker(path, chat_template, self.server.queue_depth),
             principle: settings.principle,
+            reference_model: None,
         }
     }
 

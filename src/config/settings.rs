@@ -142,6 +142,10 @@ pub struct ModelConfig {
     /// A Jinja chat template that replaces the GGUF's; `""` disables chat format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// Another served model whose reward `/v1/score` subtracts, on the same tokens, unless a
+    /// request names its own `reference_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
     /// Its own settings.
     #[serde(flatten)]
     pub settings: ModelSettings,
@@ -160,10 +164,14 @@ impl TryFrom<toml::Table> for ModelConfig {
         }
         let path = take(&mut table, "path")?.ok_or("missing key `path` (the model's GGUF file)")?;
         let chat_template = take(&mut table, "chat_template")?;
+        let reference_model = take(&mut table, "reference_model")?;
         let settings = toml::Value::Table(table).try_into().map_err(|e| {
             let e = toml::de::Error::to_string(&e);
             if e.starts_with("unknown field") {
-                format!("{} (and `path`, `chat_template`)", e.trim_end())
+                format!(
+                    "{} (and `path`, `chat_template`, `reference_model`)",
+                    e.trim_end()
+                )
             } else {
                 e
             }
@@ -171,6 +179,7 @@ impl TryFrom<toml::Table> for ModelConfig {
         Ok(ModelConfig {
             path,
             chat_template,
+            reference_model,
             settings,
         })
     }

@@ -18,7 +18,7 @@ fn models_take_defaults_and_resolve_paths() {
     let config = parse(
         "[defaults]\nn_ctx = 1024\nprinciple = \"be brief\"\n\
          [models.a]\npath = \"a.gguf\"\nn_ctx = 2048\n\
-         [models.b]\npath = \"/m/b.gguf\"\nprinciple = \"be kind\"\n",
+         [models.b]\npath = \"/m/b.gguf\"\nprinciple = \"be kind\"\nreference_model = \"a\"\n",
     )
     .unwrap();
     let specs = config.model_specs(&Overrides::default());
@@ -28,6 +28,8 @@ fn models_take_defaults_and_resolve_paths() {
     assert_eq!(specs[0].principle.as_deref(), Some("be brief"));
     assert_eq!(specs[1].worker.n_ctx, Some(1024));
     assert_eq!(specs[1].principle.as_deref(), Some("be kind"));
+    assert_eq!(specs[0].reference_model, None);
+    assert_eq!(specs[1].reference_model.as_deref(), Some("a"));
     assert_eq!(config.default_model_id(&specs, None).as_deref(), Some("a"));
 }
 
@@ -100,6 +102,13 @@ fn mistakes_are_named() {
         .unwrap_err()
         .to_string();
     assert!(default.contains("default_model"), "{default}");
+    let reference = parse("[models.a]\npath = \"a\"\nreference_model = \"b\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        reference.contains("[models.a] reference_model = \"b\" is not one of the models: a"),
+        "{reference}"
+    );
     let id = parse("[models.\"a b\"]\npath = \"a\"\n")
         .unwrap_err()
         .to_string();

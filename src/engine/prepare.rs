@@ -1,5 +1,6 @@
 //! Every token layout the engine scores is built here, in one place: a `/v1/score` request in
-//! chat or raw format (REWARD.md, "Which tokens are the candidate"), texts scored from their first
+//! chat or raw format (REWARD.md, "Which tokens are the candidate"), and its extra layouts (the
+//! candidates after the neutral context, the instruction after each candidate), texts scored from their first
 //! token, texts split at their prompt, a judge's question, the benchmark's synthetic request.
 //!
 //! Tokenizing is CPU work that can take a while (a request may hold 65,536 tokens): callers on an
@@ -72,14 +73,7 @@ pub fn score_request(
             "`candidates` is empty: send at least one text to score",
         ));
     }
-    let format = request
-        .format
-        .unwrap_or(if model.chat_template().is_some() {
-            Format::Chat
-        } else {
-            Format::Raw
-        });
-    let prepared = match format {
+    let prepared = match format(model, request) {
         Format::Chat => {
             if request.terminal {
                 return Err(invalid(
@@ -112,6 +106,117 @@ pub fn score_request(
         }
     };
     non_empty(prepared)
+}
+
+/// The request's format: `chat` when the model has a chat template, else `raw`, when it names none.
+fn format(model: &Model, request: &ScoreRequest) -> Format {
+    request
+        .format
+        .unwrap_or(if model.chat_template().is_some() {
+            Format::Chat
+        } else {
+            Format::Raw
+        })
+}
+
+/// The candidates of `main` (a request's layout from [`score_request`]) after the neutral context
+/// (`contrast: "neutral"`): chat, the template over one empty user turn (no principle, no system
+/// message) with its generation prompt; raw, the empty prompt ([`raw_context`]). The neutral
+/// context is the same for every request of a model, so the prefix cache keeps it decoded.
+///
+/// The candidates must be the very same tokens in both layouts, or the difference would compare
+/// different texts: raw candidates are tokenized on their own, so they are; a chat template could
+/// render a reply differently after another conversation, which is refused.
+pub fn neutral(
+    model: &Model,
+    request: &ScoreRequest,
+    main: &Prepared,
+) -> Result<Prepared, EngineError> {
+    let neutral = match format(model, request) {
+        Format::Chat => {
+            let empty = [Message {
+                role: "user".into(),
+                content: String::new(),
+            }];
+            chat(
+                model,
+                &empty,
+                &request.candidates,
+                request.max_candidate_tokens,
+            )?
+        }
+        Format::Raw => Prepared {
+            context: raw_context(model, "")?,
+            candidates: main.candidates.clone(),
+        },
+    };
+    if neutral.candidates != main.candidates {
+        return Err(EngineError::Template(
+            "the template renders the candidates as other tokens after an empty user turn, so \
+             the neutral contrast would compare different texts; use raw format"
+                .into(),
+        ));
+    }
+    Ok(neutral)
+}
+
+/// The reviewer layouts (`reviewer: true`, Coder-Reviewer reranking): for each candidate, the
+/// instruction scored after it, `log p(x | y)`. Chat: a user turn that holds the candidate, then an
+/// assistant turn that is the instruction (the request's `prompt`, or the last user message of
+/// `messages`; no principle), its tokens being what [`chat`] makes of a reply. Raw: the candidate
+/// text as the context (BOS as the model wants), then the prompt's tokens, unterminated. The
+/// candidate is taken whole (`max_candidate_tokens` does not cut it here).
+pub fn reviewer(model: &Model, request: &ScoreRequest) -> Result<Vec<Prepared>, EngineError> {
+    let layouts = match format(model, request) {
+        Format::Chat => {
+            let instruction = match (&request.prompt, &request.messages) {
+                (Some(prompt), _) => prompt.clone(),
+                (None, Some(messages)) => messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map(|m| m.content.clone())
+                    .ok_or_else(|| {
+                        invalid("`reviewer` needs a user message: the instruction it scores")
+                    })?,
+                (None, None) => return Err(invalid("chat format needs `messages` or `prompt`")),
+            };
+            request
+                .candidates
+                .iter()
+                .map(|candidate| {
+                    let turn = [Message {
+                        role: "user".into(),
+                        content: candidate.clone(),
+                    }];
+                    chat(model, &turn, std::slice::from_ref(&instruction), None)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Format::Raw => {
+            let prompt = request.prompt.as_deref().unwrap_or("");
+            let instruction = model.tokenize(prompt, false, false)?;
+            if instruction.is_empty() {
+                return Err(invalid(
+                    "`reviewer` needs a non-empty `prompt`: the instruction it scores",
+                ));
+            }
+            request
+                .candidates
+                .iter()
+                .map(|candidate| {
+                    Ok(Prepared {
+                        context: raw_context(model, candidate)?,
+                        candidates: vec![Candidate {
+                            tokens: instruction.clone(),
+                            terminal: false,
+                        }],
+                    })
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?
+        }
+    };
+    layouts.into_iter().map(non_empty).collect()
 }
 
 fn invalid(message: impl Into<String>) -> EngineError {
@@ -256,13 +361,7 @@ fn raw(
     terminal: bool,
     max_tokens: Option<usize>,
 ) -> Result<Prepared, EngineError> {
-    let context = model.tokenize(prompt, model.adds_bos(), false)?;
-    if context.is_empty() {
-        return Err(invalid(
-            "raw format needs a non-empty `prompt`: the first candidate token is scored from the \
-             context's last token, and this model adds no BOS token to stand in for it",
-        ));
-    }
+    let context = raw_context(model, prompt)?;
     let end = match (terminal, model.end_of_generation()) {
         (false, _) => None,
         (true, Some(end)) => Some(end),
@@ -284,6 +383,22 @@ fn raw(
         context,
         candidates,
     })
+}
+
+/// A raw context: `text` without special-token parsing, BOS first as the model wants. An empty
+/// text of a model that adds no BOS becomes the model's BOS token all the same: the first
+/// candidate token is scored from the context's last token, so the context needs one, and BOS is
+/// what a model puts before any text (Qwen2.5's is `<|endoftext|>`, SmolLM2's `<|im_start|>`).
+fn raw_context(model: &Model, text: &str) -> Result<Vec<Token>, EngineError> {
+    let context = model.tokenize(text, model.adds_bos(), false)?;
+    match (context.is_empty(), model.bos()) {
+        (false, _) => Ok(context),
+        (true, Some(bos)) => Ok(vec![bos]),
+        (true, None) => Err(invalid(
+            "raw format needs a non-empty `prompt` on this model: the first candidate token is \
+             scored from the context's last token, and the model has no BOS token to stand in",
+        )),
+    }
 }
 
 /// The context of a one-message chat: the template over `messages` with its generation prompt,

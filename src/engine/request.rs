@@ -1,11 +1,19 @@
 //! One `/v1/score` request end to end: tokens, scores, ranks, response. The server and the offline
 //! scorer both come through here, so the same input gives the same numbers everywhere.
+//!
+//! A request is one pass (the candidates after the context) plus the passes its options ask for:
+//! the candidates after the neutral context (`contrast`), the instruction after each candidate
+//! (`reviewer`), the same tokens on a reference model (`reference_model`, run by the daemon on
+//! that model's worker). Each pass is scored on its own; [`PreparedRequest::respond`] combines them.
 
 use std::time::{Duration, Instant};
 
-use crate::api::{CandidateResult, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage};
-use crate::reward::{consensus, order_best_first, Aggregates, Alpha};
+use crate::api::{
+    CandidateResult, Contrast, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage,
+};
+use crate::reward::{consensus, order_best_first, Aggregate, Aggregates, Alpha, TokenValues};
 
+use super::job::Layouts;
 use super::{prepare, EngineError, Model, Prepared, Scored};
 
 /// The largest `consensus` weight accepted: beyond it the aggregate is a tie-breaker only, which
@@ -21,6 +29,10 @@ pub struct PreparedRequest {
     pub alpha: Alpha,
     /// The request's `consensus` weight, checked to lie in `0 < w ≤` [`MAX_CONSENSUS_WEIGHT`].
     pub consensus: Option<f64>,
+    /// `contrast: "neutral"`: the same candidates after the neutral context.
+    pub neutral: Option<Prepared>,
+    /// `reviewer`: per candidate, the instruction after it.
+    pub reviewer: Option<Vec<Prepared>>,
     started: Instant,
     tokenize_time: Duration,
 }
@@ -56,10 +68,20 @@ impl PreparedRequest {
             }
         };
         let prepared = prepare::score_request(model, request, default_principle)?;
+        let neutral = match request.contrast {
+            None => None,
+            Some(Contrast::Neutral) => Some(prepare::neutral(model, request, &prepared)?),
+        };
+        let reviewer = match request.reviewer {
+            false => None,
+            true => Some(prepare::reviewer(model, request)?),
+        };
         Ok(PreparedRequest {
             prepared,
             alpha,
             consensus,
+            neutral,
+            reviewer,
             started,
             tokenize_time: started.elapsed(),
         })
@@ -70,6 +92,71 @@ impl PreparedRequest {
         self.prepared.tokens()
     }
 
+    /// Tokens of every pass together: what the request costs, checked against `max_tokens`.
+    pub fn all_tokens(&self) -> usize {
+        let extra = self.neutral.iter().chain(self.reviewer.iter().flatten());
+        self.tokens() + extra.map(Prepared::tokens).sum::<usize>()
+    }
+
+    /// The neutral pass as a request of its own (same `alpha`), for a worker's score job.
+    pub fn neutral_pass(&self) -> Option<PreparedRequest> {
+        self.neutral.as_ref().map(|neutral| PreparedRequest {
+            prepared: neutral.clone(),
+            alpha: self.alpha,
+            consensus: None,
+            neutral: None,
+            reviewer: None,
+            started: self.started,
+            tokenize_time: self.tokenize_time,
+        })
+    }
+
+    /// The reviewer layouts, each labelled for its error; scored at α = 1 (`log π` is the
+    /// model's own log-probability).
+    pub fn reviewer_layouts(&self) -> Option<Layouts> {
+        self.reviewer.as_ref().map(|layouts| {
+            layouts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("reviewer layout of candidate {i}"), p.clone()))
+                .collect()
+        })
+    }
+
+    /// The same request on another model for `reference_model` (without the contrast and
+    /// reviewer passes): the vocabularies must have the same size and this request's tokens there
+    /// must be these very tokens, or the difference would compare different things.
+    pub fn reference_pass(
+        &self,
+        model: &Model,
+        reference: &Model,
+        request: &ScoreRequest,
+        default_principle: Option<&str>,
+    ) -> Result<PreparedRequest, EngineError> {
+        let (ours, theirs) = (model.meta().n_vocab, reference.meta().n_vocab);
+        if ours != theirs {
+            return Err(EngineError::InvalidInput(format!(
+                "`reference_model` has a vocabulary of {theirs} tokens, the model {ours}: the \
+                 contrast needs the same tokenizer"
+            )));
+        }
+        let plain = ScoreRequest {
+            consensus: None,
+            contrast: None,
+            reviewer: false,
+            ..request.clone()
+        };
+        let other = PreparedRequest::new(reference, &plain, default_principle)?;
+        if other.prepared != self.prepared {
+            return Err(EngineError::InvalidInput(
+                "`reference_model` tokenizes this request differently from the model: the \
+                 contrast needs the same tokenizer (and chat template)"
+                    .into(),
+            ));
+        }
+        Ok(other)
+    }
+
     /// The response to `request` from its scores. `total_ms` counts from [`PreparedRequest::new`],
     /// so it includes any time spent queued.
     pub fn respond(
@@ -77,10 +164,27 @@ impl PreparedRequest {
         model: &Model,
         model_id: &str,
         request: &ScoreRequest,
-        scored: &Scored,
+        passes: &Passes,
     ) -> Result<ScoreResponse, EngineError> {
         let alpha = self.alpha;
-        let mut results = Vec::with_capacity(self.prepared.candidates.len());
+        let scored = &passes.main;
+        let aggregate = request.aggregate;
+        let n = self.prepared.candidates.len();
+        let neutral = passes
+            .neutral
+            .as_ref()
+            .map(|s| self.sums(s, n))
+            .transpose()?;
+        let reference = passes
+            .reference
+            .as_ref()
+            .map(|s| self.sums(s, n))
+            .transpose()?;
+        let reviewer = match &passes.reviewer {
+            None => None,
+            Some(scored) => Some(reviewer_terms(scored, n, aggregate)?),
+        };
+        let mut results = Vec::with_capacity(n);
         for (index, (candidate, values)) in self
             .prepared
             .candidates
@@ -88,17 +192,14 @@ impl PreparedRequest {
             .zip(&scored.candidates)
             .enumerate()
         {
-            let sums = Aggregates::of(values, alpha);
-            if ![sums.endo, sums.endo_mean, sums.logprob, sums.logprob_mean]
-                .iter()
-                .all(|x| x.is_finite())
-            {
-                return Err(EngineError::NotFinite(format!(
-                    "candidate {index} scored {} (endo); is the model file intact?",
-                    sums.endo
-                )));
-            }
-            let mut result = CandidateResult::new(index, request.aggregate, &sums, values.len());
+            let sums = finite(index, values, alpha)?;
+            let mut result = CandidateResult::new(index, aggregate, &sums, values.len());
+            result.neutral = neutral.as_ref().map(|all| all[index].get(aggregate));
+            result.reference = reference.as_ref().map(|all| all[index].get(aggregate));
+            result.reviewer = reviewer.as_ref().map(|all| all[index]);
+            result.score += result.reviewer.unwrap_or(0.0)
+                - result.neutral.unwrap_or(0.0)
+                - result.reference.unwrap_or(0.0);
             if request.return_tokens {
                 let texts = model.token_texts(&candidate.tokens);
                 result.tokens = Some(
@@ -134,7 +235,8 @@ impl PreparedRequest {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         Ok(ScoreResponse {
             model: model_id.to_owned(),
-            aggregate: request.aggregate,
+            aggregate,
+            reference_model: passes.reference_model.clone(),
             results,
             order,
             usage: Usage {
@@ -151,4 +253,89 @@ impl PreparedRequest {
             },
         })
     }
+}
+
+/// What the passes of one request computed.
+#[derive(Debug, Clone)]
+pub struct Passes {
+    /// The candidates after the request's context.
+    pub main: Scored,
+    /// The candidates after the neutral context.
+    pub neutral: Option<Scored>,
+    /// The instruction after each candidate, one layout per candidate.
+    pub reviewer: Option<Vec<Scored>>,
+    /// The main pass on the reference model.
+    pub reference: Option<Scored>,
+    /// The reference model's id.
+    pub reference_model: Option<String>,
+}
+
+impl Passes {
+    /// The request's own pass alone.
+    pub fn main(main: Scored) -> Passes {
+        Passes {
+            main,
+            neutral: None,
+            reviewer: None,
+            reference: None,
+            reference_model: None,
+        }
+    }
+}
+
+impl PreparedRequest {
+    /// Each candidate's aggregates in another pass over the same candidates.
+    fn sums(&self, scored: &Scored, n: usize) -> Result<Vec<Aggregates>, EngineError> {
+        if scored.candidates.len() != n {
+            return Err(EngineError::Internal(
+                "a contrast pass scored another number of candidates".into(),
+            ));
+        }
+        let sums = scored.candidates.iter().enumerate();
+        sums.map(|(i, values)| finite(i, values, self.alpha))
+            .collect()
+    }
+}
+
+/// The candidate's aggregates, refused when not finite.
+fn finite(index: usize, values: &[TokenValues], alpha: Alpha) -> Result<Aggregates, EngineError> {
+    let sums = Aggregates::of(values, alpha);
+    if [sums.endo, sums.endo_mean, sums.logprob, sums.logprob_mean]
+        .iter()
+        .all(|x| x.is_finite())
+    {
+        Ok(sums)
+    } else {
+        Err(EngineError::NotFinite(format!(
+            "candidate {index} scored {} (endo); is the model file intact?",
+            sums.endo
+        )))
+    }
+}
+
+/// Each candidate's reviewer term: `Σ log π` of the instruction's tokens after it (scored at
+/// α = 1), divided by their count for the `*_mean` aggregates.
+fn reviewer_terms(
+    scored: &[Scored],
+    n: usize,
+    aggregate: Aggregate,
+) -> Result<Vec<f64>, EngineError> {
+    if scored.len() != n || scored.iter().any(|s| s.candidates.len() != 1) {
+        return Err(EngineError::Internal(
+            "the reviewer pass scored another number of layouts".into(),
+        ));
+    }
+    let mean = matches!(aggregate, Aggregate::EndoMean | Aggregate::LogprobMean);
+    scored
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sums = finite(i, &s.candidates[0], Alpha::ONE)?;
+            Ok(if mean {
+                sums.logprob_mean
+            } else {
+                sums.logprob
+            })
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::cache::{PrefixCache, SlotPlan};
 use super::context::{Context, ContextOptions, Step};
 use super::plan::{group_candidates, Limits, Overflow};
-use super::{EngineError, Model, Prepared, PreparedRequest, Token};
+use super::{EngineError, Model, Passes, Prepared, PreparedRequest, Token};
 use crate::api::{ScoreRequest, ScoreResponse};
 use crate::reward::{self, Alpha, RowValue, TokenValues};
 
@@ -88,9 +88,34 @@ impl<'m> Scorer<'m> {
         request: &ScoreRequest,
         default_principle: Option<&str>,
     ) -> Result<ScoreResponse, EngineError> {
+        if request.reference_model.is_some() {
+            return Err(EngineError::InvalidInput(
+                "`reference_model` needs the daemon, which serves both models".into(),
+            ));
+        }
         let prepared = PreparedRequest::new(self.model, request, default_principle)?;
-        let scored = self.score(&prepared.prepared, prepared.alpha)?;
-        prepared.respond(self.model, model_id, request, &scored)
+        let passes = self.score_passes(&prepared)?;
+        prepared.respond(self.model, model_id, request, &passes)
+    }
+
+    /// Scores every pass of `prepared` on this model, one after another (the daemon queues them
+    /// as jobs instead).
+    pub fn score_passes(&mut self, prepared: &PreparedRequest) -> Result<Passes, EngineError> {
+        let mut passes = Passes::main(self.score(&prepared.prepared, prepared.alpha)?);
+        if let Some(neutral) = &prepared.neutral {
+            passes.neutral = Some(self.score(neutral, prepared.alpha)?);
+        }
+        if let Some(layouts) = prepared.reviewer_layouts() {
+            let scored = layouts
+                .iter()
+                .map(|(label, layout)| {
+                    self.score(layout, Alpha::ONE)
+                        .map_err(|e| e.at(label.clone()))
+                })
+                .collect::<Result<_, _>>()?;
+            passes.reviewer = Some(scored);
+        }
+        Ok(passes)
     }
 
     /// Scores every candidate of `prepared` after its context.

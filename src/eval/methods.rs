@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{PreferenceItem, RankingItem};
 use super::judges;
-use crate::api::{Format, ScoreRequest};
-use crate::engine::{EngineError, Scorer};
-use crate::reward::{consensus, Aggregate};
+use crate::api::{Contrast, Format, ScoreRequest};
+use crate::engine::{EngineError, PreparedRequest, Scored, Scorer};
+use crate::reward::{consensus, Aggregate, Aggregates, Alpha};
 
 /// The weight of agreement in the reward plus consensus methods: fixed at 1 (the standardised
 /// reward and agreement count alike), not tuned.
@@ -43,11 +43,50 @@ pub enum Method {
     JudgeVerifier,
     /// `log P("A") − log P("B")` after showing both responses, averaged over both orders.
     JudgePairwise,
+    /// `endo` minus `endo` of the same tokens after the neutral context (`contrast: "neutral"`).
+    EndoNeutral,
+    /// `endo_mean` minus the neutral context's.
+    EndoMeanNeutral,
+    /// `logprob` minus the neutral context's.
+    LogprobNeutral,
+    /// `logprob_mean` minus the neutral context's.
+    LogprobMeanNeutral,
+    /// `log p(instruction | candidate)` alone (`reviewer: true`).
+    Reviewer,
+    /// `endo` plus the reviewer term.
+    EndoReviewer,
+    /// `endo_mean` plus the reviewer term per instruction token.
+    EndoMeanReviewer,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 20] = [
+        Method::Endo,
+        Method::EndoMean,
+        Method::Logprob,
+        Method::LogprobMean,
+        Method::Length,
+        Method::Shorter,
+        Method::Consensus,
+        Method::WithConsensus(Aggregate::Endo),
+        Method::WithConsensus(Aggregate::EndoMean),
+        Method::WithConsensus(Aggregate::Logprob),
+        Method::WithConsensus(Aggregate::LogprobMean),
+        Method::JudgeVerifier,
+        Method::JudgePairwise,
+        Method::EndoNeutral,
+        Method::EndoMeanNeutral,
+        Method::LogprobNeutral,
+        Method::LogprobMeanNeutral,
+        Method::Reviewer,
+        Method::EndoReviewer,
+        Method::EndoMeanReviewer,
+    ];
+
+    /// What `endorm eval` runs when no `--method` is given: the methods before the contrasts,
+    /// so a run resumed from an older cache does not start passes it never asked for.
+    pub const DEFAULT: [Method; 13] = [
         Method::Endo,
         Method::EndoMean,
         Method::Logprob,
@@ -79,6 +118,13 @@ impl Method {
             Method::WithConsensus(Aggregate::LogprobMean) => "logprob_mean+consensus",
             Method::JudgeVerifier => "judge-verifier",
             Method::JudgePairwise => "judge-pairwise",
+            Method::EndoNeutral => "endo-neutral",
+            Method::EndoMeanNeutral => "endo_mean-neutral",
+            Method::LogprobNeutral => "logprob-neutral",
+            Method::LogprobMeanNeutral => "logprob_mean-neutral",
+            Method::Reviewer => "reviewer",
+            Method::EndoReviewer => "endo+reviewer",
+            Method::EndoMeanReviewer => "endo_mean+reviewer",
         }
     }
 
@@ -92,6 +138,11 @@ impl Method {
             Method::Consensus => Pass::Consensus,
             Method::JudgeVerifier => Pass::Verifier,
             Method::JudgePairwise => Pass::Pairwise,
+            Method::EndoNeutral
+            | Method::EndoMeanNeutral
+            | Method::LogprobNeutral
+            | Method::LogprobMeanNeutral => Pass::Neutral,
+            Method::Reviewer | Method::EndoReviewer | Method::EndoMeanReviewer => Pass::Reviewer,
         }
     }
 
@@ -105,6 +156,8 @@ impl Method {
                 Pass::Reward => &[Pass::Reward],
                 Pass::Verifier => &[Pass::Verifier],
                 Pass::Pairwise => &[Pass::Pairwise],
+                Pass::Neutral => &[Pass::Neutral],
+                Pass::Reviewer => &[Pass::Reviewer],
             },
         }
     }
@@ -156,6 +209,11 @@ pub enum Pass {
     Verifier,
     /// The pairwise judge.
     Pairwise,
+    /// The same tokens after the neutral context, combined with the reward pass's record of the
+    /// item (its own records: the reward pass's stay as they were).
+    Neutral,
+    /// The reviewer term, combined with the reward pass's record of the item.
+    Reviewer,
 }
 
 impl Pass {
@@ -167,12 +225,20 @@ impl Pass {
             Pass::Reward => "reward",
             Pass::Verifier => "judge-verifier",
             Pass::Pairwise => "judge-pairwise",
+            Pass::Neutral => "neutral",
+            Pass::Reviewer => "reviewer",
         }
     }
 
     /// Whether the pass runs the model.
     pub fn uses_model(self) -> bool {
         !matches!(self, Pass::Length | Pass::Consensus)
+    }
+
+    /// The pass whose record of an item this pass combines with (run first: passes run in
+    /// this enum's order).
+    pub fn needs(self) -> Option<Pass> {
+        matches!(self, Pass::Neutral | Pass::Reviewer).then_some(Pass::Reward)
     }
 }
 
@@ -241,17 +307,23 @@ pub struct PassOptions {
 ///
 /// Identical candidates of an item (sampled code completions repeat often) are scored once and
 /// share the score: the model would give them the same score anyway.
+///
+/// `reward` is the reward pass's scores of the item, which the neutral and reviewer passes
+/// combine with their own layouts (they do not score the candidates after the prompt again).
 pub fn run_pass(
     scorer: &mut Scorer<'_>,
     pass: Pass,
     item: ItemRef<'_>,
     options: &PassOptions,
+    reward: Option<&PassScores>,
 ) -> Result<PassScores, EngineError> {
     let started = Instant::now();
     let (scores, tokens) = match pass {
         Pass::Length => (length_scores(item), 0),
         Pass::Consensus => (consensus_scores(item), 0),
-        Pass::Reward => reward_scores(scorer, item, options)?,
+        Pass::Reward | Pass::Neutral | Pass::Reviewer => {
+            reward_scores(scorer, pass, item, options, reward)?
+        }
         Pass::Verifier => judges::verifier_scores(scorer, item)?,
         Pass::Pairwise => judges::pairwise_scores(scorer, item)?,
     };
@@ -338,17 +410,27 @@ pub fn method_scores<'a>(
 /// endorm's reward: preference items in chat format (the prompt as the user's message, each
 /// response an assistant turn, with the principle if given); ranking items in raw format (the
 /// prompt is the context, each completion its continuation, not terminal). One scoring pass gives
-/// all four aggregates. An empty candidate has nothing to score: it gets the empty sums, 0.
+/// all four aggregates; the neutral and reviewer passes add their extra layouts (a `/v1/score`
+/// request with `contrast: "neutral"` or `reviewer: true`) and give their methods. An empty
+/// candidate has nothing to score: it gets the empty sums, 0.
 fn reward_scores(
     scorer: &mut Scorer<'_>,
+    pass: Pass,
     item: ItemRef<'_>,
     options: &PassOptions,
+    reward: Option<&PassScores>,
 ) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
+    // The methods the pass stores (the reward plus consensus ones are combined later, from
+    // these records, and have none of their own).
+    let methods: Vec<Method> = Method::ALL
+        .into_iter()
+        .filter(|m| m.pass() == pass && m.passes() == [pass])
+        .collect();
     let (candidates, index) = distinct(&item.candidates());
     let nonempty: Vec<usize> = (0..candidates.len())
         .filter(|&i| !candidates[i].is_empty())
         .collect();
-    let mut values = vec![[0.0; 4]; candidates.len()];
+    let mut values = vec![vec![0.0; methods.len()]; candidates.len()];
     let mut tokens = 0;
     if !nonempty.is_empty() {
         let (format, prompt, principle) = match item {
@@ -360,36 +442,110 @@ fn reward_scores(
             prompt: Some(prompt.clone()),
             principle,
             candidates: nonempty.iter().map(|&i| candidates[i].to_owned()).collect(),
+            contrast: (pass == Pass::Neutral).then_some(Contrast::Neutral),
+            reviewer: pass == Pass::Reviewer,
             ..ScoreRequest::default()
         };
-        let response = scorer.score_request("eval", &request, None)?;
-        tokens = response.usage.total_tokens;
-        for (&i, result) in nonempty.iter().zip(&response.results) {
-            values[i] = [
-                result.endo,
-                result.endo_mean,
-                result.logprob,
-                result.logprob_mean,
-            ];
+        let prepared = PreparedRequest::new(scorer.model(), &request, None)?;
+        let sums = |scored: &Scored, k: usize| Aggregates::of(&scored.candidates[k], Alpha::ONE);
+        // The candidates after the prompt: scored here by the reward pass, read back from its
+        // record by the others.
+        let main: Vec<Aggregates> = match pass {
+            Pass::Reward => {
+                let scored = scorer.score(&prepared.prepared, Alpha::ONE)?;
+                tokens += prepared.prepared.tokens();
+                (0..nonempty.len()).map(|k| sums(&scored, k)).collect()
+            }
+            _ => {
+                let reward = reward.ok_or_else(|| missing("the reward pass's record"))?;
+                let first = |i: usize| index.iter().position(|&d| d == i).unwrap_or(0);
+                nonempty
+                    .iter()
+                    .map(|&i| recorded_sums(reward, first(i)))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| missing("the reward pass's scores of a candidate"))?
+            }
+        };
+        let neutral = match &prepared.neutral {
+            Some(layout) => {
+                tokens += layout.tokens();
+                Some(scorer.score(layout, Alpha::ONE)?)
+            }
+            None => None,
+        };
+        let reviewer = match &prepared.reviewer {
+            Some(layouts) => {
+                tokens += layouts.iter().map(|l| l.tokens()).sum::<usize>();
+                let scored = layouts.iter().map(|l| scorer.score(l, Alpha::ONE));
+                Some(scored.collect::<Result<Vec<_>, _>>()?)
+            }
+            None => None,
+        };
+        for (k, &i) in nonempty.iter().enumerate() {
+            let neutral = neutral.as_ref().map(|n| sums(n, k));
+            let reviewer = reviewer.as_ref().map(|r| sums(&r[k], 0));
+            values[i] = methods
+                .iter()
+                .map(|&method| method_value(method, &main[k], neutral, reviewer))
+                .collect::<Option<_>>()
+                .ok_or_else(|| missing("a layout of the pass"))?;
         }
     }
-    let scores = [
-        Method::Endo,
-        Method::EndoMean,
-        Method::Logprob,
-        Method::LogprobMean,
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(k, method)| {
-        let distinct_scores: Vec<f64> = values.iter().map(|v| v[k]).collect();
-        (
-            method.name().to_owned(),
-            Scores::Candidates(expand(&distinct_scores, &index)),
-        )
-    })
-    .collect();
+    let scores = methods
+        .iter()
+        .enumerate()
+        .map(|(k, method)| {
+            let distinct_scores: Vec<f64> = values.iter().map(|v| v[k]).collect();
+            (
+                method.name().to_owned(),
+                Scores::Candidates(expand(&distinct_scores, &index)),
+            )
+        })
+        .collect();
     Ok((scores, tokens))
+}
+
+fn missing(what: &str) -> EngineError {
+    EngineError::Internal(format!("{what} is missing"))
+}
+
+/// The four aggregates of candidate `i` as the reward pass recorded them.
+fn recorded_sums(reward: &PassScores, i: usize) -> Option<Aggregates> {
+    let get = |method: Method| match reward.scores.get(method.name())? {
+        Scores::Candidates(values) => values.get(i).copied(),
+        Scores::Pairs(_) => None,
+    };
+    Some(Aggregates {
+        endo: get(Method::Endo)?,
+        endo_mean: get(Method::EndoMean)?,
+        logprob: get(Method::Logprob)?,
+        logprob_mean: get(Method::LogprobMean)?,
+    })
+}
+
+/// A reward method's value from the sums of its pass's layouts (`None`: a layout it needs is
+/// missing). The reviewer term is `Σ log π` of the instruction, per instruction token beside a
+/// `*_mean` aggregate.
+fn method_value(
+    method: Method,
+    main: &Aggregates,
+    neutral: Option<Aggregates>,
+    reviewer: Option<Aggregates>,
+) -> Option<f64> {
+    Some(match method {
+        Method::Endo => main.endo,
+        Method::EndoMean => main.endo_mean,
+        Method::Logprob => main.logprob,
+        Method::LogprobMean => main.logprob_mean,
+        Method::EndoNeutral => main.endo - neutral?.endo,
+        Method::EndoMeanNeutral => main.endo_mean - neutral?.endo_mean,
+        Method::LogprobNeutral => main.logprob - neutral?.logprob,
+        Method::LogprobMeanNeutral => main.logprob_mean - neutral?.logprob_mean,
+        Method::Reviewer => reviewer?.logprob,
+        Method::EndoReviewer => main.endo + reviewer?.logprob,
+        Method::EndoMeanReviewer => main.endo_mean + reviewer?.logprob_mean,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -401,12 +557,62 @@ mod tests {
         for method in Method::ALL {
             assert_eq!(method.name().parse::<Method>(), Ok(method));
         }
-        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise".into()));
+        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise, endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer".into()));
         assert_eq!("endo-mean".parse::<Method>(), Ok(Method::EndoMean));
         assert_eq!(
             "endo-mean+consensus".parse::<Method>(),
             Ok(Method::WithConsensus(Aggregate::EndoMean))
         );
+    }
+
+    #[test]
+    fn contrast_methods_combine_their_layouts_with_the_reward_passs_record() {
+        let reward = PassScores {
+            scores: [
+                ("endo", [4.0, 8.0]),
+                ("endo_mean", [2.0, 2.0]),
+                ("logprob", [-6.0, -12.0]),
+                ("logprob_mean", [-3.0, -3.0]),
+            ]
+            .into_iter()
+            .map(|(m, v)| (m.to_owned(), Scores::Candidates(v.to_vec())))
+            .collect(),
+            tokens: 0,
+            seconds: 0.0,
+        };
+        let main = recorded_sums(&reward, 1).unwrap();
+        assert_eq!((main.endo, main.logprob_mean), (8.0, -3.0));
+        assert!(recorded_sums(&reward, 2).is_none());
+        let neutral = Aggregates {
+            endo: 5.0,
+            endo_mean: 1.25,
+            logprob: -20.0,
+            logprob_mean: -5.0,
+        };
+        let reviewer = Aggregates {
+            logprob: -9.0,
+            logprob_mean: -1.5,
+            ..neutral
+        };
+        let value = |m| method_value(m, &main, Some(neutral), Some(reviewer));
+        assert_eq!(value(Method::EndoNeutral), Some(3.0));
+        assert_eq!(value(Method::EndoMeanNeutral), Some(0.75));
+        assert_eq!(value(Method::LogprobNeutral), Some(8.0));
+        assert_eq!(value(Method::LogprobMeanNeutral), Some(2.0));
+        assert_eq!(value(Method::Reviewer), Some(-9.0));
+        assert_eq!(value(Method::EndoReviewer), Some(-1.0));
+        assert_eq!(value(Method::EndoMeanReviewer), Some(0.5));
+        assert_eq!(
+            method_value(Method::Reviewer, &main, Some(neutral), None),
+            None
+        );
+        assert_eq!(value(Method::Length), None);
+        for method in Method::ALL {
+            assert_eq!(
+                method.pass().needs().is_some(),
+                matches!(method.pass(), Pass::Neutral | Pass::Reviewer)
+            );
+        }
     }
 
     #[test]

@@ -185,11 +185,12 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         None => Cache::in_memory(),
     };
 
-    let passes: BTreeSet<Pass> = config
+    let mut passes: BTreeSet<Pass> = config
         .methods
         .iter()
         .flat_map(|m| m.passes().iter().copied())
         .collect();
+    passes.extend(passes.clone().into_iter().filter_map(Pass::needs));
     let items: Vec<ItemRef<'_>> = match &dataset {
         Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
         Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
@@ -214,7 +215,22 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
                 progress.inc(u64::from(pass.uses_model()));
                 continue;
             }
-            let outcome = match methods::run_pass(scorer, pass, *item, &options) {
+            let needed = match pass.needs().map(|needed| cache.get(needed, item.id())) {
+                Some(Some(Outcome::Scored(scores))) => Some(scores),
+                // The pass it builds on could not score the item: neither can this one.
+                Some(Some(Outcome::Error(error))) => {
+                    let outcome = Outcome::Error(error.clone());
+                    cache.put(Record {
+                        pass,
+                        id: item.id().to_owned(),
+                        outcome,
+                    })?;
+                    progress.inc(1);
+                    continue;
+                }
+                _ => None,
+            };
+            let outcome = match methods::run_pass(scorer, pass, *item, &options, needed) {
                 Ok(scores) => Outcome::Scored(scores),
                 Err(e) if e.is_input_error() => Outcome::Error(e.to_string()),
                 Err(e) => {

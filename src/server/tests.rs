@@ -461,3 +461,36 @@ async fn a_long_target_is_414_and_large_headers_431_with_the_json_body() {
         .await
         .error(431, "headers_too_large");
 }
+
+#[tokio::test]
+async fn an_unknown_contrast_is_400_naming_the_known_ones() {
+    let (app, _) = app();
+    let message = post(
+        &app,
+        "/v1/score",
+        r#"{"prompt": "hi", "candidates": ["a"], "contrast": "generic"}"#,
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(
+        message.contains("unknown variant `generic`, expected `neutral`"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_reference_model_is_404_like_an_unknown_model() {
+    let (app, _) = app();
+    // Resolved before the model is used: the broken model's 500 does not hide it.
+    let message = post(
+        &app,
+        "/v1/score",
+        r#"{"prompt": "hi", "candidates": ["a"], "reference_model": "gpt-9"}"#,
+    )
+    .await
+    .error(404, "model_not_found");
+    assert_eq!(
+        message,
+        format!("model \"gpt-9\" is not served; served: {BROKEN}")
+    );
+}

@@ -131,6 +131,132 @@ fn score_equals_the_offline_scorer() {
     }
 }
 
+/// `field` of each result.
+fn each(response: &Value, field: &str) -> Vec<f64> {
+    let results = response["results"].as_array().expect("results");
+    results.iter().map(|r| f(&r[field])).collect()
+}
+
+#[test]
+fn contrast_neutral_subtracts_the_same_tokens_after_the_neutral_context() {
+    let d = daemon();
+    let candidates = json!(["Paris.", "The capital of France is Paris.", "London."]);
+    for (question, neutral_request, aggregate) in [
+        // Chat: the neutral context is the template over one empty user turn, which is what a
+        // request with an empty prompt renders (the test config names no principle).
+        (
+            json!({"prompt": "What is the capital of France?"}),
+            json!({"prompt": ""}),
+            "endo",
+        ),
+        // Raw: the empty prompt, which SmolLM2 (no BOS added) now scores after its BOS token.
+        (
+            json!({"format": "raw", "prompt": "Q: What is the capital of France?\nA:"}),
+            json!({"format": "raw", "prompt": ""}),
+            "logprob_mean",
+        ),
+    ] {
+        let with = |mut body: Value, extra: Value| {
+            body["candidates"] = candidates.clone();
+            body["aggregate"] = json!(aggregate);
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let plain = d.ok("/v1/score", &with(question.clone(), json!({})));
+        let contrasted = d.ok(
+            "/v1/score",
+            &with(question.clone(), json!({"contrast": "neutral"})),
+        );
+        let neutral = d.ok("/v1/score", &with(neutral_request, json!({})));
+        let expected_neutral = each(&neutral, aggregate);
+        let scores = each(&contrasted, "score");
+        for (i, got) in each(&contrasted, "neutral").into_iter().enumerate() {
+            assert_close(got, expected_neutral[i], "neutral");
+            // The plain fields stay plain; score is their difference.
+            assert_close(
+                each(&contrasted, aggregate)[i],
+                each(&plain, aggregate)[i],
+                aggregate,
+            );
+            assert_close(scores[i], each(&plain, aggregate)[i] - got, "score");
+        }
+        assert!(plain["results"][0].get("neutral").is_none());
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        assert_eq!(contrasted["order"], json!(order));
+        // The offline scorer (the same request type) agrees.
+        let request: ScoreRequest =
+            serde_json::from_value(with(question, json!({"contrast": "neutral"}))).unwrap();
+        let offline = offline(&request);
+        for (got, want) in scores.iter().zip(&offline.results) {
+            assert_close(*got, want.score, "offline score");
+        }
+    }
+    d.post(
+        "/v1/score",
+        &json!({"prompt": "Q", "candidates": ["a"], "contrast": "generic"}),
+    )
+    .expect_error(400, "invalid_request");
+}
+
+#[test]
+fn reviewer_adds_the_instructions_logprob_after_each_candidate() {
+    let d = daemon();
+    let candidates = ["Paris.", "London is the capital of England."];
+    let question = "What is the capital of France?";
+    // Chat: the reversed layout is a user turn holding the candidate and the instruction as
+    // the assistant's reply, i.e. a chat request with the candidate as the prompt.
+    let chat = d.ok(
+        "/v1/score",
+        &json!({"prompt": question, "candidates": candidates, "reviewer": true}),
+    );
+    let raw_prompt = "def add(a, b):\n";
+    let raw_candidates = ["    return a + b\n", "    return a - b\n"];
+    let raw = d.ok(
+        "/v1/score",
+        &json!({"format": "raw", "prompt": raw_prompt, "candidates": raw_candidates,
+                "reviewer": true, "aggregate": "endo_mean", "contrast": "neutral"}),
+    );
+    for (response, reversed, aggregate) in [
+        (
+            &chat,
+            candidates
+                .iter()
+                .map(|c| json!({"prompt": c, "candidates": [question], "aggregate": "logprob"}))
+                .collect::<Vec<_>>(),
+            "endo",
+        ),
+        (
+            &raw,
+            raw_candidates
+                .iter()
+                .map(|c| {
+                    json!({"format": "raw", "prompt": c, "candidates": [raw_prompt],
+                           "aggregate": "logprob_mean"})
+                })
+                .collect(),
+            "endo_mean",
+        ),
+    ] {
+        let reviewer = each(response, "reviewer");
+        let neutral = response["results"][0]
+            .get("neutral")
+            .map(|_| each(response, "neutral"));
+        for (i, body) in reversed.iter().enumerate() {
+            let expected = f(&d.ok("/v1/score", body)["results"][0]["score"]);
+            assert_close(reviewer[i], expected, "reviewer");
+            let contrast = neutral.as_ref().map_or(0.0, |n| n[i]);
+            assert_close(
+                each(response, "score")[i],
+                each(response, aggregate)[i] + reviewer[i] - contrast,
+                "score",
+            );
+        }
+    }
+}
+
 /// The probability that each of `rewards` is the best: a softmax.
 fn softmax(rewards: &[f64]) -> Vec<f64> {
     let best = rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);

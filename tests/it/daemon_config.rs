@@ -317,3 +317,60 @@ fn config_show_prints_every_default_it_fills_in() {
     }
     assert!(shown.contains("# socket: unset"), "{shown}");
 }
+
+/// `reference_model`: the same model loaded twice under two ids contrasts to exactly 0, from a
+/// request or from the config; a reference with another chat template renders other tokens (400),
+/// and an unknown one is 404.
+#[test]
+fn reference_model_subtracts_the_same_tokens_on_another_model() {
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let config = format!(
+        "{}{}reference_model = \"amateur\"\n{}chat_template = {template:?}\n",
+        model_section("amateur"),
+        model_section("expert"),
+        model_section("other-template"),
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let body = |extra: Value| {
+        let mut body = serde_json::json!({"model": "expert",
+            "prompt": "What is the capital of France?", "candidates": ["Paris.", "London."],
+            "aggregate": "endo_mean"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // From the config (expert's entry), and named by a request (amateur against itself).
+    for request in [
+        body(serde_json::json!({})),
+        body(serde_json::json!({"model": "amateur", "reference_model": "amateur"})),
+    ] {
+        let response = daemon.ok("/v1/score", &request);
+        assert_eq!(response["reference_model"], "amateur", "{response}");
+        for result in response["results"].as_array().unwrap() {
+            assert_eq!(result["reference"], result["endo_mean"], "{result}");
+            assert_eq!(result["score"], 0.0, "{result}");
+        }
+    }
+    let message = daemon
+        .post(
+            "/v1/score",
+            &body(serde_json::json!({"reference_model": "other-template"})),
+        )
+        .expect_error(400, "invalid_request");
+    assert!(
+        message.contains("tokenizes this request differently"),
+        "{message}"
+    );
+    daemon
+        .post(
+            "/v1/score",
+            &body(serde_json::json!({"reference_model": "gpt-9"})),
+        )
+        .expect_error(404, "model_not_found");
+    // Without a reference, nothing is subtracted.
+    let plain = daemon.ok("/v1/score", &body(serde_json::json!({"model": "amateur"})));
+    assert!(plain.get("reference_model").is_none(), "{plain}");
+    assert!(plain["results"][0].get("reference").is_none(), "{plain}");
+}

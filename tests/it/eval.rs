@@ -5,6 +5,7 @@ use crate::common;
 
 use std::path::PathBuf;
 
+use endorm::api::{Contrast, Format, ScoreRequest};
 use endorm::eval::methods::Method;
 use endorm::eval::{self, EvalConfig, Report};
 use endorm::reward::Aggregate;
@@ -229,5 +230,87 @@ fn docs_quote_the_judge_prompts_verbatim() {
             docs.contains(&format!("````text\n{prompt}\n````")),
             "not in docs/QUALITY.md:\n{prompt}"
         );
+    }
+}
+
+/// The neutral and reviewer passes: every item scored, the reward pass they build on run first
+/// into the same cache, and their scores those of `/v1/score` with `contrast` and `reviewer`.
+#[test]
+fn contrast_methods_are_score_with_contrast_and_reviewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scorer = common::scorer(common::options());
+    let methods = [Method::EndoNeutral, Method::EndoMeanReviewer];
+    for (file, format) in [
+        ("obvious-prefs.jsonl", Format::Chat),
+        ("obvious-code.jsonl", Format::Raw),
+    ] {
+        let cache = eval::cache_path(&dir.path().join(format!("{file}.json")));
+        let config = EvalConfig {
+            limit: Some(1),
+            cache: Some(cache.clone()),
+            ..config(file, &methods)
+        };
+        let report = eval::run(&mut scorer, &config).unwrap();
+        for name in ["endo-neutral", "endo_mean+reviewer"] {
+            let m = method(&report, name);
+            assert_eq!((m.scored, m.failed), (1, 0), "{m:?}");
+        }
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&cache)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let passes: Vec<&str> = records.iter().filter_map(|r| r["pass"].as_str()).collect();
+        assert_eq!(passes, ["reward", "neutral", "reviewer"]);
+        let item: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(data(file))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let candidates: Vec<String> = match format {
+            Format::Chat => vec![item["chosen"].clone(), item["rejected"].clone()]
+                .into_iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
+            Format::Raw => serde_json::from_value(item["completions"].clone()).unwrap(),
+        };
+        for (k, (name, aggregate, contrast, reviewer)) in [
+            (
+                "endo-neutral",
+                Aggregate::Endo,
+                Some(Contrast::Neutral),
+                false,
+            ),
+            ("endo_mean+reviewer", Aggregate::EndoMean, None, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let request = ScoreRequest {
+                format: Some(format),
+                prompt: Some(item["prompt"].as_str().unwrap().to_owned()),
+                candidates: candidates.clone(),
+                aggregate,
+                contrast,
+                reviewer,
+                ..ScoreRequest::default()
+            };
+            let expected = common::scorer(common::options())
+                .score_request("test", &request, None)
+                .unwrap();
+            let got = &records[k + 1]["scored"]["scores"][name]["candidates"];
+            for (i, want) in expected.results.iter().enumerate() {
+                let got = got[i].as_f64().unwrap();
+                assert!(
+                    (got - want.score).abs() < 1e-4,
+                    "{name} {i}: {got} vs {}",
+                    want.score
+                );
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ use crate::common;
 
 use endorm::api::{Format, Message, ScoreRequest, ScoreResponse};
 use endorm::engine::{
-    prepare, ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, Scorer,
+    prepare, ContextOptions, EngineError, Model, ModelOptions, Passes, PreparedRequest, Scorer,
 };
 
 const TOLERANCE: f64 = 1e-3;
@@ -159,7 +159,7 @@ fn requests_batched_into_one_pass_get_the_values_of_each_alone() {
             let scored = scorer.score_batch(&together).unwrap();
             for (&i, scored) in pass.iter().zip(&scored) {
                 let got = prepared[i]
-                    .respond(model, "test", &requests[i], scored)
+                    .respond(model, "test", &requests[i], &Passes::main(scored.clone()))
                     .unwrap();
                 let what = format!("request {i} in pass {pass:?}, n_batch {n_batch}");
                 assert_same_values(&got, &alone[i], &what);
@@ -239,7 +239,6 @@ fn malformed_requests_are_input_errors() {
     let model = common::model();
     let cases: Vec<(ScoreRequest, &str)> = vec![
         (chat("Hi", &[]), "empty"),
-        (raw("", &["x"]), "non-empty `prompt`"),
         (raw("Hi", &[""]), "candidate 0 is empty"),
         (
             ScoreRequest {

@@ -137,7 +137,7 @@ async fn rank(
         max_candidate_tokens: max_tokens_per_doc,
         ..ScoreRequest::default()
     };
-    let response = score_on(&entry, score, snapshot.limits).await?;
+    let response = score_on(&entry, score, snapshot.limits, None).await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,
