@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """endorm's benchmark scenarios A-D, each beside the peer a user would otherwise use.
 
-    scripts/bench.py [--endorm target/release/endorm] [--model GGUF] [--threads 2] [--json out.json]
+    scripts/bench.py [--endorm target/release/endorm] [--model GGUF] [--editor-model GGUF ...]
+                     [--threads 2] [--scenarios A,B,C,E,D] [--json out.json]
 
 A  one request, 512 context tokens + 8 candidates x 64 tokens, cold (`endorm bench`, in process)
 B  editor typing: a ~2000-token file prefix growing by a few tokens per request, 5 candidates
    x ~16 tokens, 50 requests through the daemon with the prefix cache on: p50 / p99, hit ratio
+   (on --model and on each --editor-model)
 C  16 concurrent clients each sending an A-like request to the daemon vs. one client
-D  the daemon's resident memory after load and after C, and time from start to a healthy /health
+E  editor-sized C: 16 concurrent clients, each a 200-token context and 5 candidates x 16 tokens,
+   against the same 16 requests sent one after another; batching off and on
+D  the daemon's resident memory after load and after each scenario, and time from start to a
+   healthy /health
 
 Peers, in the same run and on the same tokens: llama-cpp-python (`logits_all`, the log-probs read
 from its scores) naively (one full evaluation per candidate) and rewinding (the context evaluated
@@ -233,13 +238,13 @@ def bench_tokens(peer, n):
 def scenario_a(args, peer):
     result = {}
     for n_batch in (512, 63):
-        out = subprocess.run(
+        out, peak_mib = run_measured(
             [args.endorm, "bench", "--json", "--model", str(args.model), "--threads", str(args.threads),
-             "--n-batch", str(n_batch), "--repeats", str(args.repeats)],
-            check=True, capture_output=True, text=True,
-        ).stdout
+             "--n-batch", str(n_batch), "--repeats", str(args.repeats)]
+        )
         report = json.loads(out)
         result[f"endorm_n_batch_{n_batch}"] = {k: report[k] for k in ("shared_s", "naive_s", "plain_s")}
+        result[f"endorm_n_batch_{n_batch}"]["peak_rss_mib"] = peak_mib
     if peer:
         tokens = bench_tokens(peer, 512 + 8 * 64)
         context, candidates = tokens[:512], [tokens[512 + 64 * i : 512 + 64 * (i + 1)] for i in range(8)]
@@ -251,6 +256,18 @@ def scenario_a(args, peer):
             rewinds.append(timed(peer.rewinding, context, candidates))
         result["peer_rewinding_s"] = statistics.median(rewinds)
     return result
+
+
+def run_measured(command):
+    """Runs `command`; its standard output and its peak resident memory (MiB)."""
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"{command[:2]} exited with {process.returncode}")
+        out.seek(0)
+        return out.read().decode(), usage.ru_maxrss / 1024
 
 
 def percentile(values, p):
@@ -265,11 +282,11 @@ def editor_requests(requests):
     return [base + more[: 9 * i] for i in range(requests + 1)]
 
 
-def scenario_b(args, peer):
+def scenario_b(args, model, peer):
     prefixes = editor_requests(args.requests)
     result = {}
     for n_batch in (512, 63):
-        daemon = Daemon(args.endorm, args.model, args.threads, n_ctx=4096, n_batch=n_batch, cache_slots=4)
+        daemon = Daemon(args.endorm, model, args.threads, n_ctx=4096, n_batch=n_batch, cache_slots=4)
         try:
             latencies, cached, prompt, candidate_tokens = [], 0, 0, 0
             for i, prefix in enumerate(prefixes):
@@ -286,6 +303,7 @@ def scenario_b(args, peer):
                 "hit_ratio": cached / prompt,
                 "prompt_tokens": response["usage"]["prompt_tokens"],
                 "candidate_tokens": candidate_tokens,
+                "rss_mib": daemon.rss_mib(),
             }
         finally:
             daemon.close()
@@ -345,7 +363,8 @@ def scenario_c_d(args, peer):
             for t in threads:
                 t.join()
             concurrent = sum(totals) / (time.perf_counter() - started)
-            result[key] = {"single_tok_s": single, "concurrent_tok_s": concurrent, "failed": len(failures)}
+            result[key] = {"single_tok_s": single, "concurrent_tok_s": concurrent, "failed": len(failures),
+                           "rss_mib": daemon.rss_mib()}
             if not batching:
                 result["rss_after_c_mib"] = daemon.rss_mib()
         finally:
@@ -353,8 +372,63 @@ def scenario_c_d(args, peer):
     return result
 
 
+def small_request(i):
+    """An editor-sized request: ~200 context tokens, 5 candidates of ~16 tokens; each client its own."""
+    words = TEXT.split()
+    context = " ".join(words[i % len(words) :] + words) + " " + TEXT + " ".join(words[:22])
+    candidates = [" ".join((words[(i + 5 * j) % len(words) :] + words)[:14]) for j in range(5)]
+    return {"format": "raw", "prompt": context, "candidates": candidates}
+
+
+def concurrently(sock, requests):
+    """Sends `requests` at once, one client each: (tokens scored, seconds, failures)."""
+    failures, totals = [], []
+    lock = threading.Lock()
+
+    def client(body):
+        try:
+            response, _ = score(sock, body)
+            with lock:
+                totals.append(response["usage"]["total_tokens"])
+        except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+            with lock:
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=client, args=(body,)) for body in requests]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(totals), time.perf_counter() - started, len(failures)
+
+
+def scenario_e(args):
+    """Editor-sized C: the 16 small requests one after another, then all at once."""
+    requests = [small_request(i) for i in range(args.clients)]
+    result = {}
+    for batching in (False, True):
+        daemon = Daemon(args.endorm, args.model, args.threads, batching=batching)
+        try:
+            score(daemon.sock, requests[0])  # warm-up
+            tokens, started = 0, time.perf_counter()
+            for body in requests:
+                tokens += score(daemon.sock, body)[0]["usage"]["total_tokens"]
+            sequential = tokens / (time.perf_counter() - started)
+            tokens, seconds, failed = concurrently(daemon.sock, requests)
+            result["batching" if batching else "default"] = {
+                "sequential_tok_s": sequential, "concurrent_tok_s": tokens / seconds, "failed": failed,
+                "request_tokens": tokens // len(requests), "rss_mib": daemon.rss_mib(),
+            }
+        finally:
+            daemon.close()
+    return result
+
+
 def model_budget_mib(args, peer):
-    """Model file + KV cache of the daemon's default context (4096 tokens, f16 K and V)."""
+    """Model file + KV cache of the daemon's default context (4096 tokens, f16 K and V), in the
+    cells llama.cpp allocates for it: one more than the window (a decode's padding token, see
+    src/engine/context.rs), rounded up to a multiple of 256."""
     file_mib = args.model.stat().st_size / 2**20
     if not peer:
         return file_mib, None
@@ -364,7 +438,8 @@ def model_budget_mib(args, peer):
     embd = int(meta[f"{arch}.embedding_length"])
     heads = int(meta[f"{arch}.attention.head_count"])
     kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    kv_mib = 4096 * layers * 2 * (embd // heads * kv_heads) * 2 / 2**20
+    cells = -(-(4096 + 1) // 256) * 256
+    kv_mib = cells * layers * 2 * (embd // heads * kv_heads) * 2 / 2**20
     return file_mib, kv_mib
 
 
@@ -372,42 +447,62 @@ def model_budget_mib(args, peer):
 
 
 def report(r, args):
-    a, b, c = r["A"], r["B"], r["C_D"]
     lines = ["| scenario | measure | endorm | llama-cpp-python naive | llama-cpp-python rewinding | target |", "|---|---|---:|---:|---:|---|"]
-    e = a["endorm_n_batch_512"]
-    naive, rewind = a.get("peer_naive_s"), a.get("peer_rewinding_s")
     fmt = lambda x, unit="s": "—" if x is None else f"{x:.3f} {unit}"
-    lines.append(f"| A | one cold request (1,024 tokens) | {fmt(e['shared_s'])} | {fmt(naive)} | {fmt(rewind)} | |")
-    lines.append(f"| A | vs plain decode of the same tokens ({fmt(e['plain_s'])}) | {e['shared_s'] / e['plain_s']:.2f}× | | | ≤ 1.1× |")
-    if naive:
-        lines.append(f"| A | speed-up over the peer | | {naive / e['shared_s']:.2f}× | {rewind / e['shared_s']:.2f}× | ≥ 5× naive, > 1× rewinding |")
-    lines.append(f"| A | endorm's own naive path | {e['naive_s'] / e['shared_s']:.2f}× slower | | | |")
-    e63 = a["endorm_n_batch_63"]
-    lines.append(f"| A | n_batch 63 (exact mode): request / plain | {fmt(e63['shared_s'])} / {fmt(e63['plain_s'])} | | | |")
-    for n_batch in (512, 63):
-        eb = b[f"endorm_n_batch_{n_batch}"]
-        peer = b.get("peer_rewinding", {})
-        naive_b = b.get("peer_naive", {})
-        lines.append(
-            f"| B | p50 / p99 latency, n_batch {n_batch} | {fmt(eb['p50_s'])} / {fmt(eb['p99_s'])} | "
-            f"{fmt(naive_b.get('p50_s'))} (p50 of {naive_b.get('requests', 0)}) | {fmt(peer.get('p50_s'))} / {fmt(peer.get('p99_s'))} | |"
-        )
-        lines.append(f"| B | cache hit ratio, n_batch {n_batch} | {eb['hit_ratio']:.3f} | | | |")
-        alone = b.get("decode_candidates_alone_s")
-        if alone:
-            lines.append(f"| B | p50 / decode of the {eb['candidate_tokens']} candidate tokens alone ({fmt(alone)}), n_batch {n_batch} | {eb['p50_s'] / alone:.2f}× | | | ≤ 1.2× |")
-    for key in ("default", "batching"):
-        ck = c[key]
-        lines.append(
-            f"| C | {args.clients} clients vs 1 ({key}) | {ck['concurrent_tok_s']:.0f} vs {ck['single_tok_s']:.0f} tok/s = "
-            f"{ck['concurrent_tok_s'] / ck['single_tok_s']:.2f}×, {ck['failed']} failed | | | ≥ 0.9×, 0 failed |"
-        )
-    if rewind:
-        lines.append(f"| C | peer, one request at a time (from A) | | {1024 / naive:.0f} tok/s | {1024 / rewind:.0f} tok/s | |")
+    mib = lambda x: "—" if x is None else f"{x:.0f} MiB"
     file_mib, kv_mib = r["budget"]
-    budget = "—" if kv_mib is None else f"≤ {file_mib + kv_mib + 64:.0f} MiB (model {file_mib:.0f} + KV {kv_mib:.0f} + 64)"
-    lines.append(f"| D | resident memory after load / after C | {c['rss_after_load_mib']:.0f} / {c['rss_after_c_mib']:.0f} MiB | | {r.get('peer_rss_mib', 0):.0f} MiB after load | {budget} |")
-    lines.append(f"| D | start to healthy | {fmt(c['start_to_healthy_s'])} | | {fmt(r.get('peer_load_s'))} (load) | ≤ 1 s |")
+    budget = f"≤ {file_mib + kv_mib + 64:.0f} MiB (model {file_mib:.0f} + KV {kv_mib:.0f} + 64)" if kv_mib else ""
+    if "A" in r:
+        a = r["A"]
+        e = a["endorm_n_batch_512"]
+        naive, rewind = a.get("peer_naive_s"), a.get("peer_rewinding_s")
+        lines.append(f"| A | one cold request (1,024 tokens) | {fmt(e['shared_s'])} | {fmt(naive)} | {fmt(rewind)} | |")
+        lines.append(f"| A | vs plain decode of the same tokens ({fmt(e['plain_s'])}) | {e['shared_s'] / e['plain_s']:.2f}× | | | ≤ 1.1× |")
+        if naive:
+            lines.append(f"| A | speed-up over the peer | | {naive / e['shared_s']:.2f}× | {rewind / e['shared_s']:.2f}× | ≥ 5× naive, > 1× rewinding |")
+        lines.append(f"| A | endorm's own naive path | {e['naive_s'] / e['shared_s']:.2f}× slower | | | |")
+        e63 = a["endorm_n_batch_63"]
+        lines.append(f"| A | n_batch 63 (exact mode): request / plain | {fmt(e63['shared_s'])} / {fmt(e63['plain_s'])} | | | |")
+        lines.append(f"| A | peak memory of `endorm bench`, n_batch 512 / 63 | {mib(e['peak_rss_mib'])} / {mib(e63['peak_rss_mib'])} | | | |")
+    for model, b in r.get("B", {}).items():
+        for n_batch in (512, 63):
+            eb = b[f"endorm_n_batch_{n_batch}"]
+            peer = b.get("peer_rewinding", {})
+            naive_b = b.get("peer_naive", {})
+            lines.append(
+                f"| B {model} | p50 / p99 latency, n_batch {n_batch} | {fmt(eb['p50_s'])} / {fmt(eb['p99_s'])} | "
+                f"{fmt(naive_b.get('p50_s'))} (p50 of {naive_b.get('requests', 0)}) | {fmt(peer.get('p50_s'))} / {fmt(peer.get('p99_s'))} | |"
+            )
+            lines.append(f"| B {model} | cache hit ratio, n_batch {n_batch} | {eb['hit_ratio']:.3f} | | | |")
+            alone = b.get("decode_candidates_alone_s")
+            if alone:
+                lines.append(f"| B {model} | p50 / decode of the {eb['candidate_tokens']} candidate tokens alone ({fmt(alone)}), n_batch {n_batch} | {eb['p50_s'] / alone:.2f}× | | | ≤ 1.2× |")
+            lines.append(f"| B {model} | memory after B, n_batch {n_batch} | {mib(eb['rss_mib'])} | | | |")
+    if "C_D" in r:
+        c = r["C_D"]
+        for key in ("default", "batching"):
+            ck = c[key]
+            lines.append(
+                f"| C | {args.clients} clients vs 1 ({key}) | {ck['concurrent_tok_s']:.0f} vs {ck['single_tok_s']:.0f} tok/s = "
+                f"{ck['concurrent_tok_s'] / ck['single_tok_s']:.2f}×, {ck['failed']} failed | | | ≥ 0.9×, 0 failed |"
+            )
+            lines.append(f"| C | memory after C ({key}) | {mib(ck['rss_mib'])} | | | {budget} |")
+        rewind, naive = r.get("A", {}).get("peer_rewinding_s"), r.get("A", {}).get("peer_naive_s")
+        if rewind:
+            lines.append(f"| C | peer, one request at a time (from A) | | {1024 / naive:.0f} tok/s | {1024 / rewind:.0f} tok/s | |")
+    if "E" in r:
+        for key in ("default", "batching"):
+            ek = r["E"][key]
+            lines.append(
+                f"| E | {args.clients} small clients at once vs one after another ({key}, {ek['request_tokens']} tokens a request) | "
+                f"{ek['concurrent_tok_s']:.0f} vs {ek['sequential_tok_s']:.0f} tok/s = {ek['concurrent_tok_s'] / ek['sequential_tok_s']:.2f}×, "
+                f"{ek['failed']} failed | | | {'≥ 1.5×' if key == 'batching' else '≥ 0.9×'}, 0 failed |"
+            )
+            lines.append(f"| E | memory after E ({key}) | {mib(ek['rss_mib'])} | | | {budget} |")
+    if "C_D" in r:
+        c = r["C_D"]
+        lines.append(f"| D | resident memory after load | {mib(c['rss_after_load_mib'])} | | {r.get('peer_rss_mib', 0):.0f} MiB after load | {budget} |")
+        lines.append(f"| D | start to healthy | {fmt(c['start_to_healthy_s'])} | | {fmt(r.get('peer_load_s'))} (load) | ≤ 1 s |")
     return "\n".join(lines)
 
 
@@ -420,26 +515,38 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endorm", default=str(ROOT / "target/release/endorm"))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--editor-model", type=Path, action="append", default=[], help="another model for B")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--scenarios", default="A,B,C,E,D", help="which to run (D comes with C)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of A (median)")
     parser.add_argument("--requests", type=int, default=50, help="typed requests of B")
     parser.add_argument("--naive-requests", type=int, default=3, help="B requests the naive peer runs")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of C")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of C and E")
     parser.add_argument("--single-requests", type=int, default=3, help="requests of C's single client")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
+    wanted = set(args.scenarios.upper().split(","))
 
     results = {"machine": machine(), "threads": args.threads, "model": args.model.name}
     # The daemon scenarios run before the peer is loaded, so its memory does not compete with them.
-    results["C_D"] = scenario_c_d(args, None)
+    if wanted & {"C", "D"}:
+        results["C_D"] = scenario_c_d(args, None)
+    if "E" in wanted:
+        results["E"] = scenario_e(args)
     before = peer_rss_mib()
     peer = peer_or_none(args.model, args.threads, 4096)
     if peer:
         results["peer_rss_mib"] = peer_rss_mib() - before
         results["peer_load_s"] = peer.load_s
     results["budget"] = model_budget_mib(args, peer)
-    results["A"] = scenario_a(args, peer)
-    results["B"] = scenario_b(args, peer)
+    if "A" in wanted:
+        results["A"] = scenario_a(args, peer)
+    if "B" in wanted:
+        results["B"] = {args.model.name: scenario_b(args, args.model, peer)}
+        for model in args.editor_model:
+            del peer
+            peer = peer_or_none(model, args.threads, 4096)
+            results["B"][model.name] = scenario_b(args, model, peer)
     table = report(results, args)
     print(f"{results['machine']}, {args.threads} threads, {args.model.name}\n")
     print(table)

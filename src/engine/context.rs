@@ -11,7 +11,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
-use super::plan::Limits;
+use super::plan::{decode_chunks, logits_rows, Limits};
 use super::{backend, EngineError, Model, Token};
 
 /// Tuning of one context.
@@ -75,6 +75,13 @@ pub fn default_threads() -> u32 {
 /// llama.cpp's hard limit on sequences per context.
 const LLAMA_MAX_SEQ: u32 = 256;
 
+/// Memory for the logits rows of one decode. llama.cpp keeps an output buffer (and a graph output
+/// tensor) as large as the most rows a decode ever asked for, so a decode of 512 candidate tokens
+/// would pin 512 × vocabulary × 4 bytes (96 MiB on a 49k vocabulary) for the context's life;
+/// decodes are split instead so that none asks for more rows than fit here (BENCHMARKS.md gives
+/// the speed cost).
+const LOGITS_BUDGET_BYTES: usize = 16 << 20;
+
 /// One token of a decode: where it goes and whether its logits row is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Step {
@@ -128,12 +135,13 @@ impl<'m> Context<'m> {
             );
         }
         let max_sequences = max_sequences.clamp(1, room);
+        let n_seq_max = reserved + max_sequences + 1;
         let threads = i32::try_from(n_threads.max(1)).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_n_ctx(Some(cells))
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
-            .with_n_seq_max(reserved + max_sequences + 1)
+            .with_n_seq_max(n_seq_max)
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
@@ -146,10 +154,12 @@ impl<'m> Context<'m> {
             .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
         drop(registry);
         // llama.cpp rounds n_ctx up and may cap n_batch: plan with what was asked and it made.
+        let n_batch = llama.n_batch() as usize;
         let limits = Limits {
             n_ctx: (n_ctx as usize).min(llama.n_ctx() as usize - 1),
-            n_batch: llama.n_batch() as usize,
+            n_batch,
             max_sequences: max_sequences as usize,
+            max_rows: logits_rows(LOGITS_BUDGET_BYTES, model.meta().n_vocab as usize, n_batch),
         };
         Ok(Context {
             llama,
@@ -164,17 +174,18 @@ impl<'m> Context<'m> {
         self.limits
     }
 
-    /// Decodes `steps` in chunks of `n_batch` tokens. After each chunk, `read(chunk, rows)` gets
-    /// the chunk's range of indices into `steps` and its logits: `rows.row(i)` is the row of step
-    /// `chunk.start + i`, which must have `wants_row`.
+    /// Decodes `steps` in chunks of at most `n_batch` tokens and `max_rows` logits rows. After each
+    /// chunk, `read(chunk, rows)` gets the chunk's range of indices into `steps` and its logits:
+    /// `rows.row(i)` is the row of step `chunk.start + i`, which must have `wants_row`.
     pub fn decode(
         &mut self,
         steps: &[Step],
         mut read: impl FnMut(Range<usize>, &Rows<'_, 'm>) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
-        let n_batch = self.limits.n_batch;
-        for start in (0..steps.len()).step_by(n_batch) {
-            let chunk = start..(start + n_batch).min(steps.len());
+        let Limits {
+            n_batch, max_rows, ..
+        } = self.limits;
+        for chunk in decode_chunks(steps.iter().map(|s| s.wants_row), n_batch, max_rows) {
             self.batch.clear();
             for step in &steps[chunk.clone()] {
                 self.add(*step)?;

@@ -12,6 +12,47 @@ pub struct Limits {
     pub n_batch: usize,
     /// Most candidate sequences at once (sequence 0 holds the context).
     pub max_sequences: usize,
+    /// Most logits rows one decode computes ([`logits_rows`]).
+    pub max_rows: usize,
+}
+
+/// Query rows llama.cpp's CPU flash attention works on at a time: a decode of 65 tokens costs it as
+/// much as one of 128.
+const ATTENTION_TILE: usize = 64;
+
+/// Most logits rows one decode asks for. llama.cpp sizes its output buffer for the most rows any
+/// decode asked for times the vocabulary, and never shrinks it; the graph's output tensor is as
+/// large. So as many f32 rows as `budget_bytes` hold, in whole attention tiles, but at least one
+/// tile (llama.cpp reserves a row per sequence, 66 by default, whatever is asked) and at most
+/// `n_batch`.
+pub fn logits_rows(budget_bytes: usize, n_vocab: usize, n_batch: usize) -> usize {
+    let row_bytes = n_vocab.max(1) * std::mem::size_of::<f32>();
+    let tiles = budget_bytes / row_bytes / ATTENTION_TILE;
+    (tiles.max(1) * ATTENTION_TILE).min(n_batch).max(1)
+}
+
+/// Splits the steps of a decode, given by whether each wants its logits row, into consecutive
+/// llama.cpp decodes of at most `n_batch` tokens and at most `max_rows` rows.
+pub fn decode_chunks(
+    wants_row: impl IntoIterator<Item = bool>,
+    n_batch: usize,
+    max_rows: usize,
+) -> Vec<Range<usize>> {
+    let (n_batch, max_rows) = (n_batch.max(1), max_rows.max(1));
+    let mut chunks = Vec::new();
+    let (mut start, mut rows, mut end) = (0, 0, 0);
+    for wants in wants_row {
+        if end - start == n_batch || (wants && rows == max_rows) {
+            chunks.push(start..end);
+            (start, rows) = (end, 0);
+        }
+        rows += usize::from(wants);
+        end += 1;
+    }
+    if end > start {
+        chunks.push(start..end);
+    }
+    chunks
 }
 
 /// A candidate that cannot fit beside its context.
@@ -97,7 +138,31 @@ mod tests {
         n_ctx: 100,
         n_batch: 16,
         max_sequences: 3,
+        max_rows: 16,
     };
+
+    #[test]
+    fn decodes_end_at_n_batch_tokens_or_max_rows_rows() {
+        assert_eq!(decode_chunks([false; 5], 2, 1), vec![0..2, 2..4, 4..5]);
+        // Rows 1, 2, 4, 5 wanted, two per decode: the third wanted row starts a new decode.
+        let wants = [false, true, true, false, true, true];
+        assert_eq!(decode_chunks(wants, 16, 2), vec![0..4, 4..6]);
+        assert_eq!(decode_chunks(wants, 3, 2), vec![0..3, 3..6]);
+        assert_eq!(decode_chunks(wants, 16, 16), vec![0..6]);
+        assert_eq!(decode_chunks([], 16, 2), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn rows_fit_the_budget_in_whole_attention_tiles() {
+        let mib = 1 << 20;
+        // SmolLM2: 49,152 × 4 bytes a row; 85 rows fit 16 MiB, one tile of 64 is taken.
+        assert_eq!(logits_rows(16 * mib, 49_152, 512), 64);
+        assert_eq!(logits_rows(32 * mib, 49_152, 512), 128);
+        // Qwen2.5: 151,936 entries a row, 27 in 16 MiB: still one tile.
+        assert_eq!(logits_rows(16 * mib, 151_936, 512), 64);
+        assert_eq!(logits_rows(16 * mib, 49_152, 63), 63);
+        assert_eq!(logits_rows(0, 0, 0), 1);
+    }
 
     #[test]
     fn everything_fits_in_one_group() {
