@@ -254,16 +254,17 @@ mod tests {
             terminal: true,
             return_tokens: true,
             max_candidate_tokens: Some(3),
-                   "max_candidate_tokens": 3, "consensus": 0.5, "contrast": "neutral", "reviewer": true,
-                   "reference_model": "small"}),
+            consensus: Some(0.5),
+            contrast: Some(Contrast::Neutral),
+            reviewer: true,
+            reference_model: Some("small".into()),
         };
         assert_wire(
             &full,
             json!({"model": "m", "format": "chat", "messages": [{"role": "user", "content": "Hi"}],
                    "principle": "Be brief.", "candidates": ["a", "b"], "aggregate": "logprob_mean",
                    "alpha": 0.5, "terminal": true, "return_tokens": true,
-                   "max_candidate_tokens": 3, "consensus": 0.5}),
-                   "max_candidate_tokens": 3, "contrast": "neutral", "reviewer": true,
+                   "max_candidate_tokens": 3, "consensus": 0.5, "contrast": "neutral", "reviewer": true,
                    "reference_model": "small"}),
         );
         assert_wire(&Format::Raw, json!("raw"));

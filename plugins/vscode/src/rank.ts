@@ -37,6 +37,9 @@ export async function rankCandidates(
       format: "raw",
       prompt: context.length > 0 ? context : EMPTY_CONTEXT,
       candidates: unique,
+      // The per-token mean ranks code completions better than the sum for every model measured
+      // (docs/QUALITY.md, "How to choose"): a sum favours the shortest continuation.
+      aggregate: "endo_mean",
       ...(options.model ? { model: options.model } : {}),
     },
     { timeoutMs: options.timeoutMs, signal: options.signal },

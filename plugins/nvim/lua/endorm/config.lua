@@ -10,7 +10,7 @@ M.defaults = {
   -- Model id; nil: the daemon's default model.
   model = nil,
   -- Response-level score used to order alternatives: endo | endo_mean | logprob | logprob_mean.
-  aggregate = 'endo',
+  aggregate = 'endo_mean',
   -- Soft-Q temperature; nil: the daemon's default (1.0).
   alpha = nil,
   -- At most this many characters of text before the cursor/selection are sent as the context.
@@ -23,7 +23,7 @@ M.defaults = {
     context_chars = 1500,
     -- At most this many items are scored per menu.
     max_items = 40,
-    aggregate = 'endo',
+    aggregate = 'endo_mean',
     -- Scores kept (per prefix and item text) before the cache is dropped.
     cache_size = 2000,
   },
