@@ -82,7 +82,7 @@ test("llama-server infill source: n_cmpl candidates with prefix and suffix, rera
 test("rankCandidates agrees with a direct score request, and accepts an empty context", async () => {
   const cands = [" sat on the mat.", " purple the of.", " jumped over it."];
   const ranked = await rankCandidates(client, "The cat", cands);
-  const direct = await client.score({ format: "raw", prompt: "The cat", candidates: cands });
+  const direct = await client.score({ format: "raw", prompt: "The cat", candidates: cands, aggregate: "endo_mean" });
   assert.deepEqual(ranked.map((r) => r.text), direct.order.map((i) => cands[i]));
   const atStart = await rankCandidates(client, "", ["def main():", "):( niam fed"]);
   assert.equal(atStart.length, 2);
