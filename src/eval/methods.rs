@@ -86,21 +86,7 @@ impl Method {
 
     /// What `endorm eval` runs when no `--method` is given: the methods before the contrasts,
     /// so a run resumed from an older cache does not start passes it never asked for.
-    pub const DEFAULT: [Method; 13] = [
-        Method::Endo,
-        Method::EndoMean,
-        Method::Logprob,
-        Method::LogprobMean,
-        Method::Length,
-        Method::Shorter,
-        Method::Consensus,
-        Method::WithConsensus(Aggregate::Endo),
-        Method::WithConsensus(Aggregate::EndoMean),
-        Method::WithConsensus(Aggregate::Logprob),
-        Method::WithConsensus(Aggregate::LogprobMean),
-        Method::JudgeVerifier,
-        Method::JudgePairwise,
-    ];
+    pub const DEFAULT: &'static [Method] = Method::ALL.split_at(13).0;
 
     /// The name on the command line and in reports.
     pub fn name(self) -> &'static str {
