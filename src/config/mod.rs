@@ -92,6 +92,10 @@ pub struct ServerConfig {
     pub max_candidates: usize,
     /// Most tokens in one request, context and candidates together (422 above).
     pub max_tokens: usize,
+    /// Most tokens one job decodes on a model's worker (its context and candidates; per item for
+    /// routes that queue one job per item), so that no single job holds the worker for long
+    /// (413 above).
+    pub max_job_tokens: usize,
     /// Requests that may wait for a model while it runs one (503 + Retry-After above).
     pub queue_depth: usize,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             max_candidates: 128,
             max_tokens: 65_536,
+            max_job_tokens: 16_384,
             queue_depth: 64,
             shutdown_grace_secs: 30,
             header_timeout_secs: 10,
@@ -210,6 +215,7 @@ impl Config {
             ("max_body_bytes", server.max_body_bytes),
             ("max_candidates", server.max_candidates),
             ("max_tokens", server.max_tokens),
+            ("max_job_tokens", server.max_job_tokens),
             ("queue_depth", server.queue_depth),
             ("max_connections", server.max_connections),
             ("header_timeout_secs", server.header_timeout_secs as usize),

@@ -98,6 +98,14 @@ impl PreparedRequest {
         self.tokens() + extra.map(Prepared::tokens).sum::<usize>()
     }
 
+    /// Tokens of its largest job on the worker: the main pass, the neutral pass, or the reviewer
+    /// layouts (one job together); checked against `max_job_tokens`.
+    pub fn largest_job(&self) -> usize {
+        let neutral = self.neutral.as_ref().map_or(0, Prepared::tokens);
+        let reviewer = self.reviewer.iter().flatten().map(Prepared::tokens).sum();
+        self.tokens().max(neutral).max(reviewer)
+    }
+
     /// The neutral pass as a request of its own (same `alpha`), for a worker's score job.
     pub fn neutral_pass(&self) -> Option<PreparedRequest> {
         self.neutral.as_ref().map(|neutral| PreparedRequest {

@@ -3,20 +3,21 @@
 //!
 //! A llama.cpp context is not `Send`, so it is created on the worker thread and never leaves it.
 //! The model itself is shared (read-only) with whoever needs its tokenizer. The thread loads the
-//! model, creates the context, then runs jobs in arrival order; with `batching` on, score jobs
-//! waiting behind one another are scored together in one pass while they fit (continuous
-//! batching, see [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already
-//! queued still run, then the thread ends and the model is unloaded.
+//! model, creates the context, then runs jobs in the [`FairQueue`]'s order (round-robin between
+//! clients, each client's jobs in arrival order); with `batching` on, score jobs next in that
+//! order are scored together in one pass while they fit (continuous batching, see
+//! [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already queued still
+//! run, then the thread ends and the model is unloaded.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::job::{Job, Layouts, LogprobsInput, Pending, Queued};
 use super::plan::PassBudget;
+use super::queue::{ClientId, FairQueue, Refused};
 use super::{
     ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, RpcEndpoint, Scored, Scorer,
     SequenceLogprobs,
@@ -134,7 +135,7 @@ pub enum SubmitError {
 /// What the worker thread and its handle share.
 pub(super) struct Shared {
     state: Mutex<WorkerState>,
-    waiting: AtomicUsize,
+    queue: FairQueue<Job>,
     running: AtomicUsize,
     batched: AtomicUsize,
     pub(super) cancelled: AtomicUsize,
@@ -148,9 +149,14 @@ impl Shared {
 
 /// The handle of one worker thread.
 pub struct Worker {
-    sender: SyncSender<Job>,
     shared: Arc<Shared>,
     depth: usize,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -167,10 +173,9 @@ impl Worker {
     /// [`Worker::state`] tells when the model is ready.
     pub fn spawn(name: &str, settings: WorkerSettings) -> Result<Worker, EngineError> {
         let depth = settings.queue_depth.max(1);
-        let (sender, receiver) = sync_channel::<Job>(depth);
         let shared = Arc::new(Shared {
             state: Mutex::new(WorkerState::Loading),
-            waiting: AtomicUsize::new(0),
+            queue: FairQueue::new(depth),
             running: AtomicUsize::new(0),
             batched: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
@@ -178,13 +183,9 @@ impl Worker {
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("endorm-{name}"))
-            .spawn(move || run(settings, receiver, &thread_shared))
+            .spawn(move || run(settings, &thread_shared))
             .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
-        Ok(Worker {
-            sender,
-            shared,
-            depth,
-        })
+        Ok(Worker { shared, depth })
     }
 
     /// The worker's state now.
@@ -198,7 +199,7 @@ impl Worker {
 
     /// Jobs waiting in the queue (not counting the one running).
     pub fn waiting(&self) -> usize {
-        self.shared.waiting.load(Ordering::Relaxed)
+        self.shared.queue.len()
     }
 
     /// Jobs running now (0 or 1).
@@ -216,33 +217,37 @@ impl Worker {
         self.shared.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Queues a score request.
+    /// Queues a score request for `client`.
     pub fn score(
         &self,
+        client: &ClientId,
         request: PreparedRequest,
     ) -> Result<Pending<PreparedRequest, Scored>, SubmitError> {
-        self.submit(request, Job::Score)
+        self.submit(client, request, Job::Score)
     }
 
     /// Queues layouts to score one after another, each labelled for its error.
     pub fn score_each(
         &self,
+        client: &ClientId,
         layouts: Layouts,
     ) -> Result<Pending<Layouts, Vec<Scored>>, SubmitError> {
-        self.submit(layouts, Job::ScoreEach)
+        self.submit(client, layouts, Job::ScoreEach)
     }
 
     /// Queues sequences for their log-probabilities.
     pub fn logprobs(
         &self,
+        client: &ClientId,
         input: LogprobsInput,
     ) -> Result<Pending<LogprobsInput, Vec<SequenceLogprobs>>, SubmitError> {
-        self.submit(input, Job::Logprobs)
+        self.submit(client, input, Job::Logprobs)
     }
 
-    /// Queues a job, or says at once why it cannot be queued.
+    /// Queues a job behind `client`'s earlier ones, or says at once why it cannot be queued.
     fn submit<I, O>(
         &self,
+        client: &ClientId,
         input: I,
         job: fn(Queued<I, O>) -> Job,
     ) -> Result<Pending<I, O>, SubmitError> {
@@ -252,18 +257,26 @@ impl Worker {
             WorkerState::Ready(_) => {}
         }
         let (queued, pending) = Queued::new(input);
-        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-        let refused = match self.sender.try_send(job(queued)) {
-            Ok(()) => return Ok(pending),
-            Err(TrySendError::Full(_)) => SubmitError::Full { depth: self.depth },
-            Err(TrySendError::Disconnected(_)) => SubmitError::Stopped,
-        };
-        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-        Err(refused)
+        match self.shared.queue.push(client, job(queued)) {
+            Ok(()) => Ok(pending),
+            Err(Refused::Full) => Err(SubmitError::Full { depth: self.depth }),
+            Err(Refused::Closed) => Err(SubmitError::Stopped),
+        }
     }
 }
 
-fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
+/// Drops the jobs still queued when the worker thread ends however it ends, so that their callers
+/// hear `Stopped` instead of waiting for ever (a closed channel did this before).
+struct DiscardOnExit<'a>(&'a FairQueue<Job>);
+
+impl Drop for DiscardOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.discard();
+    }
+}
+
+fn run(settings: WorkerSettings, shared: &Shared) {
+    let _discard = DiscardOnExit(&shared.queue);
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
         rpc: settings.rpc.clone(),
@@ -297,24 +310,13 @@ fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));
-    let mut held = None;
-    loop {
-        let job = match held.take() {
-            Some(job) => job,
-            None => match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-        };
-        shared.waiting.fetch_sub(1, Ordering::Relaxed);
+    while let Some(job) = shared.queue.pop() {
         shared.running.fetch_add(1, Ordering::Relaxed);
         // A panicking job drops its reply channel (its caller sees an error); the worker goes on.
         let ran = catch_unwind(AssertUnwindSafe(|| match job {
             Job::Score(first) => {
                 let batch = if settings.batching {
-                    let (batch, next) = gather(&scorer, first, &receiver, shared);
-                    held = next;
-                    batch
+                    gather(&scorer, first, shared)
                 } else {
                     vec![first]
                 };
@@ -353,36 +355,23 @@ fn run(settings: WorkerSettings, receiver: Receiver<Job>, shared: &Shared) {
 
 type ScoreJob = Queued<PreparedRequest, Scored>;
 
-/// Takes the score jobs queued right behind `first` while they fit one pass beside it. Returns them
-/// and the first job that did not join, which runs next.
-fn gather(
-    scorer: &Scorer<'_>,
-    first: ScoreJob,
-    receiver: &Receiver<Job>,
-    shared: &Shared,
-) -> (Vec<ScoreJob>, Option<Job>) {
+/// Takes the score jobs next in the queue's fair order while they fit one pass beside `first`;
+/// the first job that does not join stays first in the queue and runs next.
+fn gather(scorer: &Scorer<'_>, first: ScoreJob, shared: &Shared) -> Vec<ScoreJob> {
     let mut budget = PassBudget::default();
     if !scorer.batches() || !scorer.admit(&mut budget, &first.input.prepared) {
-        return (vec![first], None);
+        return vec![first];
     }
     let mut batch = vec![first];
-    let mut next = None;
-    while let Ok(job) = receiver.try_recv() {
-        match job {
-            Job::Score(job) if scorer.admit(&mut budget, &job.input.prepared) => {
-                shared.waiting.fetch_sub(1, Ordering::Relaxed);
-                batch.push(job);
-            }
-            other => {
-                next = Some(other);
-                break;
-            }
-        }
+    let mut joins = |job: &Job| matches!(job, Job::Score(job) if scorer.admit(&mut budget, &job.input.prepared));
+    // `pop_if` hands out only what `joins` took: a score job.
+    while let Some(Job::Score(job)) = shared.queue.pop_if(&mut joins) {
+        batch.push(job);
     }
     if batch.len() > 1 {
         shared.batched.fetch_add(batch.len(), Ordering::Relaxed);
     }
-    (batch, next)
+    batch
 }
 
 /// Scores the jobs still wanted, together when there are several. Should the pass fail, each

@@ -2,7 +2,8 @@
 //! listener (one more is answered 503 and closed), a request head must arrive within
 //! `header_timeout_secs` of its first byte, a kept-alive connection idle for `idle_timeout_secs` is
 //! closed, and every request in flight is counted so that shutdown waits for requests, not for
-//! connections (docs/RELIABILITY.md).
+//! connections (docs/RELIABILITY.md). Each connection's client ([`Peer`]) is decided when it is
+//! accepted and given to each of its requests.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower_service::Service as _;
 
+use super::client::{next_serial, ConnClient, Peer};
 use crate::config::ServerConfig;
 
 /// How often a connection checks its timeouts and the shutdown flag.
@@ -187,14 +189,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 /// Accepts connections on `listener` until `stop` turns true; returns the connection tasks still
 /// running (the caller waits for requests in flight through `drain`, then aborts them).
-pub async fn accept_loop<L: Listener>(
+pub async fn accept_loop<L>(
     mut listener: L,
     router: Router,
     limits: ConnLimits,
     drain: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
     name: &'static str,
-) -> JoinSet<()> {
+) -> JoinSet<()>
+where
+    L: Listener,
+    L::Io: Peer,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = JoinSet::new();
     let mut refused: u64 = 0;
@@ -216,8 +222,9 @@ pub async fn accept_loop<L: Listener>(
             Ok(permit) => {
                 let router = router.clone();
                 let drain = Arc::clone(&drain);
+                let client = ConnClient(io.client(next_serial()));
                 tasks.spawn(async move {
-                    connection(io, router, limits, drain).await;
+                    connection(io, client, router, limits, drain).await;
                     drop(permit);
                 });
             }
@@ -238,8 +245,13 @@ pub async fn accept_loop<L: Listener>(
 }
 
 /// Serves one connection until it closes, times out, or (the daemon stopping) its request is done.
-async fn connection<I>(io: I, router: Router, limits: ConnLimits, drain: Arc<Drain>)
-where
+async fn connection<I>(
+    io: I,
+    client: ConnClient,
+    router: Router,
+    limits: ConnLimits,
+    drain: Arc<Drain>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState {
@@ -256,8 +268,9 @@ where
     let service = {
         let state = Arc::clone(&state);
         let drain = Arc::clone(&drain);
-        service_fn(move |request: hyper::Request<Incoming>| {
+        service_fn(move |mut request: hyper::Request<Incoming>| {
             let guard = InFlight::enter(&state, &drain);
+            request.extensions_mut().insert(client.clone());
             let mut router = router.clone();
             async move {
                 let response = router.call(request).await;

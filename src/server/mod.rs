@@ -7,11 +7,12 @@
 //! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
 //! * [`listen`] — the accept loop: connection cap, header/body/idle timeouts, requests in flight
-//!   for shutdown (docs/RELIABILITY.md).
+//!   for shutdown (docs/RELIABILITY.md); [`client`] — who a request comes from, for the fair queue.
 //!
 //! The server never touches llama.cpp: models, tokens and scores come from [`crate::engine`].
 
 mod body;
+mod client;
 mod error;
 mod jobs;
 mod listen;

@@ -51,6 +51,8 @@ pub struct Limits {
     pub max_candidates: usize,
     /// Most tokens per request.
     pub max_tokens: usize,
+    /// Most tokens one job of a request decodes.
+    pub max_job_tokens: usize,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -59,6 +61,7 @@ impl From<&ServerConfig> for Limits {
             max_body_bytes: server.max_body_bytes,
             max_candidates: server.max_candidates,
             max_tokens: server.max_tokens,
+            max_job_tokens: server.max_job_tokens,
         }
     }
 }

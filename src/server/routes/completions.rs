@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{check_count, check_tokens};
+use super::{check_count, check_job_tokens, check_tokens};
 use crate::api::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, FinishReason,
     Prompt, TopLogprobs,
@@ -19,6 +19,7 @@ use crate::api::{
 use crate::engine::prepare::{self, SequenceText};
 use crate::engine::{EngineError, LogprobsInput, SequenceLogprobs};
 use crate::server::body::JsonBody;
+use crate::server::client::Client;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
@@ -33,6 +34,7 @@ const SUPPORTED: &str = "endorm's /v1/completions only scores text: send \"echo\
 /// `POST /v1/completions`.
 pub async fn completions(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
@@ -92,6 +94,8 @@ pub async fn completions(
         prompt_tokens + sequences.len() * usize::from(greedy),
         &snapshot.limits,
     )?;
+    let longest = sequences.iter().map(|(_, tokens)| tokens.len()).max();
+    check_job_tokens(longest.unwrap_or(0) + usize::from(greedy), &snapshot.limits)?;
     // One job per prompt, so other clients' requests run between them (fairness).
     let top_k = request.logprobs.map(|k| k as usize);
     let inputs = sequences
@@ -103,7 +107,7 @@ pub async fn completions(
         })
         .collect();
     let worker = jobs::worker(&entry)?;
-    let outputs = jobs::each(inputs, |input| worker.logprobs(input)).await?;
+    let outputs = jobs::each(inputs, |input| worker.logprobs(&client, input)).await?;
     let choices: Vec<CompletionChoice> = outputs
         .into_iter()
         .flatten()

@@ -66,3 +66,21 @@ pub fn check_tokens(count: usize, limits: &Limits) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// 413 when one job of a request would decode more than `max_job_tokens` tokens: such a job would
+/// hold the model's worker, and every client queued behind it, for too long.
+pub fn check_job_tokens(count: usize, limits: &Limits) -> Result<(), ApiError> {
+    if count > limits.max_job_tokens {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "job_too_large",
+            format!(
+                "this request needs a job of {count} tokens (context and candidates, or one \
+                 prompt or query group); the limit is max_job_tokens = {} per job (set in the \
+                 config's [server] section): split the request or raise the limit",
+                limits.max_job_tokens
+            ),
+        ));
+    }
+    Ok(())
+}

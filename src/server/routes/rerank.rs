@@ -15,8 +15,10 @@ use super::score::score_on;
 use crate::api::{
     AnyRerankRequest, Document, Ranking, RerankRequest, ScoreRequest, TeiInfo, TeiModelType,
 };
+use crate::engine::ClientId;
 use crate::reward::Aggregate;
 use crate::server::body::JsonBody;
+use crate::server::client::Client;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
@@ -24,32 +26,36 @@ use crate::server::{jobs, App};
 /// `POST /v1/rerank`.
 pub async fn v1(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<RerankRequest>,
 ) -> Result<Response, ApiError> {
-    cohere(&app, request, "1").await
+    cohere(&app, &client, request, "1").await
 }
 
 /// `POST /v2/rerank`.
 pub async fn v2(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<RerankRequest>,
 ) -> Result<Response, ApiError> {
-    cohere(&app, request, "2").await
+    cohere(&app, &client, request, "2").await
 }
 
 /// `POST /rerank`: text-embeddings-inference's bare list for a body with `texts` (cut to `top_n`
 /// when one is given, as LiteLLM's `huggingface` provider asks), else as `/v1/rerank`.
 pub async fn any(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<AnyRerankRequest>,
 ) -> Result<Response, ApiError> {
     let request = match request {
-        AnyRerankRequest::Documents(request) => return cohere(&app, request, "1").await,
+        AnyRerankRequest::Documents(request) => return cohere(&app, &client, request, "1").await,
         AnyRerankRequest::Tei(request) => request,
     };
     let texts = request.texts;
     let (ranking, _, tokens) = rank(
         &app,
+        &client,
         None,
         request.query,
         texts.clone(),
@@ -82,6 +88,7 @@ pub async fn info(State(app): State<Arc<App>>) -> Result<Json<TeiInfo>, ApiError
 
 async fn cohere(
     app: &Arc<App>,
+    client: &ClientId,
     request: RerankRequest,
     version: &str,
 ) -> Result<Response, ApiError> {
@@ -92,6 +99,7 @@ async fn cohere(
         .collect();
     let (ranking, model, tokens) = rank(
         app,
+        client,
         request.model,
         request.query,
         documents.clone(),
@@ -111,6 +119,7 @@ async fn cohere(
 /// by the default model (rerank clients always send one); the name is echoed back.
 async fn rank(
     app: &Arc<App>,
+    client: &ClientId,
     model: Option<String>,
     query: String,
     documents: Vec<String>,
@@ -137,7 +146,7 @@ async fn rank(
         max_candidate_tokens: max_tokens_per_doc,
         ..ScoreRequest::default()
     };
-    let response = score_on(&entry, score, snapshot.limits, None).await?;
+    let response = score_on(&entry, client, score, snapshot.limits, None).await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,

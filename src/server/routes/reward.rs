@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{check_count, check_tokens};
+use super::{check_count, check_job_tokens, check_tokens};
 use crate::api::{RewardRequest, RewardResponse};
 use crate::engine::prepare;
 use crate::reward::{Aggregates, Alpha};
 use crate::server::body::JsonBody;
+use crate::server::client::Client;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::{jobs, App};
@@ -19,6 +20,7 @@ use crate::server::{jobs, App};
 /// [`prepare::rewards`]'s. One bad query fails the request, naming it.
 pub async fn get_reward(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<RewardRequest>,
 ) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
@@ -42,6 +44,8 @@ pub async fn get_reward(
     .await?;
     let tokens: usize = groups.iter().map(|(prepared, _)| prepared.tokens()).sum();
     check_tokens(tokens, &snapshot.limits)?;
+    let largest = groups.iter().map(|(prepared, _)| prepared.tokens()).max();
+    check_job_tokens(largest.unwrap_or(0), &snapshot.limits)?;
     let (layouts, owners): (Vec<_>, Vec<_>) = groups
         .into_iter()
         .map(|(prepared, indices)| ((format!("query[{}]", indices[0]), prepared), indices))
@@ -53,7 +57,7 @@ pub async fn get_reward(
         false => {
             let worker = jobs::worker(&entry)?;
             let groups = layouts.into_iter().map(|layout| vec![layout]).collect();
-            jobs::each(groups, |group| worker.score_each(group))
+            jobs::each(groups, |group| worker.score_each(&client, group))
                 .await?
                 .into_iter()
                 .flatten()

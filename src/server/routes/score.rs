@@ -6,10 +6,11 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{check_count, check_tokens};
+use super::{check_count, check_job_tokens, check_tokens};
 use crate::api::{ScoreRequest, ScoreResponse};
-use crate::engine::{Passes, PreparedRequest};
+use crate::engine::{ClientId, Passes, PreparedRequest};
 use crate::server::body::JsonBody;
+use crate::server::client::Client;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
 use crate::server::registry::{Limits, ModelEntry};
@@ -18,6 +19,7 @@ use crate::server::{jobs, App};
 /// `POST /v1/score`.
 pub async fn score(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     JsonBody(request): JsonBody<ScoreRequest>,
 ) -> Result<Response, ApiError> {
     let snapshot = app.registry.snapshot();
@@ -29,7 +31,14 @@ pub async fn score(
         .or(entry.spec.reference_model.as_deref())
         .map(|id| snapshot.resolve(Some(id)))
         .transpose()?;
-    let response = score_on(&entry, request, snapshot.limits, reference.as_ref()).await?;
+    let response = score_on(
+        &entry,
+        &client,
+        request,
+        snapshot.limits,
+        reference.as_ref(),
+    )
+    .await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,
@@ -39,8 +48,10 @@ pub async fn score(
 
 /// Scores `request` on `entry` the way the offline scorer does ([`PreparedRequest`]), in a pass
 /// it may share with other queued requests; with `reference`, the same tokens on that model too.
+/// Its jobs queue under `client`.
 pub async fn score_on(
     entry: &Arc<ModelEntry>,
+    client: &ClientId,
     request: ScoreRequest,
     limits: Limits,
     reference: Option<&Arc<ModelEntry>>,
@@ -61,18 +72,24 @@ pub async fn score_on(
     .await?;
     let reference_tokens = reference_pass.as_ref().map_or(0, PreparedRequest::tokens);
     check_tokens(prepared.all_tokens() + reference_tokens, &limits)?;
+    check_job_tokens(prepared.largest_job().max(reference_tokens), &limits)?;
     // Every pass is queued before any is awaited: the reference model's worker runs its pass
     // while this one's runs the others, one after another.
     let reference = match (reference, reference_pass) {
-        (Some(entry), Some(pass)) => {
-            Some((entry.id().to_owned(), jobs::worker(entry)?.score(pass)))
-        }
+        (Some(entry), Some(pass)) => Some((
+            entry.id().to_owned(),
+            jobs::worker(entry)?.score(client, pass),
+        )),
         _ => None,
     };
     let worker = jobs::worker(entry)?;
-    let neutral = prepared.neutral_pass().map(|pass| worker.score(pass));
-    let reviewer = prepared.reviewer_layouts().map(|l| worker.score_each(l));
-    let done = jobs::done(worker.score(prepared)).await?;
+    let neutral = prepared
+        .neutral_pass()
+        .map(|pass| worker.score(client, pass));
+    let reviewer = prepared
+        .reviewer_layouts()
+        .map(|l| worker.score_each(client, l));
+    let done = jobs::done(worker.score(client, prepared)).await?;
     let (main, waited) = (done.result?, done.waited);
     let mut passes = Passes::main(main);
     if let Some(neutral) = neutral {
