@@ -11,6 +11,7 @@ mod daemon_config;
 mod daemon_faults;
 mod daemon_lifecycle;
 mod eval;
+mod fairness;
 mod faults;
 mod fuzz;
 mod offline;

@@ -1,0 +1,157 @@
+//! Fairness between clients on the real daemon: a client's backlog does not hold another client's
+//! request behind all of it (clients told apart by `X-Endorm-Client`, or by their process on the
+//! Unix socket), and a request whose one job is over `max_job_tokens` is refused before it is
+//! queued. Orders of completion are compared, never times.
+
+use std::process::Command;
+use std::sync::mpsc;
+
+use serde_json::{json, Value};
+
+use crate::support::{exchange, long_text, model_section, Daemon, Response};
+
+/// Requests the backlog client queues at once.
+const BACKLOG: usize = 12;
+
+/// A request that keeps the worker busy for a moment (a few hundred tokens of context).
+fn slow() -> Value {
+    json!({"format": "raw", "prompt": long_text(80), "candidates": [" one", " two"]})
+}
+
+fn small() -> Value {
+    json!({"format": "raw", "prompt": "Hi", "candidates": [" there"]})
+}
+
+fn metric(daemon: &Daemon, name: &str) -> f64 {
+    let text = daemon.get("/metrics").text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// POSTs `body` to `/v1/score` on the daemon's socket with `headers`.
+fn post_as(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Response {
+    let stream = std::os::unix::net::UnixStream::connect(&daemon.socket).expect("connect");
+    let body = body.to_string();
+    exchange(stream, "POST", "/v1/score", Some(body.as_bytes()), headers).expect("exchange")
+}
+
+/// Client A queues [`BACKLOG`] slow requests at once (each with `a_headers`, from this process);
+/// once most of them wait, `second` sends one small request as another client. Returns where the
+/// second client's answer came among all answers (0: first), and every status.
+fn place_of_second_client(
+    a_headers: &[(&str, &str)],
+    second: impl FnOnce(&Daemon) -> u16,
+) -> (usize, Vec<(&'static str, u16)>) {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let waiting = |d: &Daemon| metric(d, "endorm_queue_waiting{model=\"m\"}");
+    let (sender, order) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..BACKLOG {
+            let (sender, daemon) = (sender.clone(), &daemon);
+            scope.spawn(move || {
+                let status = post_as(daemon, &slow(), a_headers).status;
+                sender.send(("a", status)).unwrap();
+            });
+        }
+        daemon.wait_for("most of the backlog to wait in the queue", |d| {
+            waiting(d) >= (BACKLOG / 2) as f64
+        });
+        sender.send(("b", second(&daemon))).unwrap();
+    });
+    drop(sender);
+    let order: Vec<_> = order.iter().collect();
+    let place = order.iter().position(|(who, _)| *who == "b").unwrap();
+    (place, order)
+}
+
+/// Round-robin: B's job runs after at most the one of A's running and the one whose turn is next.
+fn assert_overtakes(place: usize, order: &[(&str, u16)]) {
+    assert!(order.iter().all(|(_, status)| *status == 200), "{order:?}");
+    assert_eq!(order.len(), BACKLOG + 1);
+    assert!(
+        place <= 3,
+        "the second client's answer came at {place} of {}, behind most of the backlog (a FIFO \
+         puts it last): {order:?}",
+        order.len()
+    );
+}
+
+#[test]
+fn a_second_named_client_overtakes_the_backlog_of_the_first() {
+    let (place, order) = place_of_second_client(&[("X-Endorm-Client", "batch")], |daemon| {
+        post_as(daemon, &small(), &[("X-Endorm-Client", "editor")]).status
+    });
+    assert_overtakes(place, &order);
+}
+
+#[test]
+fn another_process_on_the_socket_is_another_client() {
+    // No header at all: the backlog is this test process (its 12 connections one client), the
+    // small request comes from curl, a process of its own.
+    let (place, order) = place_of_second_client(&[], |daemon| {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&daemon.socket)
+            .args(["-H", "Content-Type: application/json", "-d"])
+            .arg(small().to_string())
+            .arg("http://localhost/v1/score")
+            .output()
+            .expect("curl (also used by the docs' examples test)");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    });
+    assert_overtakes(place, &order);
+}
+
+#[test]
+fn a_job_over_max_job_tokens_is_413_and_changes_nothing() {
+    let config = format!("[server]\nmax_job_tokens = 64\n\n{}", model_section("m"));
+    let daemon = Daemon::start(&config, &[]);
+    let before = daemon.ok("/v1/score", &small());
+    let tokens = |d: &Daemon| metric(d, "endorm_tokens_total");
+    let tokens_before = tokens(&daemon);
+    let long = long_text(60);
+    for (path, body) in [
+        (
+            "/v1/score",
+            json!({"format": "raw", "prompt": long, "candidates": [" a"]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["Hi", long], "echo": true, "max_tokens": 0, "logprobs": 0}),
+        ),
+        ("/get_reward", json!({"query": [long]})),
+    ] {
+        let response = daemon.post(path, &body);
+        let message = response.expect_error(413, "job_too_large");
+        assert!(message.contains("max_job_tokens = 64"), "{path}: {message}");
+        let cost: usize = message
+            .split("a job of ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no cost in {message}"));
+        assert!(cost > 64, "{path}: {message}");
+    }
+    assert_eq!(tokens(&daemon), tokens_before, "a refused request ran");
+    assert_eq!(metric(&daemon, "endorm_jobs_cancelled_total"), 0.0);
+    // The bound is per job: prompts each under it pass however many there are.
+    let prompts: Vec<String> = (0..4).map(|_| long_text(10)).collect();
+    let per_item = json!({"prompt": prompts, "echo": true, "max_tokens": 0, "logprobs": 0});
+    let answered = daemon.ok("/v1/completions", &per_item);
+    assert!(answered["usage"]["prompt_tokens"].as_u64().unwrap() > 64);
+    assert_eq!(
+        daemon.ok("/v1/score", &small())["results"],
+        before["results"]
+    );
+}
