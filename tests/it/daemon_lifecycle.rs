@@ -502,6 +502,7 @@ fn config_path_show_and_check() {
     for part in [
         "max_body_bytes = 8388608",
         "queue_depth = 64",
+        "max_job_tokens = 16384",
         "[models.m]",
         "n_ctx = 2048",
         "m (default)",
@@ -511,6 +512,7 @@ fn config_path_show_and_check() {
 
     for (text, needle) in [
         ("[server]\nqueue_depth = \"x\"\n", "queue_depth"),
+        ("[server]\nmax_job_tokens = 0\n", "max_job_tokens"),
         (
             "[models.m]\npath = \"/nowhere/model.gguf\"\n",
             "/nowhere/model.gguf",
