@@ -24,9 +24,9 @@ pub enum ClientId {
 impl std::fmt::Display for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientId::Process(pid) => write!(f, "pid {pid}"),
-            ClientId::Connection(serial) => write!(f, "connection {serial}"),
-            ClientId::Named(name) => write!(f, "{name:?}"),
+            ClientId::Process(pid) => write!(f, "pid:{pid}"),
+            ClientId::Connection(serial) => write!(f, "connection:{serial}"),
+            ClientId::Named(name) => write!(f, "name:{name}"),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 
 use super::error::ApiError;
 use crate::engine::ClientId;
@@ -34,15 +35,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        if let Some(value) = parts.headers.get(HEADER) {
-            return named(value.to_str().ok()).map(Client);
-        }
-        // A router called without the accept loop (the unit tests): every request one client.
-        let connection = parts.extensions.get::<ConnClient>();
-        Ok(Client(
-            connection.map_or(ClientId::Connection(0), |c| c.0.clone()),
-        ))
+        of(&parts.headers, &parts.extensions).map(Client)
     }
+}
+
+/// The client of a request with these headers and extensions: its `X-Endorm-Client`, else its
+/// connection's (also named in the request's log line).
+pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Result<ClientId, ApiError> {
+    if let Some(value) = headers.get(HEADER) {
+        return named(value.to_str().ok());
+    }
+    // A router called without the accept loop (the unit tests): every request one client.
+    let connection = extensions.get::<ConnClient>();
+    Ok(connection.map_or(ClientId::Connection(0), |c| c.0.clone()))
 }
 
 /// The client an `X-Endorm-Client` value names (`None`: not visible ASCII); 400 when it names none.

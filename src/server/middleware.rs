@@ -1,5 +1,5 @@
-//! Around every request: a request id, one log line (route, status, tokens, ms), the metrics; and
-//! on TCP, the bearer token.
+//! Around every request: a request id, one log line (route, status, client, tokens, ms), the
+//! metrics; and on TCP, the bearer token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,9 @@ pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
+    // An invalid `X-Endorm-Client` is answered 400 by the handler; the log line says so.
+    let client = super::client::of(request.headers(), request.extensions())
+        .map_or_else(|_| "invalid".to_owned(), |client| client.to_string());
     let started = Instant::now();
     let span = tracing::info_span!("request", id);
     let abandoned = Abandoned {
@@ -64,6 +67,7 @@ pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Ne
         %method,
         route,
         status,
+        client,
         tokens = tokens.tokens,
         ms = format_args!("{:.1}", seconds * 1e3),
         "request"

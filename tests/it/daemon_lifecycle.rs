@@ -456,6 +456,8 @@ fn each_request_logs_one_line_with_route_status_tokens_and_time() {
         "method=POST",
         "route=\"/v1/score\"",
         "status=200",
+        // The test process on the Unix socket is the client (fairness).
+        &format!("client=\"pid:{}\"", std::process::id()),
         &format!("tokens={tokens}"),
         "ms=",
     ] {
