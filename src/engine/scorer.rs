@@ -375,7 +375,7 @@ impl<'m> Scorer<'m> {
         Ok(())
     }
 
-    fn overflow(&self, overflow: Overflow) -> EngineError {
+    pub(super) fn overflow(&self, overflow: Overflow) -> EngineError {
         EngineError::ContextOverflow {
             what: match overflow.candidate {
                 Some(index) => format!("the context with candidate {index}"),

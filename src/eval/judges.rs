@@ -59,16 +59,15 @@ pub(super) fn verifier_scores(
     item: ItemRef<'_>,
 ) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
     let (candidates, index) = distinct(&item.candidates());
-    let questions: Vec<String> = match item {
-        ItemRef::Preference(p) => candidates
-            .iter()
-            .map(|c| verifier_prompt(&p.prompt, c))
-            .collect(),
-        ItemRef::Ranking(r) => candidates
-            .iter()
-            .map(|c| verifier_code_prompt(&r.prompt, c))
-            .collect(),
-    };
+    // Each question its own group: only the beginning before the candidate is shared.
+    let questions: Vec<(usize, String)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match item {
+            ItemRef::Preference(p) => (i, verifier_prompt(&p.prompt, c)),
+            ItemRef::Ranking(r) => (i, verifier_code_prompt(&r.prompt, c)),
+        })
+        .collect();
     let yes = answer_token(scorer.model(), "Yes")?;
     let probed = scorer.probe(&questions, &[yes])?;
     let tokens = probed.tokens;
@@ -133,21 +132,19 @@ pub(super) fn pairwise_scores(
         ItemRef::Preference(_) => item.candidates(),
         ItemRef::Ranking(_) => distinct_completions.clone(),
     };
-    let questions: Vec<String> = pairs
+    // Grouped by the candidate shown first: the questions that show it first share everything up
+    // to the second candidate (the probe's two-level layout).
+    let questions: Vec<(usize, String)> = pairs
         .iter()
         .flat_map(|&(x, y)| {
             [
-                ask(candidates[x], candidates[y]),
-                ask(candidates[y], candidates[x]),
+                (x, ask(candidates[x], candidates[y])),
+                (y, ask(candidates[y], candidates[x])),
             ]
         })
         .collect();
-    let (logprobs, tokens) = if questions.is_empty() {
-        (Vec::new(), 0)
-    } else {
-        let probed = scorer.probe(&questions, &probes)?;
-        (probed.logprobs, probed.tokens)
-    };
+    let probed = scorer.probe(&questions, &probes)?;
+    let (logprobs, tokens) = (probed.logprobs, probed.tokens);
     // Margin for the first of each pair: (lA − lB) with it as A, (lB − lA) with it as B.
     let margins: Vec<f64> = logprobs
         .chunks(2)

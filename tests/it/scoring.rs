@@ -501,3 +501,56 @@ fn a_full_window_evicts_cached_contexts_without_changing_values() {
         }
     }
 }
+
+#[test]
+fn probes_read_by_the_two_level_layout_are_the_questions_log_probabilities() {
+    let model = common::model();
+    // Four ordered pairs of three answers, grouped by the answer shown first as the judge does.
+    let answers = [
+        "The cat sat on the mat.",
+        "Dogs bark.",
+        "Rain falls in spring.",
+    ];
+    let ask = |a: &str, b: &str| {
+        format!("Compare two answers.\n\n[A]\n{a}\n\n[B]\n{b}\n\nWhich is better? Answer A or B.")
+    };
+    let questions: Vec<(usize, String)> = [(0, 1), (1, 0), (0, 2), (2, 1)]
+        .iter()
+        .map(|&(x, y)| (x, ask(answers[x], answers[y])))
+        .collect();
+    let probe = |text: &str| model.tokenize(text, false, false).unwrap()[0];
+    let probes = [probe("A"), probe("B")];
+    // Few sequences, so the stems come in several waves; under 64 tokens a decode, so every layout
+    // runs the same kernels and the values are equal, not close (ContextOptions::n_batch).
+    let mut scorer = common::scorer(ContextOptions {
+        max_sequences: 3,
+        n_batch: 63,
+        ..common::options()
+    });
+    let grouped = scorer.probe(&questions, &probes).unwrap();
+    let apart: Vec<(usize, String)> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, (_, q))| (i, q.clone()))
+        .collect();
+    let alone = scorer.probe(&apart, &probes).unwrap();
+    assert!(grouped.tokens < alone.tokens, "{grouped:?} {alone:?}");
+    for (i, (_, question)) in questions.iter().enumerate() {
+        let message = Message {
+            role: "user".into(),
+            content: question.clone(),
+        };
+        let context = prepare::chat_context(model, &[message]).unwrap();
+        for (k, &p) in probes.iter().enumerate() {
+            // The independent path: `/v1/completions`' log-probabilities along question + probe.
+            let mut tokens = context.clone();
+            tokens.push(p);
+            let along = scorer.sequence_logprobs(&tokens, Some(1), false).unwrap();
+            let expected = *along.logprobs.last().unwrap();
+            for (layout, got) in [("grouped", &grouped), ("apart", &alone)] {
+                let value = got.logprobs[i][k];
+                assert_eq!(value, expected, "{layout} question {i} probe {k}");
+            }
+        }
+    }
+}
