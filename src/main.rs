@@ -181,6 +181,7 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
+    passive_openmp();
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "warn,endorm=info",
@@ -193,6 +194,33 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// llama.cpp's CPU threads are OpenMP threads, and libgomp's default makes a thread that waits at
+/// one of a decode's many barriers spin for a while. When the cores are shared with other work
+/// (an editor, a build, a training job, another endorm) the spinning threads take the time the
+/// thread they wait for needs: one code-ranking item cost 3.7× the CPU time and 3.1× the wall time
+/// of the same item with `OMP_WAIT_POLICY=PASSIVE` on a 2-core machine at load 6 (BENCHMARKS.md,
+/// "OpenMP threads that wait"). libgomp reads the variable when it is loaded, before `main`, so
+/// setting it takes a re-exec of this same binary (same pid, arguments and open files). A policy the
+/// user set is kept.
+fn passive_openmp() {
+    const POLICY: &str = "OMP_WAIT_POLICY";
+    #[cfg(unix)]
+    if std::env::var_os(POLICY).is_none() {
+        use std::os::unix::process::CommandExt as _;
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let mut args = std::env::args_os();
+        let mut command = std::process::Command::new(exe);
+        if let Some(name) = args.next() {
+            command.arg0(name);
+        }
+        // `exec` returns only when it failed: then run on under libgomp's default.
+        let error = command.args(args).env(POLICY, "PASSIVE").exec();
+        eprintln!("warning: could not restart with {POLICY}=PASSIVE ({error}); OpenMP threads will spin while they wait");
     }
 }
 

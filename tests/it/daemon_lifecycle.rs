@@ -844,3 +844,50 @@ fn the_socket_directory_is_made_private_or_refused_with_the_fix() {
     );
     assert_eq!(mode(&shared), 0o1777);
 }
+
+/// The `OMP_WAIT_POLICY` a running `endorm serve` has, started with `policy` in its environment
+/// (`None`: unset).
+fn openmp_policy_of_a_daemon(policy: Option<&str>) -> String {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let config = scratch.path().join("config.toml");
+    std::fs::write(&config, model_section("m")).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"));
+    command
+        .arg("serve")
+        .arg("--socket")
+        .arg(scratch.path().join("s.sock"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--exit-on-eof")
+        .env_remove("OMP_WAIT_POLICY")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if let Some(policy) = policy {
+        command.env("OMP_WAIT_POLICY", policy);
+    }
+    let mut child = command.spawn().unwrap();
+    // The re-exec keeps the pid: the process the test started is the one that serves.
+    let environ = format!("/proc/{}/environ", child.id());
+    let started = Instant::now();
+    let found = loop {
+        let text = std::fs::read(&environ).unwrap_or_default();
+        let found = text
+            .split(|&b| b == 0)
+            .filter_map(|v| v.strip_prefix(b"OMP_WAIT_POLICY="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .next();
+        if found.is_some() || started.elapsed() > Duration::from_secs(20) {
+            break found.unwrap_or_default();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(child.stdin.take());
+    let _ = child.wait();
+    found
+}
+
+#[test]
+fn openmp_threads_sleep_while_they_wait_unless_the_user_chose_otherwise() {
+    assert_eq!(openmp_policy_of_a_daemon(None), "PASSIVE");
+    assert_eq!(openmp_policy_of_a_daemon(Some("ACTIVE")), "ACTIVE");
+}
