@@ -73,8 +73,8 @@ pub enum EvalError {
     },
     /// A `-reference` method was asked for without a reference model.
     #[error(
-        "the methods {methods} subtract the reference model's scores: give one (--reference-model MODEL), or \
-         leave these methods out"
+        "the methods {methods} subtract the reference model's scores: give one \
+         (--reference-model MODEL), or leave these methods out"
     )]
     NoReference {
         /// The methods, comma-separated.
@@ -556,16 +556,14 @@ impl Report {
     /// The report as a plain-text table: one row per method, each metric with its interval.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = write!(
+        let reference = (self.reference_model.as_ref())
+            .map(|r| format!(" · reference model {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
             out,
-            "{} · {} · {} items · {}",
+            "{} · {} · {} items · {}{reference}",
             self.data, self.kind, self.items, self.model
         );
-        match &self.reference_model {
-            Some(reference) => writeln!(out, " (reference model {reference})"),
-            None => writeln!(out),
-        }
-        .ok();
         let interval = |e: &Option<Estimate>| match e {
             Some(e) => format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi),
             None => "-".into(),
