@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use endorm::api::{Format, ScoreRequest};
 use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer, WorkerOptions};
+use endorm::eval::methods::Method;
 use endorm::offline::{self, Existing, Shard};
 use endorm::reward::Aggregate;
 use endorm::{bench, eval, paths};
@@ -151,13 +152,20 @@ struct EvalArgs {
     /// completions, passed).
     #[arg(long, short)]
     data: PathBuf,
-    /// Methods, comma-separated [default: all but the contrasts]: endo, endo_mean, logprob,
-    /// logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus,
-    /// logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise; the contrasts
-    /// endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer,
-    /// endo+reviewer, endo_mean+reviewer.
+    /// Methods, comma-separated [default: all but the contrasts, plus the reference ones with
+    /// --reference-model]: endo, endo_mean, logprob, logprob_mean, length, -length, consensus,
+    /// endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus,
+    /// judge-verifier, judge-pairwise; the contrasts endo-neutral, endo_mean-neutral,
+    /// logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer; with
+    /// --reference-model, endo-reference, endo_mean-reference, logprob-reference,
+    /// logprob_mean-reference.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     method: Vec<eval::methods::Method>,
+    /// GGUF reference model of the `-reference` methods ("expert minus amateur": each aggregate
+    /// minus the same aggregate of the same tokens under it, e.g. a 1.5B model against its 0.5B
+    /// sibling). Loaded with the same settings; it must tokenize like the model.
+    #[arg(long, value_name = "MODEL")]
+    reference_model: Option<PathBuf>,
     /// Principle (system message) for the reward on preference items.
     #[arg(long)]
     principle: Option<String>,
@@ -265,15 +273,22 @@ fn model_path(model: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn load(args: &ModelArgs) -> Result<(Model, ContextOptions)> {
-    let path = model_path(&args.model)?;
-    let settings = args.settings.settings().worker(&path, None, 0);
+    load_path(&model_path(&args.model)?, &args.settings)
+}
+
+/// The model at `path` with the command's settings.
+fn load_path(
+    path: &std::path::Path,
+    settings: &serve_cli::SettingsArgs,
+) -> Result<(Model, ContextOptions)> {
+    let settings = settings.settings().worker(path, None, 0);
     let options = ModelOptions {
         n_gpu_layers: settings.n_gpu_layers,
         rpc: settings.rpc.clone(),
         chat_template: None,
         use_mmap: false,
     };
-    let model = Model::load(&path, &options)?;
+    let model = Model::load(path, &options)?;
     let context = settings.context_options(&model);
     Ok((model, context))
 }
@@ -408,6 +423,14 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let (model, context) = load(&args.model)?;
     let mut scorer = Scorer::new(&model, context)?;
+    let reference = match &args.reference_model {
+        Some(path) => Some(load_path(path, &args.model.settings)?),
+        None => None,
+    };
+    let mut reference_scorer = match &reference {
+        Some((model, context)) => Some(Scorer::new(model, *context)?),
+        None => None,
+    };
     let cache = args.report.as_deref().map(eval::cache_path);
     if let (true, Some(cache)) = (args.fresh, &cache) {
         match std::fs::remove_file(cache) {
@@ -419,10 +442,11 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     let config = eval::EvalConfig {
         data: args.data,
-        methods: if args.method.is_empty() {
-            eval::methods::Method::DEFAULT.to_vec()
-        } else {
-            args.method
+        methods: match (args.method.is_empty(), &reference) {
+            (false, _) => args.method,
+            (true, None) => eval::methods::Method::DEFAULT.to_vec(),
+            // A reference model given is a reference model to use.
+            (true, Some(_)) => [Method::DEFAULT, Method::REFERENCE].concat(),
         },
         principle: args.principle,
         limit: args.limit,
@@ -431,7 +455,14 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         progress: !args.quiet,
         plot: args.plot,
     };
-    let report = eval::run(&mut scorer, &config)?;
+    let reference = match (&mut reference_scorer, &args.reference_model) {
+        (Some(scorer), Some(path)) => Some(eval::Reference {
+            scorer,
+            model_id: paths::model_id(path),
+        }),
+        _ => None,
+    };
+    let report = eval::run(&mut scorer, reference, &config)?;
     println!("{}", report.table());
     for figure in &report.figures {
         eprintln!("figure: {figure}");

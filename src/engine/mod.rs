@@ -46,7 +46,7 @@ pub use model::{Model, ModelInfo, ModelOptions};
 pub use prepare::{Candidate, Prepared};
 pub use probe::Probed;
 pub use queue::ClientId;
-pub use request::{Passes, PreparedRequest};
+pub use request::{same_vocabulary, Passes, PreparedRequest};
 pub use rpc::{run_worker, RpcEndpoint, WorkerOptions};
 pub use scorer::{Scored, Scorer};
 pub(crate) use worker::{LoadedModel, SubmitError, Worker, WorkerSettings, WorkerState};

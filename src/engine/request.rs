@@ -141,13 +141,7 @@ impl PreparedRequest {
         request: &ScoreRequest,
         default_principle: Option<&str>,
     ) -> Result<PreparedRequest, EngineError> {
-        let (ours, theirs) = (model.meta().n_vocab, reference.meta().n_vocab);
-        if ours != theirs {
-            return Err(EngineError::InvalidInput(format!(
-                "`reference_model` has a vocabulary of {theirs} tokens, the model {ours}: the \
-                 contrast needs the same tokenizer"
-            )));
-        }
+        same_vocabulary(model, reference)?;
         let plain = ScoreRequest {
             consensus: None,
             contrast: None,
@@ -261,6 +255,20 @@ impl PreparedRequest {
             },
         })
     }
+}
+
+/// The first check of a `reference_model`: the vocabularies must have the same size (the very
+/// tokens are checked per request by [`PreparedRequest::reference_pass`]). `endorm eval` runs it
+/// once before any item, so a reference of another family stops the run at once.
+pub fn same_vocabulary(model: &Model, reference: &Model) -> Result<(), EngineError> {
+    let (ours, theirs) = (model.meta().n_vocab, reference.meta().n_vocab);
+    if ours != theirs {
+        return Err(EngineError::InvalidInput(format!(
+            "`reference_model` has a vocabulary of {theirs} tokens, the model {ours}: the \
+             contrast needs the same tokenizer"
+        )));
+    }
+    Ok(())
 }
 
 /// What the passes of one request computed.

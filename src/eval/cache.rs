@@ -4,6 +4,10 @@
 //! judge prompts); every further line is one pass over one item. A header that does not match the
 //! run is refused (scores from another model must never be mixed in). A last line cut short by a
 //! crash is dropped.
+//!
+//! The reference pass (`--reference-model`) depends on a second model, which the header does not
+//! name (a reference added to an existing cache must keep its records): each of its records names
+//! its reference model instead, and a run with another reference passes over them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,6 +35,15 @@ pub struct Fingerprint {
     pub methods_version: u32,
 }
 
+/// The model a reference pass scored on, as the header names the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceModel {
+    /// The model's id.
+    pub model: String,
+    /// The model file's size in bytes.
+    pub model_bytes: u64,
+}
+
 /// One line of the cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -38,6 +51,9 @@ pub struct Record {
     pub pass: Pass,
     /// The item.
     pub id: String,
+    /// The reference pass: the reference model it scored on (other passes: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceModel>,
     /// The scores, or why the item could not be scored.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -74,8 +90,14 @@ impl Cache {
         }
     }
 
-    /// Opens (or creates) the cache at `path` for a run with `fingerprint`.
-    pub fn open(path: &Path, fingerprint: &Fingerprint) -> Result<Cache, EvalError> {
+    /// Opens (or creates) the cache at `path` for a run with `fingerprint` and, for the reference
+    /// pass, `reference` (the reference pass's records of any other reference stay in the file,
+    /// unused).
+    pub fn open(
+        path: &Path,
+        fingerprint: &Fingerprint,
+        reference: Option<&ReferenceModel>,
+    ) -> Result<Cache, EvalError> {
         let io = |source| EvalError::Io {
             path: path.to_owned(),
             source,
@@ -87,6 +109,10 @@ impl Cache {
                 let Ok(record) = serde_json::from_slice::<Record>(line) else {
                     return Ok(false);
                 };
+                // Kept (accepted), not cut: the file is another run's too.
+                if record.pass == Pass::Reference && record.reference.as_ref() != reference {
+                    return Ok(true);
+                }
                 records.insert((record.pass, record.id), record.outcome);
                 return Ok(true);
             }
@@ -191,6 +217,7 @@ mod tests {
         Record {
             pass: Pass::Reward,
             id: id.into(),
+            reference: None,
             outcome: Outcome::Scored(PassScores {
                 scores: BTreeMap::from([("endo".into(), Scores::Candidates(vec![1.5, -2.0]))]),
                 tokens: 10,
@@ -203,12 +230,13 @@ mod tests {
     fn records_survive_a_reopen_and_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("items.jsonl");
-        let mut cache = Cache::open(&path, &fingerprint("m")).unwrap();
+        let mut cache = Cache::open(&path, &fingerprint("m"), None).unwrap();
         cache.put(record("a")).unwrap();
         cache
             .put(Record {
                 pass: Pass::Verifier,
                 id: "b".into(),
+                reference: None,
                 outcome: Outcome::Error("too long".into()),
             })
             .unwrap();
@@ -218,7 +246,7 @@ mod tests {
         write!(file, "{{\"pass\":\"reward\",\"id\":\"c\",\"sco").unwrap();
         drop(file);
 
-        let mut cache = Cache::open(&path, &fingerprint("m")).unwrap();
+        let mut cache = Cache::open(&path, &fingerprint("m"), None).unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(Pass::Reward, "a"), Some(&record("a").outcome));
         assert_eq!(
@@ -228,21 +256,63 @@ mod tests {
         assert_eq!(cache.get(Pass::Reward, "c"), None);
         cache.put(record("c")).unwrap();
         drop(cache);
-        assert_eq!(Cache::open(&path, &fingerprint("m")).unwrap().len(), 3);
+        assert_eq!(
+            Cache::open(&path, &fingerprint("m"), None).unwrap().len(),
+            3
+        );
     }
 
     #[test]
     fn another_model_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("items.jsonl");
-        Cache::open(&path, &fingerprint("m"))
+        Cache::open(&path, &fingerprint("m"), None)
             .unwrap()
             .put(record("a"))
             .unwrap();
         assert!(matches!(
-            Cache::open(&path, &fingerprint("other")),
+            Cache::open(&path, &fingerprint("other"), None),
             Err(EvalError::CacheMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn reference_records_serve_only_their_reference_and_stay_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        let small = ReferenceModel {
+            model: "small".into(),
+            model_bytes: 1,
+        };
+        let other = ReferenceModel {
+            model: "small".into(),
+            model_bytes: 2,
+        };
+        let reference = |of: &ReferenceModel| Record {
+            pass: Pass::Reference,
+            reference: Some(of.clone()),
+            ..record("a")
+        };
+        let mut cache = Cache::open(&path, &fingerprint("m"), None).unwrap();
+        cache.put(record("a")).unwrap();
+        cache.put(reference(&small)).unwrap();
+        drop(cache);
+        // The header is the one an older run wrote: its records all stay valid.
+        let mut cache = Cache::open(&path, &fingerprint("m"), Some(&other)).unwrap();
+        assert!(cache.get(Pass::Reward, "a").is_some());
+        assert_eq!(cache.get(Pass::Reference, "a"), None);
+        cache.put(reference(&other)).unwrap();
+        drop(cache);
+        let cache = Cache::open(&path, &fingerprint("m"), Some(&small)).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(Pass::Reference, "a").is_some());
+        // No reference at all: the reward record alone; nothing was cut from the file.
+        assert_eq!(
+            Cache::open(&path, &fingerprint("m"), None).unwrap().len(),
+            1
+        );
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 4);
     }
 
     #[test]

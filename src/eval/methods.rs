@@ -1,6 +1,7 @@
 //! The methods an evaluation compares: endorm's reward aggregates, the length baselines, the
 //! candidates' consensus alone and added to each aggregate, and the two training-free judges built
-//! on the same model (REWARD.md, "Judge baselines").
+//! on the same model (REWARD.md, "Judge baselines"), and the model contrast: each aggregate minus
+//! the same aggregate of the same tokens under a reference model (`--reference-model`).
 //!
 //! Every method turns one item into scores: one score per candidate (higher is better), or for the
 //! pairwise judge on preference items one margin per chosen × rejected pair (> 0: chosen wins).
@@ -57,11 +58,19 @@ pub enum Method {
     EndoReviewer,
     /// `endo_mean` plus the reviewer term per instruction token.
     EndoMeanReviewer,
+    /// `endo` minus `endo` of the same tokens under the reference model (`reference_model`).
+    EndoReference,
+    /// `endo_mean` minus the reference model's.
+    EndoMeanReference,
+    /// `logprob` minus the reference model's.
+    LogprobReference,
+    /// `logprob_mean` minus the reference model's.
+    LogprobMeanReference,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 24] = [
         Method::Endo,
         Method::EndoMean,
         Method::Logprob,
@@ -82,11 +91,18 @@ impl Method {
         Method::Reviewer,
         Method::EndoReviewer,
         Method::EndoMeanReviewer,
+        Method::EndoReference,
+        Method::EndoMeanReference,
+        Method::LogprobReference,
+        Method::LogprobMeanReference,
     ];
 
     /// What `endorm eval` runs when no `--method` is given: the methods before the contrasts,
     /// so a run resumed from an older cache does not start passes it never asked for.
     pub const DEFAULT: &'static [Method] = Method::ALL.split_at(13).0;
+
+    /// The model contrast's methods, which need a reference model: the last four.
+    pub const REFERENCE: &'static [Method] = Method::ALL.split_at(20).1;
 
     /// The name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -111,6 +127,10 @@ impl Method {
             Method::Reviewer => "reviewer",
             Method::EndoReviewer => "endo+reviewer",
             Method::EndoMeanReviewer => "endo_mean+reviewer",
+            Method::EndoReference => "endo-reference",
+            Method::EndoMeanReference => "endo_mean-reference",
+            Method::LogprobReference => "logprob-reference",
+            Method::LogprobMeanReference => "logprob_mean-reference",
         }
     }
 
@@ -129,6 +149,10 @@ impl Method {
             | Method::LogprobNeutral
             | Method::LogprobMeanNeutral => Pass::Neutral,
             Method::Reviewer | Method::EndoReviewer | Method::EndoMeanReviewer => Pass::Reviewer,
+            Method::EndoReference
+            | Method::EndoMeanReference
+            | Method::LogprobReference
+            | Method::LogprobMeanReference => Pass::Reference,
         }
     }
 
@@ -144,6 +168,7 @@ impl Method {
                 Pass::Pairwise => &[Pass::Pairwise],
                 Pass::Neutral => &[Pass::Neutral],
                 Pass::Reviewer => &[Pass::Reviewer],
+                Pass::Reference => &[Pass::Reference],
             },
         }
     }
@@ -200,6 +225,9 @@ pub enum Pass {
     Neutral,
     /// The reviewer term, combined with the reward pass's record of the item.
     Reviewer,
+    /// The reward pass's layout on the reference model, combined with the reward pass's record
+    /// of the item; its cache records name the reference model.
+    Reference,
 }
 
 impl Pass {
@@ -213,6 +241,7 @@ impl Pass {
             Pass::Pairwise => "judge-pairwise",
             Pass::Neutral => "neutral",
             Pass::Reviewer => "reviewer",
+            Pass::Reference => "reference",
         }
     }
 
@@ -224,7 +253,7 @@ impl Pass {
     /// The pass whose record of an item this pass combines with (run first: passes run in
     /// this enum's order).
     pub fn needs(self) -> Option<Pass> {
-        matches!(self, Pass::Neutral | Pass::Reviewer).then_some(Pass::Reward)
+        matches!(self, Pass::Neutral | Pass::Reviewer | Pass::Reference).then_some(Pass::Reward)
     }
 }
 
@@ -294,10 +323,12 @@ pub struct PassOptions {
 /// Identical candidates of an item (sampled code completions repeat often) are scored once and
 /// share the score: the model would give them the same score anyway.
 ///
-/// `reward` is the reward pass's scores of the item, which the neutral and reviewer passes
-/// combine with their own layouts (they do not score the candidates after the prompt again).
+/// `reward` is the reward pass's scores of the item, which the neutral, reviewer and reference
+/// passes combine with their own layouts (they do not score the candidates after the prompt
+/// again); `reference` scores the reference pass.
 pub fn run_pass(
     scorer: &mut Scorer<'_>,
+    reference: Option<&mut Scorer<'_>>,
     pass: Pass,
     item: ItemRef<'_>,
     options: &PassOptions,
@@ -307,8 +338,8 @@ pub fn run_pass(
     let (scores, tokens) = match pass {
         Pass::Length => (length_scores(item), 0),
         Pass::Consensus => (consensus_scores(item), 0),
-        Pass::Reward | Pass::Neutral | Pass::Reviewer => {
-            reward_scores(scorer, pass, item, options, reward)?
+        Pass::Reward | Pass::Neutral | Pass::Reviewer | Pass::Reference => {
+            reward_scores(scorer, reference, pass, item, options, reward)?
         }
         Pass::Verifier => judges::verifier_scores(scorer, item)?,
         Pass::Pairwise => judges::pairwise_scores(scorer, item)?,
@@ -397,10 +428,13 @@ pub fn method_scores<'a>(
 /// response an assistant turn, with the principle if given); ranking items in raw format (the
 /// prompt is the context, each completion its continuation, not terminal). One scoring pass gives
 /// all four aggregates; the neutral and reviewer passes add their extra layouts (a `/v1/score`
-/// request with `contrast: "neutral"` or `reviewer: true`) and give their methods. An empty
-/// candidate has nothing to score: it gets the empty sums, 0.
+/// request with `contrast: "neutral"` or `reviewer: true`) and give their methods; the reference
+/// pass scores the request's own layout on the reference model, as the daemon's
+/// `reference_model` does (same check of the tokens). An empty candidate has nothing to score: it
+/// gets the empty sums, 0.
 fn reward_scores(
     scorer: &mut Scorer<'_>,
+    reference: Option<&mut Scorer<'_>>,
     pass: Pass,
     item: ItemRef<'_>,
     options: &PassOptions,
@@ -467,12 +501,25 @@ fn reward_scores(
             }
             None => None,
         };
+        let reference = match (pass, reference) {
+            (Pass::Reference, Some(reference)) => {
+                let other =
+                    prepared.reference_pass(scorer.model(), reference.model(), &request, None)?;
+                tokens += other.tokens();
+                Some(reference.score(&other.prepared, Alpha::ONE)?)
+            }
+            (Pass::Reference, None) => return Err(missing("the reference model")),
+            _ => None,
+        };
         for (k, &i) in nonempty.iter().enumerate() {
-            let neutral = neutral.as_ref().map(|n| sums(n, k));
-            let reviewer = reviewer.as_ref().map(|r| sums(&r[k], 0));
+            let layouts = Layouts {
+                neutral: neutral.as_ref().map(|n| sums(n, k)),
+                reviewer: reviewer.as_ref().map(|r| sums(&r[k], 0)),
+                reference: reference.as_ref().map(|r| sums(r, k)),
+            };
             values[i] = methods
                 .iter()
-                .map(|&method| method_value(method, &main[k], neutral, reviewer))
+                .map(|&method| method_value(method, &main[k], &layouts))
                 .collect::<Option<_>>()
                 .ok_or_else(|| missing("a layout of the pass"))?;
         }
@@ -509,15 +556,26 @@ fn recorded_sums(reward: &PassScores, i: usize) -> Option<Aggregates> {
     })
 }
 
+/// One candidate's sums in the layouts a pass adds to the reward pass's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Layouts {
+    /// After the neutral context.
+    neutral: Option<Aggregates>,
+    /// The instruction after the candidate.
+    reviewer: Option<Aggregates>,
+    /// The same tokens on the reference model.
+    reference: Option<Aggregates>,
+}
+
 /// A reward method's value from the sums of its pass's layouts (`None`: a layout it needs is
 /// missing). The reviewer term is `Σ log π` of the instruction, per instruction token beside a
 /// `*_mean` aggregate.
-fn method_value(
-    method: Method,
-    main: &Aggregates,
-    neutral: Option<Aggregates>,
-    reviewer: Option<Aggregates>,
-) -> Option<f64> {
+fn method_value(method: Method, main: &Aggregates, layouts: &Layouts) -> Option<f64> {
+    let Layouts {
+        neutral,
+        reviewer,
+        reference,
+    } = *layouts;
     Some(match method {
         Method::Endo => main.endo,
         Method::EndoMean => main.endo_mean,
@@ -530,6 +588,10 @@ fn method_value(
         Method::Reviewer => reviewer?.logprob,
         Method::EndoReviewer => main.endo + reviewer?.logprob,
         Method::EndoMeanReviewer => main.endo_mean + reviewer?.logprob_mean,
+        Method::EndoReference => main.endo - reference?.endo,
+        Method::EndoMeanReference => main.endo_mean - reference?.endo_mean,
+        Method::LogprobReference => main.logprob - reference?.logprob,
+        Method::LogprobMeanReference => main.logprob_mean - reference?.logprob_mean,
         _ => return None,
     })
 }
@@ -543,8 +605,28 @@ mod tests {
         for method in Method::ALL {
             assert_eq!(method.name().parse::<Method>(), Ok(method));
         }
-        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise, endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer".into()));
+        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise, endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer, endo-reference, endo_mean-reference, logprob-reference, logprob_mean-reference".into()));
         assert_eq!("endo-mean".parse::<Method>(), Ok(Method::EndoMean));
+        assert_eq!(
+            "logprob-mean-reference".parse::<Method>(),
+            Ok(Method::LogprobMeanReference)
+        );
+        // The contrasts of a reference model are never run unasked: they need one.
+        assert!(Method::REFERENCE
+            .iter()
+            .all(|m| m.pass() == Pass::Reference && !Method::DEFAULT.contains(m)));
+        assert_eq!(
+            Method::REFERENCE
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>(),
+            [
+                "endo-reference",
+                "endo_mean-reference",
+                "logprob-reference",
+                "logprob_mean-reference"
+            ]
+        );
         assert_eq!(
             "endo-mean+consensus".parse::<Method>(),
             Ok(Method::WithConsensus(Aggregate::EndoMean))
@@ -580,7 +662,18 @@ mod tests {
             logprob_mean: -1.5,
             ..neutral
         };
-        let value = |m| method_value(m, &main, Some(neutral), Some(reviewer));
+        let reference = Aggregates {
+            endo: 10.0,
+            endo_mean: 2.5,
+            logprob: -4.0,
+            logprob_mean: -1.0,
+        };
+        let layouts = Layouts {
+            neutral: Some(neutral),
+            reviewer: Some(reviewer),
+            reference: Some(reference),
+        };
+        let value = |m| method_value(m, &main, &layouts);
         assert_eq!(value(Method::EndoNeutral), Some(3.0));
         assert_eq!(value(Method::EndoMeanNeutral), Some(0.75));
         assert_eq!(value(Method::LogprobNeutral), Some(8.0));
@@ -588,15 +681,39 @@ mod tests {
         assert_eq!(value(Method::Reviewer), Some(-9.0));
         assert_eq!(value(Method::EndoReviewer), Some(-1.0));
         assert_eq!(value(Method::EndoMeanReviewer), Some(0.5));
+        // The model minus the reference: 8 − 10, 2 − 2.5, −12 − (−4), −3 − (−1).
+        assert_eq!(value(Method::EndoReference), Some(-2.0));
+        assert_eq!(value(Method::EndoMeanReference), Some(-0.5));
+        assert_eq!(value(Method::LogprobReference), Some(-8.0));
+        assert_eq!(value(Method::LogprobMeanReference), Some(-2.0));
+        let without = |layouts: Layouts| {
+            Method::ALL
+                .into_iter()
+                .filter(|&m| method_value(m, &main, &layouts).is_none())
+                .count()
+        };
         assert_eq!(
-            method_value(Method::Reviewer, &main, Some(neutral), None),
-            None
+            without(Layouts {
+                reviewer: None,
+                ..layouts
+            }),
+            without(layouts) + 3
+        );
+        assert_eq!(
+            without(Layouts {
+                reference: None,
+                ..layouts
+            }),
+            without(layouts) + 4
         );
         assert_eq!(value(Method::Length), None);
         for method in Method::ALL {
             assert_eq!(
                 method.pass().needs().is_some(),
-                matches!(method.pass(), Pass::Neutral | Pass::Reviewer)
+                matches!(
+                    method.pass(),
+                    Pass::Neutral | Pass::Reviewer | Pass::Reference
+                )
             );
         }
     }

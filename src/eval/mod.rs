@@ -4,7 +4,8 @@
 //! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
 //!   with test results).
 //! * [`methods`] scores items: endorm's four aggregates, the length baselines and the candidates'
-//!   consensus (alone and added to each aggregate); [`judges`] the verifier and pairwise judges.
+//!   consensus (alone and added to each aggregate), the contrasts (neutral context, reviewer,
+//!   reference model); [`judges`] the verifier and pairwise judges.
 //! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
 //! * [`cache`] keeps per-item scores next to the report, so long runs resume.
 //! * [`plot`] draws the report as SVG figures (`--plot DIR`).
@@ -24,7 +25,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineError, Scorer};
-use cache::{Cache, Fingerprint, Outcome, Record};
+use cache::{Cache, Fingerprint, Outcome, Record, ReferenceModel};
 use data::Dataset;
 use methods::{ItemRef, Method, Pass, PassOptions, Scores};
 use metrics::{Estimate, BOOTSTRAP_RESAMPLES};
@@ -70,6 +71,15 @@ pub enum EvalError {
         /// What this run would make.
         wanted: Box<Fingerprint>,
     },
+    /// A `-reference` method was asked for without a reference model.
+    #[error(
+        "the methods {methods} subtract the reference model's scores: give one \
+         (--reference-model MODEL), or leave these methods out"
+    )]
+    NoReference {
+        /// The methods, comma-separated.
+        methods: String,
+    },
     /// A figure could not be written.
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
@@ -97,6 +107,15 @@ pub struct EvalConfig {
     pub progress: bool,
     /// Write SVG figures of the report into this directory.
     pub plot: Option<PathBuf>,
+}
+
+/// The reference model of the `-reference` methods: its scorer (same settings as the model's) and
+/// its id.
+pub struct Reference<'a, 'm> {
+    /// A scorer on the reference model.
+    pub scorer: &'a mut Scorer<'m>,
+    /// The reference model's id, for the report and the cache.
+    pub model_id: String,
 }
 
 /// Where the per-item scores of a report are kept: `OUT.json` → `OUT.items.jsonl`.
@@ -138,6 +157,9 @@ pub struct MethodReport {
 pub struct Report {
     /// The model's id.
     pub model: String,
+    /// The reference model's id (`--reference-model`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
     /// The data file.
     pub data: String,
     /// `preference` or `ranking`.
@@ -162,9 +184,35 @@ pub struct Report {
     pub figures: Vec<String>,
 }
 
-/// Evaluates `config.methods` on `config.data` with `scorer`'s model.
-pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalError> {
+/// Evaluates `config.methods` on `config.data` with `scorer`'s model (and `reference`'s, for the
+/// `-reference` methods).
+pub fn run(
+    scorer: &mut Scorer<'_>,
+    mut reference: Option<Reference<'_, '_>>,
+    config: &EvalConfig,
+) -> Result<Report, EvalError> {
     let started = Instant::now();
+    let wants_reference: Vec<&str> = (config.methods.iter())
+        .filter(|m| m.pass() == Pass::Reference)
+        .map(|m| m.name())
+        .collect();
+    let reference_model = match &reference {
+        None if !wants_reference.is_empty() => {
+            return Err(EvalError::NoReference {
+                methods: wants_reference.join(", "),
+            })
+        }
+        None => None,
+        Some(reference) => {
+            // The daemon's check, before any item: a model of another family stops the run here
+            // rather than failing every item.
+            crate::engine::same_vocabulary(scorer.model(), reference.scorer.model())?;
+            Some(ReferenceModel {
+                model: reference.model_id.clone(),
+                model_bytes: reference.scorer.model().meta().size_bytes,
+            })
+        }
+    };
     let bytes = std::fs::read(&config.data).map_err(|source| EvalError::Io {
         path: config.data.clone(),
         source,
@@ -181,7 +229,7 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
         methods_version: METHODS_VERSION,
     };
     let mut cache = match &config.cache {
-        Some(path) => Cache::open(path, &fingerprint)?,
+        Some(path) => Cache::open(path, &fingerprint, reference_model.as_ref())?,
         None => Cache::in_memory(),
     };
 
@@ -209,6 +257,12 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
     // method scored on the same first items, which `--limit` then compares fairly.
     for item in &items {
         progress.set_message(item.id().to_owned());
+        let record = |pass: Pass, outcome: Outcome| Record {
+            pass,
+            id: item.id().to_owned(),
+            reference: reference_model.clone().filter(|_| pass == Pass::Reference),
+            outcome,
+        };
         for &pass in &passes {
             if cache.get(pass, item.id()).is_some() {
                 resumed += usize::from(pass.uses_model());
@@ -219,18 +273,15 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
                 Some(Some(Outcome::Scored(scores))) => Some(scores),
                 // The pass it builds on could not score the item: neither can this one.
                 Some(Some(Outcome::Error(error))) => {
-                    let outcome = Outcome::Error(error.clone());
-                    cache.put(Record {
-                        pass,
-                        id: item.id().to_owned(),
-                        outcome,
-                    })?;
+                    cache.put(record(pass, Outcome::Error(error.clone())))?;
                     progress.inc(1);
                     continue;
                 }
                 _ => None,
             };
-            let outcome = match methods::run_pass(scorer, pass, *item, &options, needed) {
+            let reference = reference.as_mut().map(|r| &mut *r.scorer);
+            let outcome = match methods::run_pass(scorer, reference, pass, *item, &options, needed)
+            {
                 Ok(scores) => Outcome::Scored(scores),
                 Err(e) if e.is_input_error() => Outcome::Error(e.to_string()),
                 Err(e) => {
@@ -238,11 +289,7 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
                     return Err(e.into());
                 }
             };
-            let record = Record {
-                pass,
-                id: item.id().to_owned(),
-                outcome,
-            };
+            let record = record(pass, outcome);
             // Length and consensus scores cost next to nothing: recompute them each run rather
             // than cache them (so a cache written before they existed stays valid).
             if pass.uses_model() {
@@ -272,6 +319,7 @@ pub fn run(scorer: &mut Scorer<'_>, config: &EvalConfig) -> Result<Report, EvalE
     };
     let mut report = Report {
         model: config.model_id.clone(),
+        reference_model: reference_model.map(|r| r.model),
         data: config.data.display().to_string(),
         kind: dataset.kind().into(),
         items: dataset.len(),
@@ -508,9 +556,12 @@ impl Report {
     /// The report as a plain-text table: one row per method, each metric with its interval.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let reference = (self.reference_model.as_ref())
+            .map(|r| format!(" · reference model {r}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{} · {} · {} items · {}",
+            "{} · {} · {} items · {}{reference}",
             self.data, self.kind, self.items, self.model
         );
         let interval = |e: &Option<Estimate>| match e {

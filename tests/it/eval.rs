@@ -40,6 +40,7 @@ fn endo_prefers_fluent_answers_to_shuffled_words() {
     let mut scorer = common::scorer(common::options());
     let report = eval::run(
         &mut scorer,
+        None,
         &config(
             "obvious-prefs.jsonl",
             &[Method::Endo, Method::Length, Method::Shorter],
@@ -60,7 +61,12 @@ fn endo_prefers_fluent_answers_to_shuffled_words() {
 #[test]
 fn endo_ranks_working_code_first() {
     let mut scorer = common::scorer(common::options());
-    let report = eval::run(&mut scorer, &config("obvious-code.jsonl", &[Method::Endo])).unwrap();
+    let report = eval::run(
+        &mut scorer,
+        None,
+        &config("obvious-code.jsonl", &[Method::Endo]),
+    )
+    .unwrap();
     assert_eq!((report.kind.as_str(), report.items), ("ranking", 3));
     let endo = method(&report, "endo");
     assert_eq!(endo.pass_at_1.unwrap().value, 1.0, "{endo:?}");
@@ -77,7 +83,7 @@ fn consensus_methods_come_from_the_cached_reward_pass_without_a_decode() {
         cache: Some(cache.clone()),
         ..config("obvious-code.jsonl", &[Method::Endo])
     };
-    let first = eval::run(&mut scorer, &reward_only).unwrap();
+    let first = eval::run(&mut scorer, None, &reward_only).unwrap();
     let cached = std::fs::read_to_string(&cache).unwrap();
 
     // A later run asks for the consensus methods: every model pass comes from that cache, and
@@ -87,7 +93,7 @@ fn consensus_methods_come_from_the_cached_reward_pass_without_a_decode() {
         plot: Some(dir.path().join("figures")),
         ..reward_only
     };
-    let second = eval::run(&mut scorer, &with_consensus).unwrap();
+    let second = eval::run(&mut scorer, None, &with_consensus).unwrap();
     // The figures come from the same cache; plot.rs's tests look inside them.
     let figures: Vec<String> = ["estimates.svg", "roc.svg"]
         .iter()
@@ -125,14 +131,14 @@ fn judges_score_every_item_and_a_rerun_resumes_from_the_cache() {
         cache: Some(eval::cache_path(&dir.path().join("report.json"))),
         ..config("obvious-prefs.jsonl", &judges)
     };
-    let first = eval::run(&mut scorer, &config).unwrap();
+    let first = eval::run(&mut scorer, None, &config).unwrap();
     for judge in ["judge-verifier", "judge-pairwise"] {
         let m = method(&first, judge);
         assert_eq!((m.scored, m.failed), (1, 0), "{m:?}");
         assert!(m.accuracy.is_some() && m.pass_tokens > 0, "{m:?}");
     }
     assert_eq!(first.resumed, 0);
-    let second = eval::run(&mut scorer, &config).unwrap();
+    let second = eval::run(&mut scorer, None, &config).unwrap();
     assert_eq!(
         second.resumed, 2,
         "one item × two judges come from the cache"
@@ -157,6 +163,7 @@ fn judges_score_every_item_and_a_rerun_resumes_from_the_cache() {
     // Code items go through the code prompts, with completions compared in a cycle.
     let code = eval::run(
         &mut scorer,
+        None,
         &EvalConfig {
             limit: Some(1),
             ..self::config("obvious-code.jsonl", &judges)
@@ -180,13 +187,13 @@ fn a_cache_from_another_principle_is_refused() {
         cache: cache.clone(),
         ..config("obvious-prefs.jsonl", &[Method::Endo])
     };
-    eval::run(&mut scorer, &plain).unwrap();
+    eval::run(&mut scorer, None, &plain).unwrap();
     let steered = EvalConfig {
         principle: Some("Prefer short answers.".into()),
         ..plain
     };
     assert!(matches!(
-        eval::run(&mut scorer, &steered),
+        eval::run(&mut scorer, None, &steered),
         Err(eval::EvalError::CacheMismatch { .. })
     ));
 }
@@ -203,6 +210,7 @@ fn a_bad_file_names_its_line() {
     let mut scorer = common::scorer(common::options());
     let error = eval::run(
         &mut scorer,
+        None,
         &EvalConfig {
             data: path,
             ..config("x", &[Method::Length])
@@ -250,7 +258,7 @@ fn contrast_methods_are_score_with_contrast_and_reviewer() {
             cache: Some(cache.clone()),
             ..config(file, &methods)
         };
-        let report = eval::run(&mut scorer, &config).unwrap();
+        let report = eval::run(&mut scorer, None, &config).unwrap();
         for name in ["endo-neutral", "endo_mean+reviewer"] {
             let m = method(&report, name);
             assert_eq!((m.scored, m.failed), (1, 0), "{m:?}");
@@ -313,4 +321,90 @@ fn contrast_methods_are_score_with_contrast_and_reviewer() {
             }
         }
     }
+}
+
+/// `endorm eval --reference-model` through the binary: the default model against itself scores
+/// the same tokens the same, so every `-reference` score is exactly 0 and its cache records name
+/// the reference; a reference with another tokenizer (Qwen2.5-Coder-0.5B) is refused before any
+/// item, as is a `-reference` method without a reference.
+#[test]
+fn reference_methods_are_zero_against_the_same_model_and_refuse_another_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let eval = |reference: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_endorm"));
+        command
+            .args(["eval", "--quiet", "--threads", "2", "--n-ctx", "2048"])
+            .args(["--limit", "2", "--model"])
+            .arg(common::model_path())
+            .arg("--data")
+            .arg(data("obvious-prefs.jsonl"))
+            .args(["--method", "endo,endo-reference,endo_mean-reference"])
+            .args(["--method", "logprob-reference,logprob_mean-reference"])
+            .arg("--report")
+            .arg(&report);
+        if let Some(reference) = reference {
+            command.arg("--reference-model").arg(reference);
+        }
+        command.output().expect("run endorm")
+    };
+    let stderr =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    let output = eval(Some(&common::model_path()));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["reference_model"], "smollm2-135m-instruct", "{json}");
+    let cache = std::fs::read_to_string(eval::cache_path(&report)).unwrap();
+    let records: Vec<serde_json::Value> = cache
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|record: &serde_json::Value| record["pass"] == "reference")
+        .collect();
+    assert_eq!(records.len(), 2, "{cache}");
+    for record in &records {
+        assert_eq!(
+            record["reference"]["model"], "smollm2-135m-instruct",
+            "{record}"
+        );
+        let scores = record["scored"]["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), 4, "{record}");
+        for values in scores.values() {
+            let values = values["candidates"].as_array().unwrap();
+            assert_eq!(values.len(), 2, "{record}");
+            assert!(values.iter().all(|v| v.as_f64() == Some(0.0)), "{record}");
+        }
+    }
+    // Ties everywhere; the model's own reward still decides.
+    for method in json["methods"].as_array().unwrap() {
+        assert_eq!(method["scored"], 2, "{method}");
+        if method["method"] != "endo" {
+            assert_eq!(method["accuracy"]["value"], 0.5, "{method}");
+        }
+    }
+
+    let qwen = endorm::paths::model_dir()
+        .map(|dir| dir.join("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"))
+        .filter(|path| path.is_file())
+        .expect("Qwen2.5-Coder-0.5B is missing: scripts/fetch-model qwen2.5-coder-0.5b");
+    let refused = eval(Some(&qwen));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("has a vocabulary of 151936 tokens, the model 49152"),
+        "{}",
+        stderr(&refused)
+    );
+    let none = eval(None);
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("--reference-model MODEL"),
+        "{}",
+        stderr(&none)
+    );
+    // Neither refusal touched the cache.
+    assert_eq!(
+        std::fs::read_to_string(eval::cache_path(&report)).unwrap(),
+        cache
+    );
 }
