@@ -2,9 +2,11 @@
 //! that queued many jobs (a batch run, RL training) delays another client's job by at most one of
 //! its jobs per turn, not by all of them (docs/RELIABILITY.md, "Fairness").
 //!
-//! One capacity counts the jobs of every client together (the daemon's `queue_depth`). Closing
-//! the queue refuses new jobs; those already queued are still handed out, then [`FairQueue::pop`]
-//! answers `None`, which ends the worker as a closed channel did.
+//! One capacity counts the jobs of every client together (the daemon's `queue_depth`), except that
+//! a client with nothing queued may always queue one job, up to twice the capacity in all: a
+//! client that fills the queue cannot make another's single request a 503. Closing the queue
+//! refuses new jobs; those already queued are still handed out, then [`FairQueue::pop`] answers
+//! `None`, which ends the worker as a closed channel did.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -34,7 +36,7 @@ impl std::fmt::Display for ClientId {
 /// Why [`FairQueue::push`] did not queue a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue holds its capacity of jobs already.
+    /// The queue holds its capacity of jobs already (twice it, for a client with none queued).
     Full,
     /// The queue was closed.
     Closed,
@@ -57,18 +59,23 @@ struct Inner<T> {
 impl<T> Inner<T> {
     /// The next job in the fair order, if `accept` takes it: the first client's oldest job, after
     /// which that client's turn goes to the back of the line.
-    fn take_if(&mut self, accept: impl FnOnce(&T) -> bool) -> Option<T> {
+    fn take_if(&mut self, accept: impl FnOnce(&T) -> bool) -> Option<(ClientId, T)> {
         let next = self.turns.front().and_then(|(_, items)| items.front())?;
         if !accept(next) {
             return None;
         }
-        let (client, mut items) = self.turns.pop_front()?;
-        let item = items.pop_front();
+        self.take_turn(0)
+    }
+
+    /// The oldest job of the client whose turn is `index`-th; that client goes to the back.
+    fn take_turn(&mut self, index: usize) -> Option<(ClientId, T)> {
+        let (client, mut items) = self.turns.remove(index)?;
+        let item = items.pop_front()?;
         if !items.is_empty() {
-            self.turns.push_back((client, items));
+            self.turns.push_back((client.clone(), items));
         }
         self.len -= 1;
-        item
+        Some((client, item))
     }
 }
 
@@ -92,16 +99,25 @@ impl<T> FairQueue<T> {
     }
 
     /// Queues `item` behind `client`'s earlier jobs; a client with none joins the end of the line.
+    ///
+    /// A full queue still takes the job of a client with nothing queued, up to twice its capacity:
+    /// the room beyond the capacity is kept for the clients that wait for one job each (an editor
+    /// beside a batch run that keeps the queue full).
     pub fn push(&self, client: &ClientId, item: T) -> Result<(), Refused> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Refused::Closed);
         }
-        if inner.len >= self.capacity {
+        let turn = inner.turns.iter().position(|(id, _)| id == client);
+        let limit = match turn {
+            Some(_) => self.capacity,
+            None => self.capacity.saturating_mul(2),
+        };
+        if inner.len >= limit {
             return Err(Refused::Full);
         }
-        match inner.turns.iter_mut().find(|(id, _)| id == client) {
-            Some((_, items)) => items.push_back(item),
+        match turn {
+            Some(index) => inner.turns[index].1.push_back(item),
             None => inner
                 .turns
                 .push_back((client.clone(), VecDeque::from([item]))),
@@ -112,8 +128,9 @@ impl<T> FairQueue<T> {
         Ok(())
     }
 
-    /// The next job in the fair order, waiting for one; `None` once the queue is closed and empty.
-    pub fn pop(&self) -> Option<T> {
+    /// The next job in the fair order and its client, waiting for one; `None` once the queue is
+    /// closed and empty.
+    pub fn pop(&self) -> Option<(ClientId, T)> {
         let mut inner = self.lock();
         loop {
             if let Some(item) = inner.take_if(|_| true) {
@@ -131,7 +148,15 @@ impl<T> FairQueue<T> {
 
     /// The next job in the fair order if there is one and `accept` takes it; else it stays first.
     pub fn pop_if(&self, accept: impl FnOnce(&T) -> bool) -> Option<T> {
-        self.lock().take_if(accept)
+        self.lock().take_if(accept).map(|(_, item)| item)
+    }
+
+    /// The next job of a client other than `running`, whose job is under way and keeps its turn:
+    /// what the worker runs between the passes of a long job (see `worker::Turns`).
+    pub fn pop_other(&self, running: &ClientId) -> Option<T> {
+        let mut inner = self.lock();
+        let index = inner.turns.iter().position(|(id, _)| id != running)?;
+        inner.take_turn(index).map(|(_, item)| item)
     }
 
     /// Jobs waiting, all clients together.
@@ -190,7 +215,7 @@ mod tests {
         let queue = FairQueue::new(16);
         queue.push(&named("a"), "a1").unwrap();
         queue.push(&named("a"), "a2").unwrap();
-        assert_eq!(queue.pop(), Some("a1"));
+        assert_eq!(queue.pop(), Some((named("a"), "a1")));
         // b arrives while a's second job waits: b runs right after it, a's third after b.
         queue.push(&named("b"), "b1").unwrap();
         queue.push(&named("a"), "a3").unwrap();
@@ -198,7 +223,7 @@ mod tests {
         // One job at a time (a request's items queued one after another) still takes turns.
         queue.push(&named("b"), "b2").unwrap();
         queue.push(&named("a"), "a4").unwrap();
-        assert_eq!(queue.pop(), Some("b2"));
+        assert_eq!(queue.pop(), Some((named("b"), "b2")));
         queue.push(&named("b"), "b3").unwrap();
         assert_eq!(drain(&queue), ["a4", "b3"]);
     }
@@ -209,12 +234,48 @@ mod tests {
         queue.push(&named("a"), "a1").unwrap();
         queue.push(&named("a"), "a2").unwrap();
         queue.push(&named("b"), "b1").unwrap();
-        assert_eq!(queue.push(&named("c"), "c1"), Err(Refused::Full));
         assert_eq!(queue.push(&named("a"), "a3"), Err(Refused::Full));
-        assert_eq!(queue.pop(), Some("a1"));
-        assert_eq!(queue.push(&named("c"), "c1"), Ok(()));
-        assert_eq!(drain(&queue), ["b1", "a2", "c1"]);
+        assert_eq!(queue.push(&named("b"), "b2"), Err(Refused::Full));
+        assert_eq!(queue.pop(), Some((named("a"), "a1")));
+        assert_eq!(queue.push(&named("b"), "b2"), Ok(()));
+        assert_eq!(queue.push(&named("a"), "a3"), Err(Refused::Full));
+        assert_eq!(drain(&queue), ["b1", "a2", "b2"]);
         assert_eq!(FairQueue::<u8>::new(0).push(&named("a"), 1), Ok(()));
+    }
+
+    #[test]
+    fn a_full_queue_still_takes_one_job_of_a_client_with_none_queued() {
+        let queue = FairQueue::new(2);
+        queue.push(&named("batch"), "a1").unwrap();
+        queue.push(&named("batch"), "a2").unwrap();
+        assert_eq!(queue.push(&named("batch"), "a3"), Err(Refused::Full));
+        // Clients with nothing queued get in, one job each, up to twice the capacity.
+        assert_eq!(queue.push(&named("editor"), "e1"), Ok(()));
+        assert_eq!(queue.push(&named("editor"), "e2"), Err(Refused::Full));
+        assert_eq!(queue.push(&named("c"), "c1"), Ok(()));
+        assert_eq!(queue.push(&named("d"), "d1"), Err(Refused::Full));
+        assert_eq!(queue.len(), 4);
+        assert_eq!(drain(&queue), ["a1", "e1", "c1", "a2"]);
+    }
+
+    #[test]
+    fn between_passes_the_next_other_client_runs_and_the_running_one_keeps_its_turn() {
+        let queue = FairQueue::new(8);
+        for (client, job) in [
+            ("a", "a2"),
+            ("b", "b1"),
+            ("a", "a3"),
+            ("c", "c1"),
+            ("b", "b2"),
+        ] {
+            queue.push(&named(client), job).unwrap();
+        }
+        // a's job runs; between its passes b's and c's go first, a stays at the front.
+        assert_eq!(queue.pop_other(&named("a")), Some("b1"));
+        assert_eq!(queue.pop_other(&named("a")), Some("c1"));
+        assert_eq!(queue.pop_other(&named("a")), Some("b2"));
+        assert_eq!(queue.pop_other(&named("a")), None);
+        assert_eq!(drain(&queue), ["a2", "a3"]);
     }
 
     #[test]
@@ -241,7 +302,7 @@ mod tests {
         queue.close();
         assert_eq!(queue.push(&named("a"), "a2"), Err(Refused::Closed));
         let popped = consumer.join().unwrap();
-        assert_eq!(popped, ["a1", "b1"]);
+        assert_eq!(popped, [(named("a"), "a1"), (named("b"), "b1")]);
     }
 
     #[test]

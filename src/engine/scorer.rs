@@ -37,6 +37,32 @@ pub struct Scorer<'m> {
     cache_tokens: usize,
 }
 
+/// A scoring under way ([`Scorer::score_between`]): the rows read so far and how many candidates are done.
+#[derive(Debug)]
+struct Partial {
+    rows: Vec<Vec<RowValue>>,
+    done: usize,
+    started: Instant,
+    prompt_time: Duration,
+    cached_tokens: usize,
+}
+
+impl Partial {
+    fn complete(&self, prepared: &Prepared) -> bool {
+        self.done == prepared.candidates.len()
+    }
+
+    /// The values of every candidate, once every group is done.
+    fn finish(self, prepared: &Prepared, alpha: Alpha) -> Result<Scored, EngineError> {
+        Ok(Scored {
+            candidates: candidate_values(prepared, &self.rows, alpha)?,
+            cached_tokens: self.cached_tokens,
+            prompt_time: self.prompt_time,
+            candidates_time: self.started.elapsed() - self.prompt_time,
+        })
+    }
+}
+
 /// The error of a pass stopped because nobody waits for it any more.
 pub const CANCELLED: &str = "cancelled: the client left while its request ran";
 
@@ -134,74 +160,133 @@ impl<'m> Scorer<'m> {
         alpha: Alpha,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
+        self.score_between(prepared, alpha, &mut |_| (), cancelled)
+    }
+
+    /// [`Scorer::score_unless`], calling `between` after the context and after each candidate
+    /// group but the last: there the worker runs other clients' jobs on this scorer.
+    pub(super) fn score_between(
+        &mut self,
+        prepared: &Prepared,
+        alpha: Alpha,
+        between: &mut dyn FnMut(&mut Self),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Scored, EngineError> {
+        let mut partial = self.begin(prepared, alpha)?;
+        while !partial.complete(prepared) {
+            between(self);
+            if cancelled() {
+                self.clear_cache();
+                return Err(EngineError::Internal(CANCELLED.into()));
+            }
+            self.advance(prepared, alpha, &mut partial)?;
+        }
+        partial.finish(prepared, alpha)
+    }
+
+    /// Starts scoring `prepared`: checks it, decodes its context (only what the prefix cache does
+    /// not hold) and reads each candidate's first row. [`Scorer::advance`] does the rest, one
+    /// candidate group at a time.
+    fn begin(&mut self, prepared: &Prepared, alpha: Alpha) -> Result<Partial, EngineError> {
         self.validate(prepared)?;
         let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
         // Refuse what cannot fit even in an empty cache, naming the whole window.
         group_candidates(prepared.context.len(), &lens, self.limits())
             .map_err(|overflow| self.overflow(overflow))?;
-
         if !self.cache_enabled {
             self.clear_cache();
         }
-        let result = self.score_cached(prepared, &lens, alpha, cancelled);
+        let started = Instant::now();
+        let result = self.seat_context(prepared, &lens).and_then(|plan| {
+            let row = self.cache.last_row(plan.slot).unwrap_or_default();
+            let rows = first_rows(row, prepared, alpha)?;
+            Ok(Partial {
+                rows,
+                done: 0,
+                started,
+                prompt_time: started.elapsed(),
+                cached_tokens: plan.reused,
+            })
+        });
         if result.is_err() {
             self.clear_cache();
         }
         result
     }
 
-    fn score_cached(
+    /// Decodes the next candidate group of a scoring under way. The context is found in the
+    /// prefix cache, or decoded again where a request run in between evicted it.
+    fn advance(
         &mut self,
         prepared: &Prepared,
-        lens: &[usize],
         alpha: Alpha,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Scored, EngineError> {
-        let started = Instant::now();
-        let context = &prepared.context;
-        let plan = self.make_room(context, lens)?;
+        partial: &mut Partial,
+    ) -> Result<(), EngineError> {
+        let result = self.advance_group(prepared, alpha, partial);
+        if result.is_err() {
+            self.clear_cache();
+        }
+        result
+    }
+
+    fn advance_group(
+        &mut self,
+        prepared: &Prepared,
+        alpha: Alpha,
+        partial: &mut Partial,
+    ) -> Result<(), EngineError> {
+        let lens: Vec<usize> = prepared.candidates[partial.done..]
+            .iter()
+            .map(|c| c.tokens.len())
+            .collect();
+        if lens.is_empty() {
+            return Ok(());
+        }
+        let plan = self.seat_context(prepared, &lens)?;
         let limits = Limits {
             n_ctx: self.n_ctx() - self.cache.tokens_besides(plan.slot),
             ..self.limits()
         };
-        let groups = group_candidates(context.len(), lens, limits)
+        let groups = group_candidates(prepared.context.len(), &lens, limits)
             .map_err(|overflow| self.overflow(overflow))?;
-
-        let first_rows = if plan.full_hit {
-            self.cache.touch(plan.slot);
-            let row = self.cache.last_row(plan.slot).unwrap_or_default();
-            first_rows(row, prepared, alpha)?
-        } else {
-            self.seat_prefix(plan)?;
-            let row = self.decode_context(&context[plan.reused..], plan.reused, plan.slot)?;
-            let rows = first_rows(&row, prepared, alpha)?;
-            self.cache.store(plan.slot, context, Some(row));
-            rows
+        let group = groups.first().cloned().unwrap_or(0..lens.len());
+        let group = partial.done + group.start..partial.done + group.end;
+        let branch = Branch {
+            request: 0,
+            prepared,
+            context_sequence: plan.slot as i32,
+            group: group.clone(),
+            alpha,
         };
-        let prompt_time = started.elapsed();
-
-        let mut rows = vec![first_rows];
-        for group in groups {
-            if cancelled() {
-                return Err(EngineError::Internal(CANCELLED.into()));
-            }
-            let branch = Branch {
-                request: 0,
-                prepared,
-                context_sequence: plan.slot as i32,
-                group,
-                alpha,
-            };
-            self.decode_branches(&[branch], self.cache.slot_count(), &mut rows)?;
+        let mut rows = [std::mem::take(&mut partial.rows)];
+        let decoded = self.decode_branches(&[branch], self.cache.slot_count(), &mut rows);
+        let [rows] = rows;
+        partial.rows = rows;
+        decoded?;
+        partial.done = group.end;
+        if partial.complete(prepared) {
+            self.keep_within_budget(plan.slot);
         }
-        let rows = rows.remove(0);
-        self.keep_within_budget(plan.slot);
-        Ok(Scored {
-            candidates: candidate_values(prepared, &rows, alpha)?,
-            cached_tokens: plan.reused,
-            prompt_time,
-            candidates_time: started.elapsed() - prompt_time,
-        })
+        Ok(())
+    }
+
+    /// Puts the context on a cache slot with the row after it: found there whole, or its
+    /// missing part decoded. Makes room for `lens` candidates beside it.
+    fn seat_context(
+        &mut self,
+        prepared: &Prepared,
+        lens: &[usize],
+    ) -> Result<SlotPlan, EngineError> {
+        let context = &prepared.context;
+        let plan = self.make_room(context, lens)?;
+        if plan.full_hit {
+            self.cache.touch(plan.slot);
+            return Ok(plan);
+        }
+        self.seat_prefix(plan)?;
+        let row = self.decode_context(&context[plan.reused..], plan.reused, plan.slot)?;
+        self.cache.store(plan.slot, context, Some(row));
+        Ok(plan)
     }
 
     /// Plans where the context goes and evicts cached contexts, least recently used first, until

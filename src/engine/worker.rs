@@ -4,9 +4,9 @@
 //! A llama.cpp context is not `Send`, so it is created on the worker thread and never leaves it.
 //! The model itself is shared (read-only) with whoever needs its tokenizer. The thread loads the
 //! model, creates the context, then runs jobs in the [`FairQueue`]'s order (round-robin between
-//! clients, each client's jobs in arrival order); with `batching` on, score jobs next in that
-//! order are scored together in one pass while they fit (continuous batching, see
-//! [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already queued still
+//! clients, each client's jobs in arrival order), and between the passes of a long job one job of
+//! another client per pass; with `batching` on, score jobs next in that order are scored together
+//! in one pass while they fit (continuous batching, see [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already queued still
 //! run, then the thread ends and the model is unloaded.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -310,47 +310,133 @@ fn run(settings: WorkerSettings, shared: &Shared) {
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));
-    while let Some(job) = shared.queue.pop() {
+    while let Some((client, job)) = shared.queue.pop() {
         shared.running.fetch_add(1, Ordering::Relaxed);
-        // A panicking job drops its reply channel (its caller sees an error); the worker goes on.
-        let ran = catch_unwind(AssertUnwindSafe(|| match job {
-            Job::Score(first) => {
-                let batch = if settings.batching {
-                    gather(&scorer, first, shared)
-                } else {
-                    vec![first]
-                };
-                score_jobs(&mut scorer, batch, shared);
-            }
-            Job::ScoreEach(job) => job.run(shared, |layouts| {
-                layouts
-                    .iter()
-                    .map(|(label, prepared)| {
-                        scorer
-                            .score(prepared, Alpha::ONE)
-                            .map_err(|e| e.at(label.clone()))
-                    })
-                    .collect()
-            }),
-            Job::Logprobs(job) => job.run(shared, |input| {
-                input
-                    .sequences
-                    .iter()
-                    .map(|(label, tokens)| {
-                        scorer
-                            .sequence_logprobs(tokens, input.top_k, input.greedy)
-                            .map_err(|e| e.at(label.clone()))
-                    })
-                    .collect()
-            }),
-        }));
-        if ran.is_err() {
-            tracing::error!(path = %settings.path.display(), "a job panicked");
-            scorer.clear_cache();
-        }
+        let mut turns = Turns {
+            running: Some(client),
+            shared,
+            settings: &settings,
+        };
+        turns.run(&mut scorer, job);
         shared.running.fetch_sub(1, Ordering::Relaxed);
     }
     tracing::info!(path = %settings.path.display(), "model unloaded");
+}
+
+/// Runs jobs, and between the passes of a long one the jobs of other clients, one per pass: a
+/// big request delays another client's small one by one pass, not by all of its own (the
+/// candidate groups of a score, the layouts of a reviewer term, the sequences of a logprobs job).
+struct Turns<'a> {
+    /// The client of the job running; `None` in a job run in between, which lets nobody in.
+    running: Option<ClientId>,
+    shared: &'a Shared,
+    settings: &'a WorkerSettings,
+}
+
+impl Turns<'_> {
+    fn run(&mut self, scorer: &mut Scorer<'_>, job: Job) {
+        let shared = self.shared;
+        // A panicking job drops its reply channel (its caller sees an error); the worker goes on.
+        let ran = catch_unwind(AssertUnwindSafe(|| match job {
+            // Jobs run in between are not batched: gathering would take the running client's.
+            Job::Score(first) => {
+                let batch = if self.settings.batching && self.running.is_some() {
+                    gather(scorer, first, shared)
+                } else {
+                    vec![first]
+                };
+                self.score_jobs(scorer, batch);
+            }
+            Job::ScoreEach(job) => job.run(shared, |layouts| {
+                let mut scored = Vec::with_capacity(layouts.len());
+                for (label, prepared) in layouts {
+                    if !scored.is_empty() {
+                        self.between(scorer);
+                    }
+                    scored.push(
+                        scorer
+                            .score(prepared, Alpha::ONE)
+                            .map_err(|e| e.at(label.clone()))?,
+                    );
+                }
+                Ok(scored)
+            }),
+            Job::Logprobs(job) => job.run(shared, |input| {
+                let mut done = Vec::with_capacity(input.sequences.len());
+                for (label, tokens) in &input.sequences {
+                    if !done.is_empty() {
+                        self.between(scorer);
+                    }
+                    done.push(
+                        scorer
+                            .sequence_logprobs(tokens, input.top_k, input.greedy)
+                            .map_err(|e| e.at(label.clone()))?,
+                    );
+                }
+                Ok(done)
+            }),
+        }));
+        if ran.is_err() {
+            tracing::error!(path = %self.settings.path.display(), "a job panicked");
+            scorer.clear_cache();
+        }
+    }
+
+    /// Between two passes of the running job: the next job of another client, if one waits.
+    fn between(&mut self, scorer: &mut Scorer<'_>) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        if let Some(job) = self.shared.queue.pop_other(running) {
+            tracing::debug!(client = %running, "another client's job runs between two passes");
+            let mut inner = Turns {
+                running: None,
+                shared: self.shared,
+                settings: self.settings,
+            };
+            inner.run(scorer, job);
+        }
+    }
+
+    /// Scores the jobs still wanted, together when there are several. Should the pass fail, each
+    /// job is scored again alone, so one bad request cannot fail the others.
+    fn score_jobs(&mut self, scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
+        let shared = self.shared;
+        let batch: Vec<ScoreJob> = batch
+            .into_iter()
+            .filter(|job| job.is_wanted(shared))
+            .collect();
+        let waited: Vec<Duration> = batch.iter().map(|job| job.queued.elapsed()).collect();
+        let together = match batch.len() {
+            0 => return,
+            1 => None,
+            _ => {
+                let requests: Vec<_> = batch
+                    .iter()
+                    .map(|job| (&job.input.prepared, job.input.alpha))
+                    .collect();
+                scorer.score_batch(&requests).ok()
+            }
+        };
+        let mut together = together.map(Vec::into_iter);
+        for (job, waited) in batch.into_iter().zip(waited) {
+            let result = match together.as_mut().and_then(Iterator::next) {
+                Some(scored) => Ok(scored),
+                None => scorer.score_between(
+                    &job.input.prepared,
+                    job.input.alpha,
+                    &mut |scorer| self.between(scorer),
+                    &|| job.is_abandoned(),
+                ),
+            };
+            if result.is_err() && job.is_abandoned() {
+                shared.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("client gone while its job ran: stopped between candidate groups");
+                continue;
+            }
+            job.send(result, waited);
+        }
+    }
 }
 
 type ScoreJob = Queued<PreparedRequest, Scored>;
@@ -372,42 +458,6 @@ fn gather(scorer: &Scorer<'_>, first: ScoreJob, shared: &Shared) -> Vec<ScoreJob
         shared.batched.fetch_add(batch.len(), Ordering::Relaxed);
     }
     batch
-}
-
-/// Scores the jobs still wanted, together when there are several. Should the pass fail, each
-/// job is scored again alone, so one bad request cannot fail the others.
-fn score_jobs(scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>, shared: &Shared) {
-    let batch: Vec<ScoreJob> = batch
-        .into_iter()
-        .filter(|job| job.is_wanted(shared))
-        .collect();
-    let waited: Vec<Duration> = batch.iter().map(|job| job.queued.elapsed()).collect();
-    let together = match batch.len() {
-        0 => return,
-        1 => None,
-        _ => {
-            let requests: Vec<_> = batch
-                .iter()
-                .map(|job| (&job.input.prepared, job.input.alpha))
-                .collect();
-            scorer.score_batch(&requests).ok()
-        }
-    };
-    let mut together = together.map(Vec::into_iter);
-    for (job, waited) in batch.into_iter().zip(waited) {
-        let result = match together.as_mut().and_then(Iterator::next) {
-            Some(scored) => Ok(scored),
-            None => {
-                scorer.score_unless(&job.input.prepared, job.input.alpha, &|| job.is_abandoned())
-            }
-        };
-        if result.is_err() && job.is_abandoned() {
-            shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("client gone while its job ran: stopped between candidate groups");
-            continue;
-        }
-        job.send(result, waited);
-    }
 }
 
 fn tokenizer_info(model: &Model, settings: &WorkerSettings) -> TokenizerInfo {

@@ -155,3 +155,79 @@ fn a_job_over_max_job_tokens_is_413_and_changes_nothing() {
         before["results"]
     );
 }
+
+/// A `/v1/score` request of `groups` candidate groups (`max_sequences` = 16 in the tests' model
+/// section) after a long context.
+fn big(groups: usize) -> Value {
+    let candidates: Vec<String> = (0..16 * groups)
+        .map(|i| format!(" answer {i}: {}", long_text(12)))
+        .collect();
+    json!({"format": "raw", "prompt": long_text(100), "candidates": candidates})
+}
+
+fn scores(response: &Value) -> Vec<f64> {
+    response["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["score"].as_f64().expect("a finite score"))
+        .collect()
+}
+
+#[test]
+fn another_clients_request_runs_between_the_candidate_groups_of_a_big_one() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let big = big(4);
+    let (sender, order) = mpsc::channel();
+    let interleaved = std::thread::scope(|scope| {
+        let (big_sender, daemon, big) = (sender.clone(), &daemon, &big);
+        let first = scope.spawn(move || {
+            let response = post_as(daemon, big, &[("X-Endorm-Client", "batch")]);
+            big_sender.send(("big", response.status)).unwrap();
+            response
+        });
+        daemon.wait_for("the big request to run", |d| {
+            metric(d, "endorm_queue_running{model=\"m\"}") >= 1.0
+        });
+        let status = post_as(daemon, &small(), &[("X-Endorm-Client", "editor")]).status;
+        sender.send(("small", status)).unwrap();
+        first.join().unwrap()
+    });
+    drop(sender);
+    let order: Vec<_> = order.iter().collect();
+    // Before jobs were split into passes, the big one ran to its end first.
+    assert_eq!(order, [("small", 200), ("big", 200)]);
+    // The pass in between emptied the cache (cache_slots = 0): the big request's context was
+    // decoded again, the same way, so its scores are those of an uninterrupted run.
+    let alone = daemon.ok("/v1/score", &big);
+    let (with_break, without) = (scores(&interleaved.json()), scores(&alone));
+    assert_eq!(with_break.len(), 64);
+    for (a, b) in with_break.iter().zip(&without) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn a_full_queue_still_takes_the_request_of_a_client_with_none_queued() {
+    let config = format!("[server]\nqueue_depth = 2\n\n{}", model_section("m"));
+    let daemon = Daemon::start(&config, &[]);
+    let waiting = |d: &Daemon| metric(d, "endorm_queue_waiting{model=\"m\"}");
+    let statuses = std::thread::scope(|scope| {
+        let backlog: Vec<_> = (0..6)
+            .map(|_| {
+                let daemon = &daemon;
+                scope
+                    .spawn(move || post_as(daemon, &slow(), &[("X-Endorm-Client", "batch")]).status)
+            })
+            .collect();
+        daemon.wait_for("the batch client to fill the queue", |d| waiting(d) >= 2.0);
+        // Before room was kept for clients with nothing queued, this was 503 queue_full.
+        let editor = post_as(&daemon, &small(), &[("X-Endorm-Client", "editor")]).status;
+        let mut statuses: Vec<u16> = backlog.into_iter().map(|h| h.join().unwrap()).collect();
+        statuses.push(editor);
+        statuses
+    });
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    // The batch client itself still meets the capacity.
+    assert!(statuses.contains(&503), "{statuses:?}");
+}
