@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::job::{Job, Layouts, LogprobsInput, Pending, Queued};
 use super::plan::PassBudget;
@@ -316,6 +316,7 @@ fn run(settings: WorkerSettings, shared: &Shared) {
             running: Some(client),
             shared,
             settings: &settings,
+            since: Instant::now(),
         };
         turns.run(&mut scorer, job);
         shared.running.fetch_sub(1, Ordering::Relaxed);
@@ -331,7 +332,12 @@ struct Turns<'a> {
     running: Option<ClientId>,
     shared: &'a Shared,
     settings: &'a WorkerSettings,
+    /// When the running job got the worker (back).
+    since: Instant,
 }
+
+/// How long a job holds the worker before another client's job may run between two of its passes.
+const QUANTUM: Duration = Duration::from_millis(500);
 
 impl Turns<'_> {
     fn run(&mut self, scorer: &mut Scorer<'_>, job: Job) {
@@ -383,18 +389,27 @@ impl Turns<'_> {
     }
 
     /// Between two passes of the running job: the next job of another client, if one waits.
+    /// Only once the running job has held the worker for [`QUANTUM`] since it last got it: a job
+    /// let in may evict the running one's context, which then costs a second decode, so jobs
+    /// shorter than that are never interrupted (16 small concurrent requests would otherwise take
+    /// turns group by group and decode their contexts again and again).
     fn between(&mut self, scorer: &mut Scorer<'_>) {
         let Some(running) = &self.running else {
             return;
         };
+        if self.since.elapsed() < QUANTUM {
+            return;
+        }
         if let Some(job) = self.shared.queue.pop_other(running) {
             tracing::debug!(client = %running, "another client's job runs between two passes");
             let mut inner = Turns {
                 running: None,
                 shared: self.shared,
                 settings: self.settings,
+                since: Instant::now(),
             };
             inner.run(scorer, job);
+            self.since = Instant::now();
         }
     }
 
