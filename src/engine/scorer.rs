@@ -37,7 +37,7 @@ pub struct Scorer<'m> {
     cache_tokens: usize,
 }
 
-/// A scoring under way ([`Scorer::score_between`]): the rows read so far and how many candidates are done.
+/// A scoring under way ([`Scorer::score_groups`]): the rows read so far and how many candidates are done.
 #[derive(Debug)]
 struct Partial {
     rows: Vec<Vec<RowValue>>,
@@ -172,22 +172,6 @@ impl<'m> Scorer<'m> {
         between: &mut dyn FnMut(&mut Self),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
-        let mut partial = self.begin(prepared, alpha)?;
-        while !partial.complete(prepared) {
-            between(self);
-            if cancelled() {
-                self.clear_cache();
-                return Err(EngineError::Internal(CANCELLED.into()));
-            }
-            self.advance(prepared, alpha, &mut partial)?;
-        }
-        partial.finish(prepared, alpha)
-    }
-
-    /// Starts scoring `prepared`: checks it, decodes its context (only what the prefix cache does
-    /// not hold) and reads each candidate's first row. [`Scorer::advance`] does the rest, one
-    /// candidate group at a time.
-    fn begin(&mut self, prepared: &Prepared, alpha: Alpha) -> Result<Partial, EngineError> {
         self.validate(prepared)?;
         let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
         // Refuse what cannot fit even in an empty cache, naming the whole window.
@@ -196,40 +180,46 @@ impl<'m> Scorer<'m> {
         if !self.cache_enabled {
             self.clear_cache();
         }
-        let started = Instant::now();
-        let result = self.seat_context(prepared, &lens).and_then(|plan| {
-            let row = self.cache.last_row(plan.slot).unwrap_or_default();
-            let rows = first_rows(row, prepared, alpha)?;
-            Ok(Partial {
-                rows,
-                done: 0,
-                started,
-                prompt_time: started.elapsed(),
-                cached_tokens: plan.reused,
-            })
-        });
+        let result = self.score_groups(prepared, alpha, &lens, between, cancelled);
         if result.is_err() {
             self.clear_cache();
         }
         result
+    }
+
+    /// Decodes the context (only what the prefix cache does not hold), reads each candidate's
+    /// first row, then decodes the candidates one group at a time with `between` in between.
+    fn score_groups(
+        &mut self,
+        prepared: &Prepared,
+        alpha: Alpha,
+        lens: &[usize],
+        between: &mut dyn FnMut(&mut Self),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Scored, EngineError> {
+        let started = Instant::now();
+        let plan = self.seat_context(prepared, lens)?;
+        let row = self.cache.last_row(plan.slot).unwrap_or_default();
+        let mut partial = Partial {
+            rows: first_rows(row, prepared, alpha)?,
+            done: 0,
+            started,
+            prompt_time: started.elapsed(),
+            cached_tokens: plan.reused,
+        };
+        while !partial.complete(prepared) {
+            between(self);
+            if cancelled() {
+                return Err(EngineError::Internal(CANCELLED.into()));
+            }
+            self.advance(prepared, alpha, &mut partial)?;
+        }
+        partial.finish(prepared, alpha)
     }
 
     /// Decodes the next candidate group of a scoring under way. The context is found in the
     /// prefix cache, or decoded again where a request run in between evicted it.
     fn advance(
-        &mut self,
-        prepared: &Prepared,
-        alpha: Alpha,
-        partial: &mut Partial,
-    ) -> Result<(), EngineError> {
-        let result = self.advance_group(prepared, alpha, partial);
-        if result.is_err() {
-            self.clear_cache();
-        }
-        result
-    }
-
-    fn advance_group(
         &mut self,
         prepared: &Prepared,
         alpha: Alpha,
