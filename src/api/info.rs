@@ -143,6 +143,10 @@ pub struct ModelCardMeta {
     pub file: String,
     /// The context window as served.
     pub n_ctx: usize,
+    /// The CPU kernels that compute it: the variant a `cpu-dispatch` build chose for this CPU
+    /// (`haswell`, `zen4`, ...) or the CPU a static build was compiled for (`x86-64-v3`). Values
+    /// depend on the kernels, so two daemons with different ones may differ in the last digits.
+    pub cpu: String,
 }
 
 /// `GET /info`, text-embeddings-inference's description of the served reranker (the default
@@ -266,6 +270,7 @@ mod tests {
             chat_template: true,
             file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             n_ctx: 2048,
+            cpu: "x86-64-v3".into(),
         };
         let list = ModelList::new(vec![
             ModelCard::new("a".into(), ModelState::Ready, true, Some(meta)),
@@ -277,7 +282,7 @@ mod tests {
                 {"id": "a", "object": "model", "owned_by": "endorm", "created": 0, "state": "ready",
                  "default": true, "meta": {"n_ctx_train": 8192, "n_vocab": 49152,
                  "n_params": 134_515_008, "size_bytes": 98_000_000, "chat_template": true,
-                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048}},
+                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048, "cpu": "x86-64-v3"}},
                 {"id": "b", "object": "model", "owned_by": "endorm", "created": 0,
                  "state": "loading", "default": false, "meta": null}]}),
         );

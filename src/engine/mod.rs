@@ -18,6 +18,7 @@
 mod batch;
 mod cache;
 mod context;
+mod cpu;
 mod gguf;
 mod job;
 mod loadlog;
@@ -166,13 +167,32 @@ impl EngineError {
     }
 }
 
-/// The process-wide llama.cpp backend, initialised on first use with its logs sent to `tracing`.
+/// The process-wide llama.cpp backend and the name of the CPU kernels it runs, initialised on
+/// first use with its logs sent to `tracing`.
+struct Backend {
+    llama: LlamaBackend,
+    cpu: String,
+}
+
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    process_backend().map(|b| &b.llama)
+}
+
+/// The CPU kernels that score: the variant a `cpu-dispatch` build chose at start-up, or the CPU
+/// a static build was compiled for (`/v1/models` shows it: values depend on the kernels).
+pub fn cpu_kernels() -> Result<&'static str, EngineError> {
+    process_backend().map(|b| b.cpu.as_str())
+}
+
+fn process_backend() -> Result<&'static Backend, EngineError> {
+    static BACKEND: OnceLock<Result<Backend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
+            // Before the backend: a dispatched build has no CPU device until a variant is loaded.
+            let cpu = cpu::load()?;
+            let llama = LlamaBackend::init().map_err(|e| e.to_string())?;
+            Ok(Backend { llama, cpu })
         })
         .as_ref()
         .map_err(|e| EngineError::Backend(e.clone()))

@@ -9,7 +9,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::rpc::{self, RpcEndpoint};
 use super::template::ChatTemplate;
-use super::{backend, gguf, loadlog, EngineError, Token};
+use super::{backend, cpu_kernels, gguf, loadlog, EngineError, Token};
 
 /// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
 const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
@@ -47,6 +47,8 @@ pub struct ModelInfo {
     pub chat_template: bool,
     /// The GGUF file.
     pub path: PathBuf,
+    /// The CPU kernels that compute it ([`cpu_kernels`]).
+    pub cpu: String,
 }
 
 /// A GGUF model loaded through llama.cpp (read into memory, unless `use_mmap`).
@@ -140,6 +142,7 @@ impl Model {
             size_bytes: llama.size(),
             chat_template: template.is_some(),
             path: path.to_owned(),
+            cpu: cpu_kernels()?.to_owned(),
         };
         Ok(Model {
             llama,

@@ -307,6 +307,7 @@ fn run(settings: WorkerSettings, shared: &Shared) {
         path = %settings.path.display(),
         n_ctx = loaded.n_ctx,
         n_threads = context_options.n_threads,
+        cpu = %model.meta().cpu,
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));

@@ -76,6 +76,13 @@ fn health_and_models_describe_the_served_model() {
         .as_str()
         .is_some_and(|f| f.ends_with(".gguf") && !f.contains('/')));
     assert!(meta.get("path").is_none(), "{meta}");
+    // The kernels that compute it, as the engine in this test process names them (a static
+    // build: the CPU it was compiled for; a dispatched one: the variant chosen at start-up).
+    assert_eq!(
+        meta["cpu"],
+        endorm::engine::cpu_kernels().unwrap(),
+        "{meta}"
+    );
 }
 
 #[test]

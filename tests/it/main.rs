@@ -10,6 +10,8 @@ mod daemon;
 mod daemon_config;
 mod daemon_faults;
 mod daemon_lifecycle;
+#[cfg(feature = "cpu-dispatch")]
+mod dispatch;
 mod eval;
 mod fairness;
 mod faults;

@@ -162,6 +162,11 @@ impl Daemon {
 
     /// Starts `endorm serve` without waiting.
     pub fn spawn(config: &str, extra: &[&str]) -> Daemon {
+        Daemon::spawn_env(config, extra, &[])
+    }
+
+    /// Starts `endorm serve` with the environment variables `env` set, without waiting.
+    pub fn spawn_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("daemon")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -181,6 +186,7 @@ impl Daemon {
             .args(extra)
             .arg("--exit-on-eof")
             .env("RUST_LOG", "warn,endorm=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

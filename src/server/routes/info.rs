@@ -86,6 +86,7 @@ fn card_meta(loaded: &LoadedModel) -> ModelCardMeta {
             .file_name()
             .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
         n_ctx: loaded.n_ctx,
+        cpu: meta.cpu.clone(),
     }
 }
 
