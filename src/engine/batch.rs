@@ -69,7 +69,7 @@ impl Scorer<'_> {
                 alpha,
             })
             .collect();
-        self.decode_branches(&branches, requests.len(), &mut rows)?;
+        self.decode_branches(&branches, requests.len(), &mut rows, None)?;
         let candidates_time = started.elapsed() - prompt_time;
 
         requests

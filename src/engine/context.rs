@@ -83,11 +83,14 @@ const LLAMA_MAX_SEQ: u32 = 256;
 const LOGITS_BUDGET_BYTES: usize = 16 << 20;
 
 /// One token of a decode: where it goes and whether its logits row is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Step {
     pub token: Token,
     pub position: usize,
     pub sequence: i32,
+    /// Further sequences the token's KV cell belongs to (empty for most): a context token decoded
+    /// in the same pass as candidates that branch from it is theirs too.
+    pub also: Range<i32>,
     pub wants_row: bool,
 }
 
@@ -98,6 +101,8 @@ pub(super) struct Context<'m> {
     limits: Limits,
     /// Sequences `0..sequences` are usable; sequence `sequences` is the padding's.
     sequences: i32,
+    /// llama.cpp decodes (passes over the weights) so far.
+    decodes: u64,
 }
 
 impl<'m> Context<'m> {
@@ -163,9 +168,11 @@ impl<'m> Context<'m> {
         };
         Ok(Context {
             llama,
-            batch: LlamaBatch::new(limits.n_batch, 1),
+            // A token may belong to its sequence and every candidate sequence (`Step::also`).
+            batch: LlamaBatch::new(limits.n_batch, max_sequences as i32 + 1),
             limits,
             sequences: (reserved + max_sequences) as i32,
+            decodes: 0,
         })
     }
 
@@ -174,21 +181,38 @@ impl<'m> Context<'m> {
         self.limits
     }
 
+    /// llama.cpp decodes (passes over the weights) so far.
+    pub fn decodes(&self) -> u64 {
+        self.decodes
+    }
+
     /// Decodes `steps` in chunks of at most `n_batch` tokens and `max_rows` logits rows. After each
     /// chunk, `read(chunk, rows)` gets the chunk's range of indices into `steps` and its logits:
     /// `rows.row(i)` is the row of step `chunk.start + i`, which must have `wants_row`.
     pub fn decode(
         &mut self,
         steps: &[Step],
-        mut read: impl FnMut(Range<usize>, &Rows<'_, 'm>) -> Result<(), EngineError>,
+        read: impl FnMut(Range<usize>, &Rows<'_, 'm>) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
         let Limits {
             n_batch, max_rows, ..
         } = self.limits;
-        for chunk in decode_chunks(steps.iter().map(|s| s.wants_row), n_batch, max_rows) {
+        let chunks = decode_chunks(steps.iter().map(|s| s.wants_row), n_batch, max_rows);
+        self.decode_in(steps, chunks, read)
+    }
+
+    /// [`Context::decode`] in the given `chunks` (consecutive ranges covering `steps`, each within
+    /// the limits: [`super::plan::candidate_chunks`]).
+    pub fn decode_in(
+        &mut self,
+        steps: &[Step],
+        chunks: Vec<Range<usize>>,
+        mut read: impl FnMut(Range<usize>, &Rows<'_, 'm>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        for chunk in chunks {
             self.batch.clear();
             for step in &steps[chunk.clone()] {
-                self.add(*step)?;
+                self.add(step)?;
             }
             self.decode_batch()?;
             read(chunk, &Rows(&self.llama))?;
@@ -197,9 +221,12 @@ impl<'m> Context<'m> {
     }
 
     /// Adds one token after checking it against the limits.
-    fn add(&mut self, step: Step) -> Result<(), EngineError> {
+    fn add(&mut self, step: &Step) -> Result<(), EngineError> {
+        let sequences: Vec<i32> = std::iter::once(step.sequence)
+            .chain(step.also.clone())
+            .collect();
         let in_limits = step.position < self.limits.n_ctx
-            && (0..self.sequences).contains(&step.sequence)
+            && sequences.iter().all(|s| (0..self.sequences).contains(s))
             && (self.batch.n_tokens() as usize) < self.limits.n_batch;
         if !in_limits {
             return Err(EngineError::Internal(format!(
@@ -211,7 +238,7 @@ impl<'m> Context<'m> {
             .add(
                 step.token.llama(),
                 step.position as i32,
-                &[step.sequence],
+                &sequences,
                 step.wants_row,
             )
             .map_err(|e| EngineError::Decode(e.to_string()))
@@ -228,6 +255,7 @@ impl<'m> Context<'m> {
                 .add(llama_cpp_2::token::LlamaToken(0), 0, &[spare], false)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
+        self.decodes += 1;
         let decoded = self
             .llama
             .decode(&mut self.batch)

@@ -55,6 +55,54 @@ pub fn decode_chunks(
     chunks
 }
 
+/// Decodes of at least this many tokens run llama.cpp's tiled CPU kernels, smaller ones its
+/// row-by-row kernels; the two sum in different orders.
+const TILED_FROM: usize = 64;
+
+/// The decodes of a candidate pass: `lead` context tokens (the last wanting its row; 0 for none)
+/// followed by candidate steps that want rows as `wants_row` says, as ranges of indices into
+/// that sequence of steps. Returns them and whether the lead shares a decode with candidates.
+///
+/// The candidates are split from their end, so that the short remainder is the *first* decode
+/// and the others are full; the lead then joins that first decode where it fits and keeps it
+/// row by row (below [`TILED_FROM`] tokens), and otherwise is decoded before it on its own. Either
+/// way every candidate token lands in the same decode of candidates as without a lead, and so
+/// computes the values a full prefix-cache hit (no lead) computes: an editor request that adds a
+/// few tokens to a cached file saves a pass and still gives what the same request gives again.
+pub fn candidate_chunks(
+    lead: usize,
+    wants_row: &[bool],
+    n_batch: usize,
+    max_rows: usize,
+) -> (Vec<Range<usize>>, bool) {
+    // Split the reversed candidates, then turn the chunks around: the remainder comes first.
+    let n = wants_row.len();
+    let mut candidates: Vec<Range<usize>> =
+        decode_chunks(wants_row.iter().rev().copied(), n_batch, max_rows)
+            .into_iter()
+            .rev()
+            .map(|chunk| lead + n - chunk.end..lead + n - chunk.start)
+            .collect();
+    let Some(first) = candidates.first().cloned() else {
+        return (
+            decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows),
+            false,
+        );
+    };
+    let rows = wants_row[first.start - lead..first.end - lead]
+        .iter()
+        .filter(|&&w| w)
+        .count();
+    let tokens = lead + first.len();
+    if lead > 0 && tokens < TILED_FROM.min(n_batch + 1) && rows < max_rows {
+        candidates[0] = 0..first.end;
+        return (candidates, true);
+    }
+    let mut chunks = decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
+    chunks.extend(candidates);
+    (chunks, false)
+}
+
 /// A candidate that cannot fit beside its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow {
@@ -204,6 +252,46 @@ mod tests {
                 needed: 101
             })
         );
+    }
+
+    #[test]
+    fn candidates_split_from_their_end_and_a_short_lead_joins_the_remainder() {
+        let rows = |n: usize| vec![true; n];
+        // 74 candidate tokens: 10, then 64. Four context tokens join the 10.
+        assert_eq!(
+            candidate_chunks(4, &rows(74), 512, 64),
+            (vec![0..14, 14..78], true)
+        );
+        // Without a lead, the same candidate decodes.
+        assert_eq!(
+            candidate_chunks(0, &rows(74), 512, 64),
+            (vec![0..10, 10..74], false)
+        );
+        // A cold context of 200 tokens would make the first decode tiled: it goes alone, in
+        // decodes of its own (one row: the last token's).
+        assert_eq!(
+            candidate_chunks(200, &rows(15), 512, 64),
+            (vec![0..200, 200..215], false)
+        );
+        // 128 candidate rows leave no remainder: the lead decodes first, on its own.
+        assert_eq!(
+            candidate_chunks(3, &rows(128), 512, 64),
+            (vec![0..3, 3..67, 67..131], false)
+        );
+        // Tokens without a row (a terminal token) ride along; n_batch bounds every decode.
+        let mut terminal = rows(6);
+        terminal[5] = false;
+        assert_eq!(
+            candidate_chunks(2, &terminal, 4, 64),
+            (vec![0..4, 4..8], true)
+        );
+        assert_eq!(
+            candidate_chunks(3, &terminal, 4, 64),
+            (vec![0..3, 3..5, 5..9], false)
+        );
+        // No candidates: the lead alone.
+        let (chunks, merged) = candidate_chunks(5, &[], 512, 64);
+        assert_eq!((chunks.len(), chunks[0].clone(), merged), (1, 0..5, false));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::cache::{PrefixCache, SlotPlan};
 use super::context::{Context, ContextOptions, Step};
-use super::plan::{group_candidates, Limits, Overflow};
+use super::plan::{candidate_chunks, group_candidates, Limits, Overflow};
 use super::{EngineError, Model, Passes, Prepared, PreparedRequest, Token};
 use crate::api::{ScoreRequest, ScoreResponse};
 use crate::reward::{self, Alpha, RowValue, TokenValues};
@@ -99,6 +99,12 @@ impl<'m> Scorer<'m> {
 
     pub(super) fn limits(&self) -> Limits {
         self.context.limits()
+    }
+
+    /// llama.cpp decodes (passes over the weights) this scorer has run: what the tests count
+    /// passes with.
+    pub fn decodes(&self) -> u64 {
+        self.context.decodes()
     }
 
     /// Whether the prefix cache is on.
@@ -198,32 +204,51 @@ impl<'m> Scorer<'m> {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
         let started = Instant::now();
-        let plan = self.seat_context(prepared, lens)?;
-        let row = self.cache.last_row(plan.slot).unwrap_or_default();
+        let plan = self.make_room(&prepared.context, lens)?;
+        // The context's missing tokens are decoded in the first group's pass, not in one of their
+        // own: an editor request that adds a few tokens to a cached file saves a whole pass over
+        // the weights (BENCHMARKS.md, "The context in the candidates' pass").
+        let mut pending = None;
+        let rows = if plan.full_hit {
+            self.cache.touch(plan.slot);
+            let row = self.cache.last_row(plan.slot).unwrap_or_default();
+            first_rows(row, prepared, alpha)?
+        } else {
+            self.seat_prefix(plan)?;
+            pending = Some(plan);
+            Vec::new()
+        };
         let mut partial = Partial {
-            rows: first_rows(row, prepared, alpha)?,
+            rows,
             done: 0,
             started,
             prompt_time: started.elapsed(),
             cached_tokens: plan.reused,
         };
         while !partial.complete(prepared) {
-            between(self);
-            if cancelled() {
-                return Err(EngineError::Internal(CANCELLED.into()));
+            // Not while the context is seated but not yet decoded: the job in between could take
+            // its slot.
+            if pending.is_none() {
+                between(self);
+                if cancelled() {
+                    return Err(EngineError::Internal(CANCELLED.into()));
+                }
             }
-            self.advance(prepared, alpha, &mut partial)?;
+            self.advance(prepared, alpha, &mut partial, pending.take())?;
         }
         partial.finish(prepared, alpha)
     }
 
-    /// Decodes the next candidate group of a scoring under way. The context is found in the
-    /// prefix cache, or decoded again where a request run in between evicted it.
+    /// Decodes the next candidate group of a scoring under way. With `seated` (the first group),
+    /// the context's tokens after `seated.reused` are decoded in the same pass; otherwise the
+    /// context is found in the prefix cache, or decoded again where a request run in between
+    /// evicted it.
     fn advance(
         &mut self,
         prepared: &Prepared,
         alpha: Alpha,
         partial: &mut Partial,
+        seated: Option<SlotPlan>,
     ) -> Result<(), EngineError> {
         let lens: Vec<usize> = prepared.candidates[partial.done..]
             .iter()
@@ -232,7 +257,17 @@ impl<'m> Scorer<'m> {
         if lens.is_empty() {
             return Ok(());
         }
-        let plan = self.seat_context(prepared, &lens)?;
+        let (plan, lead) = match seated {
+            Some(plan) => {
+                let lead = Lead {
+                    tokens: &prepared.context[plan.reused..],
+                    start: plan.reused,
+                    sequence: plan.slot as i32,
+                };
+                (plan, Some(lead))
+            }
+            None => (self.seat_context(prepared, &lens)?, None),
+        };
         let limits = Limits {
             n_ctx: self.n_ctx() - self.cache.tokens_besides(plan.slot),
             ..self.limits()
@@ -249,10 +284,13 @@ impl<'m> Scorer<'m> {
             alpha,
         };
         let mut rows = [std::mem::take(&mut partial.rows)];
-        let decoded = self.decode_branches(&[branch], self.cache.slot_count(), &mut rows);
+        let decoded = self.decode_branches(&[branch], self.cache.slot_count(), &mut rows, lead);
         let [rows] = rows;
         partial.rows = rows;
-        decoded?;
+        if let Some((row, read)) = decoded? {
+            self.cache.store(plan.slot, &prepared.context, Some(row));
+            partial.prompt_time = read - partial.started;
+        }
         partial.done = group.end;
         if partial.complete(prepared) {
             self.keep_within_budget(plan.slot);
@@ -370,12 +408,17 @@ impl<'m> Scorer<'m> {
     /// Decodes the candidates of `branches` together, each on its own sequence (from
     /// `first_sequence` on) branched from its context's, and appends the rows each candidate needs
     /// to `rows[branch.request][candidate]`.
+    ///
+    /// With a `lead` (one branch only), the lead's context tokens come first in the same pass, on
+    /// the context's sequence and every candidate's: the row after them gives each candidate of
+    /// `rows[0]` its first row, and is returned for the prefix cache with the time it was read.
     pub(super) fn decode_branches(
         &mut self,
         branches: &[Branch<'_>],
         first_sequence: usize,
         rows: &mut [Vec<Vec<RowValue>>],
-    ) -> Result<(), EngineError> {
+        lead: Option<Lead<'_>>,
+    ) -> Result<Option<(Vec<f32>, Instant)>, EngineError> {
         // Every candidate token in order, with its branch, candidate and index in the candidate.
         let mut steps = Vec::new();
         let mut owners = Vec::new();
@@ -394,12 +437,36 @@ impl<'m> Scorer<'m> {
                 sequence += 1;
             }
         }
-        self.context.decode(&steps, |chunk, logits| {
+        let leading = lead.as_ref().map_or(0, |lead| lead.tokens.len());
+        if let Some(lead) = &lead {
+            // The cache's plan always leaves at least the context's last token to decode.
+            let last = leading
+                .checked_sub(1)
+                .ok_or_else(|| EngineError::Internal("a lead without tokens".into()))?;
+            let mut context = along(lead.tokens, lead.start, lead.sequence, |i| i == last);
+            for step in &mut context {
+                step.also = first_sequence as i32..sequence;
+            }
+            steps.splice(0..0, context);
+        }
+        let candidate_rows: Vec<bool> = steps[leading..].iter().map(|s| s.wants_row).collect();
+        let Limits {
+            n_batch, max_rows, ..
+        } = self.limits();
+        let (chunks, _) = candidate_chunks(leading, &candidate_rows, n_batch, max_rows);
+        let mut lead_row = None;
+        self.context.decode_in(&steps, chunks, |chunk, logits| {
             for i in chunk.clone() {
                 if !steps[i].wants_row {
                     continue;
                 }
-                let (b, index, t) = owners[i];
+                if i < leading {
+                    let row = logits.row(i - chunk.start);
+                    rows[0] = first_rows(row, branches[0].prepared, branches[0].alpha)?;
+                    lead_row = Some((row.to_vec(), Instant::now()));
+                    continue;
+                }
+                let (b, index, t) = owners[i - leading];
                 let branch = &branches[b];
                 let candidate = &branch.prepared.candidates[index];
                 let next = candidate.tokens.get(t + 1).map(|token| token.id() as usize);
@@ -412,7 +479,7 @@ impl<'m> Scorer<'m> {
         for sequence in first_sequence as i32..sequence {
             self.context.remove(sequence, 0)?;
         }
-        Ok(())
+        Ok(lead_row)
     }
 
     /// Decodes a token sequence on its own (from position 0), computing logits rows for the tokens
@@ -477,9 +544,17 @@ pub(super) fn along(
             token,
             position: start + i,
             sequence,
+            also: 0..0,
             wants_row: wants_row(i),
         })
         .collect()
+}
+
+/// Context tokens decoded in the candidates' pass: `tokens` from position `start` on `sequence`.
+pub(super) struct Lead<'a> {
+    pub tokens: &'a [Token],
+    pub start: usize,
+    pub sequence: i32,
 }
 
 /// Some candidates of one request, decoded beside those of other branches.

@@ -430,9 +430,15 @@ fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreRespon
         "full hit: the kept row, the same candidate layout",
     );
 
-    // Typing: the context grows; only the new tokens are decoded.
+    // Typing: the context grows; only the new tokens are decoded, in the candidates' pass.
     let typed = raw(&(file_prefix("a", 8) + "def next_one(y):\n"), &candidates);
+    let passes = warm.decodes();
     let response = score(&mut warm, &typed).unwrap();
+    assert_eq!(
+        warm.decodes() - passes,
+        1,
+        "one pass: new context and candidates"
+    );
     assert!(
         response.usage.cached_tokens > 100,
         "cached {}",
@@ -440,6 +446,9 @@ fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreRespon
     );
     assert!(response.usage.cached_tokens < response.usage.prompt_tokens);
     same(&response, &cold(&typed), "extended context");
+    // The same request again, a full hit, decodes the candidates alone and in the same decodes.
+    let again = score(&mut warm, &typed).unwrap();
+    assert_same_values(&again, &response, "the extension again, as a full hit");
     // One more character: (nearly) a one-token extension.
     let typed = raw(
         &(file_prefix("a", 8) + "def next_one(y):\n    r"),
@@ -476,6 +485,34 @@ fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreRespon
         "the system prompt is shared"
     );
     assert_within_noise(&response, &cold(&chat_b), "chat after chat");
+}
+
+#[test]
+fn an_editor_extension_shares_the_candidates_first_decode_and_repeats_as_a_full_hit() {
+    // Scenario B's shape: more than 64 candidate tokens, so the candidates take a row-by-row
+    // decode (the remainder, first) and a tiled one; the typed tokens join the first.
+    let mut warm = common::scorer(ContextOptions {
+        cache_slots: 4,
+        ..common::options()
+    });
+    let candidates: Vec<String> = (0..5)
+        .map(|i| format!("    total = sum(x * {i} for x in values if x > {i})\n    return total\n"))
+        .collect();
+    let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+    score(&mut warm, &raw(&file_prefix("a", 8), &candidates)).unwrap();
+    let typed = raw(&(file_prefix("a", 8) + "def next_one(y):\n"), &candidates);
+    let passes = warm.decodes();
+    let response = score(&mut warm, &typed).unwrap();
+    assert!(response.usage.candidate_tokens > 64, "{:?}", response.usage);
+    assert!(response.usage.cached_tokens > 100);
+    assert_eq!(
+        warm.decodes() - passes,
+        2,
+        "the typed tokens got no decode of their own"
+    );
+    let again = score(&mut warm, &typed).unwrap();
+    assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens);
+    assert_same_values(&again, &response, "the extension again, as a full hit");
 }
 
 #[test]
