@@ -11,7 +11,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
-use super::plan::{decode_chunks, logits_rows, Limits};
+use super::plan::{decode_chunks, logits_rows, pass_rows, Limits};
 use super::{backend, EngineError, Model, Token};
 
 /// Tuning of one context.
@@ -103,6 +103,8 @@ pub(super) struct Context<'m> {
     sequences: i32,
     /// llama.cpp decodes (passes over the weights) so far.
     decodes: u64,
+    /// Rows a decode holding a whole candidate pass may compute ([`pass_rows`]).
+    pass_rows: usize,
 }
 
 impl<'m> Context<'m> {
@@ -173,6 +175,12 @@ impl<'m> Context<'m> {
             limits,
             sequences: (reserved + max_sequences) as i32,
             decodes: 0,
+            pass_rows: pass_rows(
+                LOGITS_BUDGET_BYTES,
+                model.meta().n_vocab as usize,
+                limits.n_batch,
+                limits.max_rows,
+            ),
         })
     }
 
@@ -184,6 +192,11 @@ impl<'m> Context<'m> {
     /// llama.cpp decodes (passes over the weights) so far.
     pub fn decodes(&self) -> u64 {
         self.decodes
+    }
+
+    /// Rows a decode holding a whole candidate pass may compute: the logits budget unrounded.
+    pub fn pass_rows(&self) -> usize {
+        self.pass_rows
     }
 
     /// Decodes `steps` in chunks of at most `n_batch` tokens and `max_rows` logits rows. After each

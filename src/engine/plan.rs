@@ -31,6 +31,14 @@ pub fn logits_rows(budget_bytes: usize, n_vocab: usize, n_batch: usize) -> usize
     (tiles.max(1) * ATTENTION_TILE).min(n_batch).max(1)
 }
 
+/// Most logits rows a decode that holds a whole candidate pass may ask for: as many as
+/// `budget_bytes` hold, not rounded to attention tiles (one decode of 75 rows beats a decode of
+/// 64 and another of 11), but never fewer than `max_rows` nor more than `n_batch`.
+pub fn pass_rows(budget_bytes: usize, n_vocab: usize, n_batch: usize, max_rows: usize) -> usize {
+    let row_bytes = n_vocab.max(1) * std::mem::size_of::<f32>();
+    (budget_bytes / row_bytes).max(max_rows).min(n_batch.max(1))
+}
+
 /// Splits the steps of a decode, given by whether each wants its logits row, into consecutive
 /// llama.cpp decodes of at most `n_batch` tokens and at most `max_rows` rows.
 pub fn decode_chunks(
@@ -63,42 +71,47 @@ const TILED_FROM: usize = 64;
 /// followed by candidate steps that want rows as `wants_row` says, as ranges of indices into
 /// that sequence of steps. Returns them and whether the lead shares a decode with candidates.
 ///
-/// The candidates are split from their end, so that the short remainder is the *first* decode
-/// and the others are full; the lead then joins that first decode where it fits and keeps it
-/// row by row (below [`TILED_FROM`] tokens), and otherwise is decoded before it on its own. Either
-/// way every candidate token lands in the same decode of candidates as without a lead, and so
-/// computes the values a full prefix-cache hit (no lead) computes: an editor request that adds a
-/// few tokens to a cached file saves a pass and still gives what the same request gives again.
+/// Candidates whose rows all fit in `pass_rows` (and tokens in `n_batch`) take one decode;
+/// otherwise they are split from their end, so that the short remainder is the *first* decode
+/// and the others hold `max_rows` rows. The lead joins the first candidate decode where it fits
+/// without taking it across [`TILED_FROM`] (llama.cpp's kernels compute a token's row the same
+/// whatever else shares a decode of the same kind), and otherwise is decoded before it on its
+/// own. Either way the candidates' decodes are those a full prefix-cache hit (no lead) runs, so
+/// an editor request that adds a few tokens to a cached file saves a pass and still gives what
+/// the same request gives again.
 pub fn candidate_chunks(
     lead: usize,
     wants_row: &[bool],
     n_batch: usize,
     max_rows: usize,
+    pass_rows: usize,
 ) -> (Vec<Range<usize>>, bool) {
-    // Split the reversed candidates, then turn the chunks around: the remainder comes first.
     let n = wants_row.len();
-    let mut candidates: Vec<Range<usize>> =
+    let rows_in = |range: Range<usize>| wants_row[range].iter().filter(|&&w| w).count();
+    let mut candidates: Vec<Range<usize>> = if n == 0 {
+        Vec::new()
+    } else if n <= n_batch && rows_in(0..n) <= pass_rows {
+        std::iter::once(lead..lead + n).collect()
+    } else {
+        // Split the reversed candidates, then turn the chunks around: the remainder comes first.
         decode_chunks(wants_row.iter().rev().copied(), n_batch, max_rows)
             .into_iter()
             .rev()
             .map(|chunk| lead + n - chunk.end..lead + n - chunk.start)
-            .collect();
-    let Some(first) = candidates.first().cloned() else {
-        return (
-            decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows),
-            false,
-        );
+            .collect()
     };
-    let rows = wants_row[first.start - lead..first.end - lead]
-        .iter()
-        .filter(|&&w| w)
-        .count();
-    let tokens = lead + first.len();
-    if lead > 0 && tokens < TILED_FROM.min(n_batch + 1) && rows < max_rows {
+    let alone = |lead: usize| decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
+    let Some(first) = candidates.first().cloned() else {
+        return (alone(lead), false);
+    };
+    let fits = lead + first.len() <= n_batch
+        && rows_in(first.start - lead..first.end - lead) < pass_rows.max(max_rows)
+        && (lead + first.len() >= TILED_FROM) == (first.len() >= TILED_FROM);
+    if lead > 0 && fits {
         candidates[0] = 0..first.end;
         return (candidates, true);
     }
-    let mut chunks = decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
+    let mut chunks = alone(lead);
     chunks.extend(candidates);
     (chunks, false)
 }
@@ -254,44 +267,64 @@ mod tests {
         );
     }
 
+    fn one(chunk: Range<usize>) -> Vec<Range<usize>> {
+        vec![chunk]
+    }
+
     #[test]
-    fn candidates_split_from_their_end_and_a_short_lead_joins_the_remainder() {
+    fn candidates_split_from_their_end_and_a_lead_joins_the_first_decode_of_the_same_kind() {
         let rows = |n: usize| vec![true; n];
-        // 74 candidate tokens: 10, then 64. Four context tokens join the 10.
+        // 74 candidate tokens in one decode of 74 rows (SmolLM2's budget holds 85): four typed
+        // context tokens join it, tiled either way.
         assert_eq!(
-            candidate_chunks(4, &rows(74), 512, 64),
+            candidate_chunks(4, &rows(74), 512, 64, 85),
+            (one(0..78), true)
+        );
+        // Without a lead, the same candidate decode.
+        assert_eq!(candidate_chunks(0, &rows(74), 512, 64, 85).0.len(), 1);
+        // A budget of 64 rows: 10, then 64; the lead joins the 10, row by row either way.
+        assert_eq!(
+            candidate_chunks(4, &rows(74), 512, 64, 64),
             (vec![0..14, 14..78], true)
         );
-        // Without a lead, the same candidate decodes.
         assert_eq!(
-            candidate_chunks(0, &rows(74), 512, 64),
+            candidate_chunks(0, &rows(74), 512, 64, 64),
             (vec![0..10, 10..74], false)
         );
-        // A cold context of 200 tokens would make the first decode tiled: it goes alone, in
-        // decodes of its own (one row: the last token's).
+        // 60 candidate tokens alone run row by row; six more would make the decode tiled.
         assert_eq!(
-            candidate_chunks(200, &rows(15), 512, 64),
+            candidate_chunks(6, &rows(60), 512, 64, 85),
+            (vec![0..6, 6..66], false)
+        );
+        // A cold context of 200 tokens: its own decode (one row: the last token's).
+        assert_eq!(
+            candidate_chunks(200, &rows(15), 512, 64, 85),
             (vec![0..200, 200..215], false)
         );
-        // 128 candidate rows leave no remainder: the lead decodes first, on its own.
+        // 128 candidate rows leave no remainder: the lead joins the first 64, tiled either way,
+        // its row within the budget.
         assert_eq!(
-            candidate_chunks(3, &rows(128), 512, 64),
-            (vec![0..3, 3..67, 67..131], false)
+            candidate_chunks(3, &rows(128), 512, 64, 85),
+            (vec![0..67, 67..131], true)
         );
         // Tokens without a row (a terminal token) ride along; n_batch bounds every decode.
         let mut terminal = rows(6);
         terminal[5] = false;
         assert_eq!(
-            candidate_chunks(2, &terminal, 4, 64),
-            (vec![0..4, 4..8], true)
-        );
-        assert_eq!(
-            candidate_chunks(3, &terminal, 4, 64),
+            candidate_chunks(3, &terminal, 4, 64, 85),
             (vec![0..3, 3..5, 5..9], false)
         );
         // No candidates: the lead alone.
-        let (chunks, merged) = candidate_chunks(5, &[], 512, 64);
+        let (chunks, merged) = candidate_chunks(5, &[], 512, 64, 85);
         assert_eq!((chunks.len(), chunks[0].clone(), merged), (1, 0..5, false));
+    }
+
+    #[test]
+    fn a_whole_pass_may_use_the_unrounded_budget() {
+        // 16 MiB of 49,152-entry rows: 85; never below the tile-rounded cap, never above n_batch.
+        assert_eq!(pass_rows(16 << 20, 49_152, 512, 64), 85);
+        assert_eq!(pass_rows(16 << 20, 151_936, 512, 64), 64);
+        assert_eq!(pass_rows(16 << 20, 49_152, 63, 63), 63);
     }
 
     #[test]
