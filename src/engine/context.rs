@@ -235,11 +235,11 @@ impl<'m> Context<'m> {
 
     /// Adds one token after checking it against the limits.
     fn add(&mut self, step: &Step) -> Result<(), EngineError> {
-        let sequences: Vec<i32> = std::iter::once(step.sequence)
-            .chain(step.also.clone())
-            .collect();
+        let usable = 0..self.sequences;
         let in_limits = step.position < self.limits.n_ctx
-            && sequences.iter().all(|s| (0..self.sequences).contains(s))
+            && usable.contains(&step.sequence)
+            && (step.also.is_empty()
+                || (usable.contains(&step.also.start) && step.also.end <= self.sequences))
             && (self.batch.n_tokens() as usize) < self.limits.n_batch;
         if !in_limits {
             return Err(EngineError::Internal(format!(
@@ -247,11 +247,21 @@ impl<'m> Context<'m> {
                 step.position, step.sequence
             )));
         }
+        // Most tokens belong to one sequence: no allocation for them.
+        let shared: Vec<i32>;
+        let sequences = if step.also.is_empty() {
+            std::slice::from_ref(&step.sequence)
+        } else {
+            shared = std::iter::once(step.sequence)
+                .chain(step.also.clone())
+                .collect();
+            &shared
+        };
         self.batch
             .add(
                 step.token.llama(),
                 step.position as i32,
-                &sequences,
+                sequences,
                 step.wants_row,
             )
             .map_err(|e| EngineError::Decode(e.to_string()))

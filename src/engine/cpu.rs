@@ -85,7 +85,7 @@ mod dispatch {
             .ok()
             .and_then(|exe| exe.canonicalize().ok())
             .and_then(|exe| exe.parent().map(Path::to_owned))
-            .filter(|dir| variants(dir).is_ok_and(|v| !v.is_empty()));
+            .filter(|dir| variant_files(dir).is_ok());
         beside_binary
             .or_else(|| sys::BACKENDS_DIR.map(PathBuf::from))
             .ok_or_else(|| {
@@ -98,14 +98,22 @@ mod dispatch {
     /// Each `libggml-cpu-NAME.so` in `dir` with the score it gives this CPU (0: cannot run here),
     /// sorted by name.
     fn variants(dir: &Path) -> Result<Vec<(String, i32)>, String> {
+        Ok(variant_files(dir)?
+            .into_iter()
+            .map(|(name, path)| (name, score(&path)))
+            .collect())
+    }
+
+    /// Each `libggml-cpu-NAME.so` in `dir`, by name; an error when there is none.
+    fn variant_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| format!("the ggml CPU libraries' directory {}: {e}", dir.display()))?;
-        let mut found: Vec<(String, i32)> = entries
+        let mut found: Vec<(String, PathBuf)> = entries
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let file = entry.file_name().into_string().ok()?;
                 let name = file.strip_prefix("libggml-cpu-")?.strip_suffix(".so")?;
-                Some((name.to_owned(), score(&entry.path())))
+                Some((name.to_owned(), entry.path()))
             })
             .collect();
         if found.is_empty() {

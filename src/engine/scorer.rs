@@ -207,7 +207,7 @@ impl<'m> Scorer<'m> {
         let plan = self.make_room(&prepared.context, lens)?;
         // The context's missing tokens are decoded in the first group's pass, not in one of their
         // own: an editor request that adds a few tokens to a cached file saves a whole pass over
-        // the weights (BENCHMARKS.md, "The context in the candidates' pass").
+        // the weights (BENCHMARKS.md, "The context in the candidates' decode").
         let mut pending = None;
         let rows = if plan.full_hit {
             self.cache.touch(plan.slot);
