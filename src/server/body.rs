@@ -106,8 +106,8 @@ pub fn too_large(limit: usize) -> ApiError {
 
 /// The longest request target (path and query) accepted: 414 above.
 pub const MAX_URI_BYTES: usize = 8 << 10;
-/// The most bytes of header names and values accepted: 431 above. (hyper itself closes a
-/// connection whose head exceeds its read buffer, about 400 KiB, with an empty 431.)
+/// The most bytes of header names and values accepted: 431 above. (hyper itself refuses a head
+/// over its read buffer, about 400 KiB, or with over 100 headers: `listen::protocol_error`.)
 pub const MAX_HEADER_BYTES: usize = 32 << 10;
 
 /// Refuses a request whose target or headers are too long, with the JSON error body of API.md.

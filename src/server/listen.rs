@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use axum::serve::Listener;
 use axum::Router;
 use hyper::body::Incoming;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use tower_service::Service as _;
 
 use super::client::{next_serial, ConnClient, Peer};
+use super::error::ApiError;
 use crate::config::ServerConfig;
 
 /// How often a connection checks its timeouts and the shutdown flag.
@@ -132,6 +134,8 @@ struct Watched<T> {
     io: T,
     state: Arc<ConnState>,
     lingering: Option<Instant>,
+    /// The JSON answer written instead of hyper's empty one, and how much of it is written.
+    replacing: Option<(Vec<u8>, usize)>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -153,12 +157,34 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    /// Writes through, except hyper's own answer to a head it could not parse (see
+    /// [`protocol_error`]), which is replaced by the same status with the JSON error body.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && this.state.in_flight.load(Ordering::SeqCst) == 0
+            && ConnState::lock(&this.state.head_started).is_some()
+        {
+            if let Some(answer) = protocol_error(buf) {
+                this.replacing = Some((answer, 0));
+            }
+        }
+        let Some((answer, written)) = &mut this.replacing else {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        };
+        while *written < answer.len() {
+            let n = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, &answer[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        // hyper closes the connection after this answer: nothing else is written.
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -264,6 +290,7 @@ async fn connection<I>(
         io,
         state: Arc::clone(&state),
         lingering: None,
+        replacing: None,
     });
     let service = {
         let state = Arc::clone(&state);
@@ -332,17 +359,56 @@ async fn connection<I>(
 
 /// The response to a connection over `max_connections`: 503 with the JSON error body of API.md.
 fn refusal(max_connections: usize) -> Vec<u8> {
-    let body = crate::api::ErrorBody::new(
-        "server_error",
+    closing_answer(&ApiError::unavailable(
         "too_many_connections",
         format!(
             "too many open connections (max_connections = {max_connections} in the config's \
              [server] section): retry shortly"
         ),
-    );
-    let body = serde_json::to_string(&body).unwrap_or_default();
+        1,
+    ))
+}
+
+/// hyper answers a request head it cannot parse itself, before any service sees it, with a
+/// bodiless response (`content-length: 0`, no `content-type`) and closes the connection. The
+/// router never answers so (every error of its has a JSON body), so such a response written while
+/// no request is in flight is hyper's: this gives the same status with the JSON error body.
+fn protocol_error(response: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(response)
+        .ok()?
+        .strip_suffix("\r\n\r\n")?;
+    let status: u16 = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let head = head.to_ascii_lowercase();
+    if status < 400 || !head.contains("\r\ncontent-length: 0") || head.contains("content-type") {
+        return None;
+    }
+    let status = StatusCode::from_u16(status).ok()?;
+    let (code, message) = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request head is too large: more than 100 headers, or over the read buffer",
+        ),
+        StatusCode::URI_TOO_LONG => ("uri_too_long", "the request target is too long"),
+        _ => (
+            "malformed_request",
+            "the request head could not be parsed (a malformed request line or header, or two \
+             different Content-Length headers)",
+        ),
+    };
+    tracing::info!(status = status.as_u16(), code, "request head refused");
+    Some(closing_answer(&ApiError::new(status, code, message)))
+}
+
+/// `error` as the bytes of a whole response that closes the connection.
+fn closing_answer(error: &ApiError) -> Vec<u8> {
+    let body = serde_json::to_string(&error.body).unwrap_or_default();
+    let retry = error
+        .retry_after
+        .map(|secs| format!("retry-after: {secs}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        error.status,
         body.len()
     )
     .into_bytes()
@@ -366,6 +432,30 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, max_connections: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypers_bodiless_error_answer_gets_the_json_error_body() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Mon, 30 Nov 2026 05:00:00 GMT\r\n\r\n";
+        let text = String::from_utf8(protocol_error(hyper).expect("replaced")).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "headers_too_large");
+        let bad = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let text = String::from_utf8(protocol_error(bad).expect("replaced")).unwrap();
+        assert!(text.contains("\"malformed_request\""), "{text}");
+    }
+
+    #[test]
+    fn responses_of_the_router_are_written_unchanged() {
+        let json = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let with_body = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n{}";
+        for response in [&json[..], ok, with_body] {
+            assert_eq!(protocol_error(response), None);
+        }
+    }
 
     #[test]
     fn the_refusal_is_a_503_with_the_json_error_body() {

@@ -169,11 +169,20 @@ fn protocol_rejections_answer_the_json_error_body() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(error_code(&body), "invalid_body");
-    // Two different Content-Length headers: hyper refuses the head itself (400, empty body).
-    let (status, _) = send(
+    // Heads hyper refuses before the router sees them get the JSON body too: two different
+    // Content-Length headers, a malformed request line, more than 100 headers.
+    let (status, body) = send(
         b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     );
-    assert_eq!(status, 400);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "malformed_request");
+    let (status, body) = send(b"GET /health HTTP/1.1 extra\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "malformed_request");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, body) = send(format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
+    assert_eq!(status, 431, "{body}");
+    assert_eq!(error_code(&body), "headers_too_large");
     assert_eq!(daemon.get("/health").status, 200);
 }
 
