@@ -69,7 +69,7 @@ const TILED_FROM: usize = 64;
 
 /// The decodes of a candidate pass: `lead` context tokens (the last wanting its row; 0 for none)
 /// followed by candidate steps that want rows as `wants_row` says, as ranges of indices into
-/// that sequence of steps. Returns them and whether the lead shares a decode with candidates.
+/// that sequence of steps.
 ///
 /// Candidates whose rows all fit in `pass_rows` (and tokens in `n_batch`) take one decode;
 /// otherwise they are split from their end, so that the short remainder is the *first* decode
@@ -85,7 +85,7 @@ pub fn candidate_chunks(
     n_batch: usize,
     max_rows: usize,
     pass_rows: usize,
-) -> (Vec<Range<usize>>, bool) {
+) -> Vec<Range<usize>> {
     let n = wants_row.len();
     let rows_in = |range: Range<usize>| wants_row[range].iter().filter(|&&w| w).count();
     let mut candidates: Vec<Range<usize>> = if n == 0 {
@@ -102,18 +102,18 @@ pub fn candidate_chunks(
     };
     let alone = |lead: usize| decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
     let Some(first) = candidates.first().cloned() else {
-        return (alone(lead), false);
+        return alone(lead);
     };
     let fits = lead + first.len() <= n_batch
         && rows_in(first.start - lead..first.end - lead) < pass_rows.max(max_rows)
         && (lead + first.len() >= TILED_FROM) == (first.len() >= TILED_FROM);
     if lead > 0 && fits {
         candidates[0] = 0..first.end;
-        return (candidates, true);
+        return candidates;
     }
     let mut chunks = alone(lead);
     chunks.extend(candidates);
-    (chunks, false)
+    chunks
 }
 
 /// A candidate that cannot fit beside its context.
@@ -276,47 +276,43 @@ mod tests {
         let rows = |n: usize| vec![true; n];
         // 74 candidate tokens in one decode of 74 rows (SmolLM2's budget holds 85): four typed
         // context tokens join it, tiled either way.
-        assert_eq!(
-            candidate_chunks(4, &rows(74), 512, 64, 85),
-            (one(0..78), true)
-        );
+        assert_eq!(candidate_chunks(4, &rows(74), 512, 64, 85), one(0..78));
         // Without a lead, the same candidate decode.
-        assert_eq!(candidate_chunks(0, &rows(74), 512, 64, 85).0.len(), 1);
+        assert_eq!(candidate_chunks(0, &rows(74), 512, 64, 85).len(), 1);
         // A budget of 64 rows: 10, then 64; the lead joins the 10, row by row either way.
         assert_eq!(
             candidate_chunks(4, &rows(74), 512, 64, 64),
-            (vec![0..14, 14..78], true)
+            vec![0..14, 14..78]
         );
         assert_eq!(
             candidate_chunks(0, &rows(74), 512, 64, 64),
-            (vec![0..10, 10..74], false)
+            vec![0..10, 10..74]
         );
         // 60 candidate tokens alone run row by row; six more would make the decode tiled.
         assert_eq!(
             candidate_chunks(6, &rows(60), 512, 64, 85),
-            (vec![0..6, 6..66], false)
+            vec![0..6, 6..66]
         );
         // A cold context of 200 tokens: its own decode (one row: the last token's).
         assert_eq!(
             candidate_chunks(200, &rows(15), 512, 64, 85),
-            (vec![0..200, 200..215], false)
+            vec![0..200, 200..215]
         );
         // 128 candidate rows leave no remainder: the lead joins the first 64, tiled either way,
         // its row within the budget.
         assert_eq!(
             candidate_chunks(3, &rows(128), 512, 64, 85),
-            (vec![0..67, 67..131], true)
+            vec![0..67, 67..131]
         );
         // Tokens without a row (a terminal token) ride along; n_batch bounds every decode.
         let mut terminal = rows(6);
         terminal[5] = false;
         assert_eq!(
             candidate_chunks(3, &terminal, 4, 64, 85),
-            (vec![0..3, 3..5, 5..9], false)
+            vec![0..3, 3..5, 5..9]
         );
         // No candidates: the lead alone.
-        let (chunks, merged) = candidate_chunks(5, &[], 512, 64, 85);
-        assert_eq!((chunks.len(), chunks[0].clone(), merged), (1, 0..5, false));
+        assert_eq!(candidate_chunks(5, &[], 512, 64, 85), one(0..5));
     }
 
     #[test]

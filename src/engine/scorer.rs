@@ -454,7 +454,7 @@ impl<'m> Scorer<'m> {
             n_batch, max_rows, ..
         } = self.limits();
         let pass_rows = self.context.pass_rows();
-        let (chunks, _) = candidate_chunks(leading, &candidate_rows, n_batch, max_rows, pass_rows);
+        let chunks = candidate_chunks(leading, &candidate_rows, n_batch, max_rows, pass_rows);
         let mut lead_row = None;
         self.context.decode_in(&steps, chunks, |chunk, logits| {
             for i in chunk.clone() {
