@@ -11,6 +11,8 @@ B  editor typing: a ~2000-token file prefix growing by a few tokens per request,
 C  16 concurrent clients each sending an A-like request to the daemon vs. one client
 E  editor-sized C: 16 concurrent clients, each a 200-token context and 5 candidates x 16 tokens,
    against the same 16 requests sent one after another; batching off and on
+F  E with tiny requests: a ~30-token context and 2 candidates x ~8 tokens each (not in the default
+   list: --scenarios E,F)
 D  the daemon's resident memory after load and after each scenario, and time from start to a
    healthy /health
 
@@ -403,9 +405,17 @@ def concurrently(sock, requests):
     return sum(totals), time.perf_counter() - started, len(failures)
 
 
-def scenario_e(args):
-    """Editor-sized C: the 16 small requests one after another, then all at once."""
-    requests = [small_request(i) for i in range(args.clients)]
+def tiny_request(i):
+    """A tiny request: a ~30-token question and 2 answers of ~8 tokens; each client its own."""
+    words = TEXT.split()
+    context = " ".join((words[(7 * i) % len(words) :] + words)[:22])
+    candidates = [" ".join((words[(i + 3 * j) % len(words) :] + words)[:6]) for j in range(2)]
+    return {"format": "raw", "prompt": context, "candidates": candidates}
+
+
+def scenario_e(args, make=small_request):
+    """Editor-sized C (F: tiny requests): the 16 requests one after another, then all at once."""
+    requests = [make(i) for i in range(args.clients)]
     result = {}
     for batching in (False, True):
         daemon = Daemon(args.endorm, args.model, args.threads, batching=batching)
@@ -490,15 +500,15 @@ def report(r, args):
         rewind, naive = r.get("A", {}).get("peer_rewinding_s"), r.get("A", {}).get("peer_naive_s")
         if rewind:
             lines.append(f"| C | peer, one request at a time (from A) | | {1024 / naive:.0f} tok/s | {1024 / rewind:.0f} tok/s | |")
-    if "E" in r:
-        for key in ("default", "batching"):
-            ek = r["E"][key]
+    for name, size in (("E", "editor-sized"), ("F", "tiny")):
+        for key in ("default", "batching") if name in r else ():
+            ek = r[name][key]
             lines.append(
-                f"| E | {args.clients} small clients at once vs one after another ({key}, {ek['request_tokens']} tokens a request) | "
+                f"| {name} | {args.clients} {size} clients at once vs one after another ({key}, {ek['request_tokens']} tokens a request) | "
                 f"{ek['concurrent_tok_s']:.0f} vs {ek['sequential_tok_s']:.0f} tok/s = {ek['concurrent_tok_s'] / ek['sequential_tok_s']:.2f}×, "
                 f"{ek['failed']} failed | | | {'≥ 1.5×' if key == 'batching' else '≥ 0.9×'}, 0 failed |"
             )
-            lines.append(f"| E | memory after E ({key}) | {mib(ek['rss_mib'])} | | | {budget} |")
+            lines.append(f"| {name} | memory after {name} ({key}) | {mib(ek['rss_mib'])} | | | {budget} |")
     if "C_D" in r:
         c = r["C_D"]
         lines.append(f"| D | resident memory after load | {mib(c['rss_after_load_mib'])} | | {r.get('peer_rss_mib', 0):.0f} MiB after load | {budget} |")
@@ -533,6 +543,8 @@ def main():
         results["C_D"] = scenario_c_d(args, None)
     if "E" in wanted:
         results["E"] = scenario_e(args)
+    if "F" in wanted:
+        results["F"] = scenario_e(args, tiny_request)
     before = peer_rss_mib()
     peer = peer_or_none(args.model, args.threads, 4096)
     if peer:
