@@ -118,6 +118,35 @@ def test_best_of_n_picks_daemon_best(client: Client) -> None:
     assert out.scores == pytest.approx(direct.scores)
 
 
+def test_score_options_reach_the_daemon(client: Client) -> None:
+    # score = aggregate - neutral + reviewer (docs/API.md): the daemon got both options and the
+    # client read the terms back.
+    r = client.score(["London.", "Paris."], prompt=QUESTION, aggregate="endo_mean",
+                     contrast="neutral", reviewer=True)
+    assert r.aggregate == "endo_mean"
+    for c in r.results:
+        assert c.neutral is not None and c.reviewer is not None and c.endo_mean is not None
+        assert c.score == pytest.approx(c.endo_mean - c.neutral + c.reviewer, abs=1e-9)
+    plain = client.score(["London.", "Paris."], prompt=QUESTION, aggregate="endo_mean")
+    assert all(c.neutral is None and c.reviewer is None for c in plain.results)
+    assert [c.endo_mean for c in r.results] == pytest.approx([c.score for c in plain.results])
+
+    cut = client.score(["Paris is the capital of France."], prompt=QUESTION,
+                       max_candidate_tokens=1)
+    whole = client.score(["Paris is the capital of France."], prompt=QUESTION)
+    # One token of the text, plus the end-of-turn token a chat reply always ends with.
+    assert cut.results[0].n_tokens == 2 < (whole.results[0].n_tokens or 0)
+
+
+def test_best_of_n_with_consensus(client: Client) -> None:
+    samples = iter(["The capital is Paris.", "The capital is Paris, France.", "London."])
+    out = client.best_of_n(lambda prompt: next(samples), QUESTION, 3, consensus=1.0)
+    agreement = [c.agreement for c in out.score.results]
+    assert all(a is not None and 0.0 <= a <= 1.0 for a in agreement)
+    assert agreement[2] < min(agreement[0], agreement[1])  # "London." shares no word
+    assert out.best_index == max(range(3), key=lambda i: out.scores[i])
+
+
 def test_async_client_same_scores(client: Client, socket_path: str) -> None:
     sync = client.score(["London.", "Paris."], prompt=QUESTION)
 

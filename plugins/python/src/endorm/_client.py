@@ -59,31 +59,14 @@ def _check(resp: httpx.Response) -> Any:
 
 
 def _score_body(
-    candidates: Sequence[str],
-    prompt: Optional[str],
-    messages: Optional[Sequence[Message]],
-    format: Optional[str],
-    principle: Optional[str],
-    aggregate: str,
-    alpha: Optional[float],
-    terminal: bool,
-    return_tokens: bool,
-    model: Optional[str],
+    candidates: Sequence[str], messages: Optional[Sequence[Message]], **fields: Any
 ) -> Dict[str, Any]:
-    body: Dict[str, Any] = {"candidates": list(candidates), "aggregate": aggregate}
-    optional = {
-        "prompt": prompt,
-        "messages": [dict(m) for m in messages] if messages is not None else None,
-        "format": format,
-        "principle": principle,
-        "alpha": alpha,
-        "model": model,
-    }
-    body.update({k: v for k, v in optional.items() if v is not None})
-    if terminal:
-        body["terminal"] = True
-    if return_tokens:
-        body["return_tokens"] = True
+    """The ``/v1/score`` body: the fields given, without the ones left at ``None`` or ``False``
+    (the daemon's defaults), so that the body says only what the caller asked for."""
+    body: Dict[str, Any] = {"candidates": list(candidates)}
+    if messages is not None:
+        body["messages"] = [dict(m) for m in messages]
+    body.update({k: v for k, v in fields.items() if v is not None and v is not False})
     return body
 
 
@@ -152,10 +135,24 @@ class Client:
         terminal: bool = False,
         return_tokens: bool = False,
         model: Optional[str] = None,
+        max_candidate_tokens: Optional[int] = None,
+        consensus: Optional[float] = None,
+        contrast: Optional[str] = None,
+        reviewer: bool = False,
+        reference_model: Optional[str] = None,
     ) -> ScoreResult:
-        """``POST /v1/score``: score ``candidates`` as answers to ``prompt`` (or ``messages``)."""
-        body = _score_body(candidates, prompt, messages, format, principle, aggregate, alpha,
-                           terminal, return_tokens, model)
+        """``POST /v1/score``: score ``candidates`` as answers to ``prompt`` (or ``messages``).
+
+        The options are the wire's (docs/API.md): ``consensus=w`` adds the candidates' agreement
+        with each other (best-of-n over samples), ``contrast="neutral"`` and ``reviewer=True``
+        take the candidate's own prior out, ``reference_model`` subtracts another served model's
+        score; docs/QUALITY.md says which helps where."""
+        body = _score_body(
+            candidates, messages, prompt=prompt, format=format, principle=principle,
+            aggregate=aggregate, alpha=alpha, terminal=terminal, return_tokens=return_tokens,
+            model=model, max_candidate_tokens=max_candidate_tokens, consensus=consensus,
+            contrast=contrast, reviewer=reviewer, reference_model=reference_model,
+        )
         return ScoreResult.from_json(self._request("POST", "/v1/score", body))
 
     def rerank(
@@ -222,9 +219,18 @@ class AsyncClient:
         terminal: bool = False,
         return_tokens: bool = False,
         model: Optional[str] = None,
+        max_candidate_tokens: Optional[int] = None,
+        consensus: Optional[float] = None,
+        contrast: Optional[str] = None,
+        reviewer: bool = False,
+        reference_model: Optional[str] = None,
     ) -> ScoreResult:
-        body = _score_body(candidates, prompt, messages, format, principle, aggregate, alpha,
-                           terminal, return_tokens, model)
+        body = _score_body(
+            candidates, messages, prompt=prompt, format=format, principle=principle,
+            aggregate=aggregate, alpha=alpha, terminal=terminal, return_tokens=return_tokens,
+            model=model, max_candidate_tokens=max_candidate_tokens, consensus=consensus,
+            contrast=contrast, reviewer=reviewer, reference_model=reference_model,
+        )
         return ScoreResult.from_json(await self._request("POST", "/v1/score", body))
 
     async def rerank(

@@ -53,6 +53,16 @@ class CandidateScore:
     logprob: Optional[float] = None
     n_tokens: Optional[int] = None
     tokens: Optional[List[TokenScore]] = None
+    endo_mean: Optional[float] = None
+    logprob_mean: Optional[float] = None
+    #: With ``consensus``: the mean similarity of this candidate's text to the others'.
+    agreement: Optional[float] = None
+    #: With ``contrast="neutral"``: the aggregate of the same tokens after the neutral context.
+    neutral: Optional[float] = None
+    #: With ``reviewer=True``: the reviewer term ``log p(instruction | candidate)``.
+    reviewer: Optional[float] = None
+    #: With a reference model: the aggregate of the same tokens under it.
+    reference: Optional[float] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "CandidateScore":
@@ -65,6 +75,12 @@ class CandidateScore:
             logprob=d.get("logprob"),
             n_tokens=d.get("n_tokens"),
             tokens=[TokenScore.from_json(t) for t in toks] if toks is not None else None,
+            endo_mean=d.get("endo_mean"),
+            logprob_mean=d.get("logprob_mean"),
+            agreement=d.get("agreement"),
+            neutral=d.get("neutral"),
+            reviewer=d.get("reviewer"),
+            reference=d.get("reference"),
         )
 
 
