@@ -38,6 +38,7 @@ class Daemon:
     token: str
     model: str  # the id it serves the default model under
     log: Path
+    socket: str = ""  # its Unix socket, for clients that speak to it there (endorm's own)
 
     def get(self, path: str) -> dict:
         return self._call(urllib.request.Request(self.url + path))
@@ -85,7 +86,7 @@ def daemon() -> Iterator[Daemon]:
                     stderr=log,
                     env={**os.environ, "ENDORM_TOKEN": token, "RUST_LOG": "warn,endorm=info"},
                 )
-            up = Daemon(f"http://127.0.0.1:{port}", token, "", log_path)
+            up = Daemon(f"http://127.0.0.1:{port}", token, "", log_path, str(Path(tmp, "e.sock")))
             healthy = False
             deadline = time.monotonic() + 120
             while not healthy and proc.poll() is None and time.monotonic() < deadline:

@@ -1,0 +1,50 @@
+"""endorm.trl.EndormReward against the real daemon, called with the two dataset shapes TRL's
+trainers pass (standard strings, conversational messages). The run with TRL's own GRPOTrainer
+is tests/clients/trl (by hand: it needs torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from endorm import Client
+from endorm.trl import EndormReward
+
+ADD = "def add(a, b):\n"
+CAPITAL = "The capital of France is"
+
+
+def test_standard_prompts_are_grouped_and_scored_in_raw_format(
+    client: Client, socket_path: str
+) -> None:
+    # Interleaved, as a trainer may pass them: each prompt's completions must still be scored in
+    # one request, and come back in the trainer's order.
+    prompts = [ADD, CAPITAL, ADD, CAPITAL, ADD]
+    completions = ["    return a + b\n", " Paris.", "    return a - b\n", " London.", "    pass\n"]
+    with EndormReward(socket_path) as reward:
+        rewards = reward(prompts=prompts, completions=completions, trainer_state=None, answer=[1] * 5)
+    add = client.score([completions[i] for i in (0, 2, 4)], prompt=ADD, format="raw",
+                       aggregate="endo_mean")
+    capital = client.score([completions[i] for i in (1, 3)], prompt=CAPITAL, format="raw",
+                           aggregate="endo_mean")
+    expected = [add.scores[0], capital.scores[0], add.scores[1], capital.scores[1], add.scores[2]]
+    assert rewards == pytest.approx(expected, abs=1e-9)
+    assert rewards[0] > rewards[2]  # a + b, not a - b
+
+
+def test_conversational_prompts_are_scored_as_chat(client: Client, socket_path: str) -> None:
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    completions = [[{"role": "assistant", "content": text}] for text in ("London.", "Paris.")]
+    with EndormReward(socket_path, aggregate="endo") as reward:
+        rewards = reward(prompts=[question, question], completions=completions)
+    direct = client.score(["London.", "Paris."], messages=question, aggregate="endo")
+    assert rewards == pytest.approx(direct.scores, abs=1e-9)
+    assert rewards[1] > rewards[0]
+
+
+def test_malformed_batches_are_refused(socket_path: str) -> None:
+    with EndormReward(socket_path) as reward:
+        with pytest.raises(ValueError, match="one prompt per completion"):
+            reward(prompts=[ADD], completions=["a", "b"])
+        with pytest.raises(ValueError, match="one assistant message"):
+            reward(prompts=[[{"role": "user", "content": "hi"}]],
+                   completions=[[{"role": "user", "content": "hi"}]])
