@@ -48,3 +48,6 @@ def test_malformed_batches_are_refused(socket_path: str) -> None:
         with pytest.raises(ValueError, match="one assistant message"):
             reward(prompts=[[{"role": "user", "content": "hi"}]],
                    completions=[[{"role": "user", "content": "hi"}]])
+        with pytest.raises(ValueError, match="ends with an assistant message"):
+            reward(prompts=[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "He"}]],
+                   completions=[[{"role": "assistant", "content": "llo"}]])

@@ -93,7 +93,14 @@ def _context(prompt: Prompt) -> Dict[str, Any]:
     """The ``/v1/score`` fields that say what the completions answer."""
     if isinstance(prompt, str):
         return {"prompt": prompt, "format": "raw"}
-    return {"messages": [dict(m) for m in prompt], "format": "chat"}
+    messages = [dict(m) for m in prompt]
+    if messages and messages[-1].get("role") == "assistant":
+        # TRL then continues that message; chat format scores a new assistant turn instead.
+        raise ValueError(
+            "the prompt ends with an assistant message, which the completion continues: "
+            "endorm's chat format scores a whole assistant turn, so this cannot be scored as chat"
+        )
+    return {"messages": messages, "format": "chat"}
 
 
 def _completion_text(completion: Completion) -> str:
@@ -106,4 +113,7 @@ def _completion_text(completion: Completion) -> str:
         raise ValueError(
             f"a conversational completion must be one assistant message, got roles {roles}"
         )
-    return str(messages[0].get("content", ""))
+    content = messages[0].get("content", "")
+    if not isinstance(content, str):
+        raise ValueError("a completion's content must be text, not a list of parts")
+    return content
