@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
-use endorm::api::{Format, ScoreRequest};
+use endorm::api::{Contrast, Format, ScoreRequest};
 use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer, WorkerOptions};
 use endorm::eval::methods::Method;
 use endorm::offline::{self, Existing, Shard};
@@ -103,6 +103,16 @@ struct RerankArgs {
     /// Score that ranks: endo, endo_mean, logprob or logprob_mean.
     #[arg(long, default_value = "endo")]
     aggregate: Aggregate,
+    /// Combine the score with the candidates' agreement with each other, at this weight
+    /// (`consensus` in API.md: for many sampled answers).
+    #[arg(long, value_name = "W")]
+    consensus: Option<f64>,
+    /// Subtract the same score after a neutral context (`contrast: "neutral"` in API.md).
+    #[arg(long)]
+    neutral: bool,
+    /// Add the reviewer term, log p(prompt | candidate) (`reviewer` in API.md).
+    #[arg(long)]
+    reviewer: bool,
     /// Also print each token's reward.
     #[arg(long)]
     tokens: bool,
@@ -335,22 +345,33 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
         candidates: args.candidates,
         aggregate: args.aggregate,
         return_tokens: args.tokens,
+        consensus: args.consensus,
+        contrast: args.neutral.then_some(Contrast::Neutral),
+        reviewer: args.reviewer,
         ..ScoreRequest::default()
     };
     let id = paths::model_id(&model.meta().path);
     let response = scorer.score_request(&id, &request, None)?;
+    // The ranking column is the plain aggregate unless a term changes it; then it says so.
+    let mut score_name = args.aggregate.name().to_owned();
+    if args.neutral {
+        score_name.push_str("-neutral");
+    }
+    if args.reviewer {
+        score_name.push_str("+reviewer");
+    }
+    if args.consensus.is_some() {
+        score_name.push_str("+consensus");
+    }
+    let width = score_name.len().max(10);
     println!(
-        "{:>4}  {:>10}  {:>10}  {:>10}  {:>6}  candidate",
-        "rank",
-        args.aggregate.name(),
-        "endo",
-        "logprob",
-        "tokens"
+        "{:>4}  {score_name:>width$}  {:>10}  {:>10}  {:>6}  candidate",
+        "rank", "endo", "logprob", "tokens"
     );
     for &index in &response.order {
         let r = &response.results[index];
         println!(
-            "{:>4}  {:>10.3}  {:>10.3}  {:>10.3}  {:>6}  {}",
+            "{:>4}  {:>width$.3}  {:>10.3}  {:>10.3}  {:>6}  {}",
             r.rank,
             r.score,
             r.endo,
@@ -359,13 +380,15 @@ fn rerank(args: RerankArgs) -> Result<ExitCode> {
             one_line(&request.candidates[index], 60)
         );
         for token in r.tokens.iter().flatten() {
-            println!("{:>48.3}  {:?}", token.reward, token.text);
+            println!(
+                "{:>tokens$.3}  {:?}",
+                token.reward,
+                token.text,
+                tokens = width + 38
+            );
         }
     }
-    println!(
-        "scores compare only within this table ({} on {id})",
-        response.aggregate.name()
-    );
+    println!("scores compare only within this table ({score_name} on {id})");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -126,6 +126,64 @@ fn the_same_line_gives_the_same_numbers_as_rerank() {
 }
 
 #[test]
+fn rerank_with_the_terms_beyond_the_paper_ranks_as_score_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let line = r#"{"id": "t", "prompt": "What is 2+2?", "candidates": ["4", "5", "It is 4."],
+        "aggregate": "endo_mean", "contrast": "neutral", "reviewer": true, "consensus": 1}"#;
+    std::fs::write(&input, format!("{}\n", line.replace('\n', " "))).unwrap();
+    assert!(score(&input, &output, &[]).status.success());
+    let offline = &lines(&output)[0];
+    assert!(offline["results"][0]["neutral"].is_f64(), "{offline}");
+
+    let rerank = endorm()
+        .args([
+            "rerank",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+            "--prompt",
+            "What is 2+2?",
+        ])
+        .args([
+            "--aggregate",
+            "endo_mean",
+            "--neutral",
+            "--reviewer",
+            "--consensus",
+            "1",
+        ])
+        .args(["4", "5", "It is 4.", "--model"])
+        .arg(common::model_path())
+        .output()
+        .unwrap();
+    assert!(
+        rerank.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerank.stderr)
+    );
+    let table = String::from_utf8(rerank.stdout).unwrap();
+    assert!(
+        table.contains("endo_mean-neutral+reviewer+consensus"),
+        "{table}"
+    );
+    // Row i of the table is the i-th best of the offline response, with its combined score.
+    for (row, index) in table
+        .lines()
+        .skip(1)
+        .zip(offline["order"].as_array().unwrap())
+    {
+        let result = &offline["results"][index.as_u64().unwrap() as usize];
+        let score = format!("{:.3}", result["score"].as_f64().unwrap());
+        assert!(
+            row.split_whitespace().nth(1) == Some(score.as_str()),
+            "{row} vs {result}"
+        );
+    }
+}
+
+#[test]
 fn resume_skips_done_ids_and_existing_output_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
