@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,8 +26,23 @@ MODEL = Path(
 ).expanduser()
 
 
+@dataclass
+class Daemon:
+    """The daemon's Unix socket, and its loopback TCP listener with the bearer token it wants."""
+
+    socket: str
+    url: str
+    token: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def socket_path() -> Iterator[str]:
+def daemon() -> Iterator[Daemon]:
     if not BIN.exists():
         pytest.skip(f"no endorm binary at {BIN} (set ENDORM_BIN)")
     if not MODEL.exists():
@@ -35,11 +53,13 @@ def socket_path() -> Iterator[str]:
         config = os.path.join(tmp, "endorm.toml")
         Path(config).write_text("")  # an empty config: the user's own one does not leak in
         log = open(os.path.join(tmp, "serve.log"), "wb")
+        port, token = free_port(), secrets.token_hex(16)
         proc = subprocess.Popen(
             [str(BIN), "serve", "--socket", sock, "--exit-on-eof", "--model", str(MODEL),
-             "--config", config],
+             "--config", config, "--listen", f"127.0.0.1:{port}"],
             stdin=subprocess.PIPE,
             stderr=log,
+            env={**os.environ, "ENDORM_TOKEN": token},
         )
         try:
             deadline = time.monotonic() + 120
@@ -56,7 +76,7 @@ def socket_path() -> Iterator[str]:
                     if time.monotonic() > deadline:
                         pytest.fail("endorm serve did not become healthy in 120 s")
                     time.sleep(0.1)
-            yield sock
+            yield Daemon(sock, f"http://127.0.0.1:{port}", token)
         finally:
             assert proc.stdin is not None
             proc.stdin.close()  # --exit-on-eof: the daemon stops
@@ -66,6 +86,11 @@ def socket_path() -> Iterator[str]:
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+@pytest.fixture(scope="session")
+def socket_path(daemon: Daemon) -> str:
+    return daemon.socket
 
 
 @pytest.fixture()

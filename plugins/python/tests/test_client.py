@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +100,42 @@ def test_async_client_same_scores(client: Client, socket_path: str) -> None:
             return r.scores
 
     assert asyncio.run(run()) == pytest.approx(sync.scores)
+
+
+def test_tcp_with_the_token_gives_the_socket_scores(client: Client, daemon: Any) -> None:
+    on_socket = client.score(["London.", "Paris."], prompt=QUESTION)
+    with Client(url=daemon.url, token=daemon.token) as tcp:
+        assert tcp.score(["London.", "Paris."], prompt=QUESTION).scores == on_socket.scores
+
+    async def run() -> list:
+        async with AsyncClient(url=daemon.url + "/", token=daemon.token) as ac:
+            return (await ac.score(["London.", "Paris."], prompt=QUESTION)).scores
+
+    assert asyncio.run(run()) == on_socket.scores
+
+
+def test_tcp_token_from_the_environment_and_without_one(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENDORM_TOKEN", daemon.token)
+    with Client(url=daemon.url) as tcp:
+        assert tcp.health()["status"] == "ok"
+    monkeypatch.delenv("ENDORM_TOKEN")
+    with Client(url=daemon.url) as tcp, pytest.raises(EndormError) as e:
+        tcp.score(["Paris."], prompt=QUESTION)
+    assert e.value.status == 401
+    with pytest.raises(ValueError, match="not both"):
+        Client("/tmp/x.sock", url=daemon.url)
+
+
+def test_tcp_without_a_daemon_says_listen() -> None:
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Client(url=f"http://127.0.0.1:{port}", token="t") as tcp:
+        with pytest.raises(EndormError) as e:
+            tcp.health()
+    assert e.value.status == 0 and "--listen" in e.value.message
 
 
 def test_empty_candidates_is_400(client: Client) -> None:

@@ -4,6 +4,8 @@ is tests/clients/trl (by hand: it needs torch)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from endorm import Client
@@ -39,6 +41,15 @@ def test_conversational_prompts_are_scored_as_chat(client: Client, socket_path: 
     direct = client.score(["London.", "Paris."], messages=question, aggregate="endo")
     assert rewards == pytest.approx(direct.scores, abs=1e-9)
     assert rewards[1] > rewards[0]
+
+
+def test_over_tcp_as_on_the_socket(socket_path: str, daemon: Any) -> None:
+    completions = [[{"role": "assistant", "content": t}] for t in ("London.", "Paris.")]
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    with EndormReward(socket_path) as local, EndormReward(url=daemon.url, token=daemon.token) as tcp:
+        assert tcp(prompts=[question] * 2, completions=completions) == local(
+            prompts=[question] * 2, completions=completions
+        )
 
 
 def test_malformed_batches_are_refused(socket_path: str) -> None:

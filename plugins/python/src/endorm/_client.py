@@ -6,7 +6,7 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -34,13 +34,29 @@ def default_socket() -> str:
     return str(base / "endorm" / "endorm.sock")
 
 
-def _no_daemon(path: str, err: Exception) -> EndormError:
-    return EndormError(
-        0,
-        "no_daemon",
-        f"cannot reach the endorm daemon at {path} ({err}); start it with `endorm serve` "
-        "(or pass socket=... / set ENDORM_SOCKET to where it listens)",
-    )
+def _no_daemon(where: str, err: Exception) -> EndormError:
+    if where.startswith(("http://", "https://")):
+        hint = "start it with `endorm serve --listen HOST:PORT` (or pass url=... where it listens)"
+    else:
+        hint = ("start it with `endorm serve` (or pass socket=... / set ENDORM_SOCKET to where it "
+                "listens)")
+    return EndormError(0, "no_daemon", f"cannot reach the endorm daemon at {where} ({err}); {hint}")
+
+
+def _connection(
+    socket: Optional[str], url: Optional[str], token: Optional[str]
+) -> Tuple[Optional[str], str, Dict[str, Any]]:
+    """Where the client talks: ``(socket, where, httpx client arguments)``. The Unix socket by
+    default; with ``url``, the daemon's TCP listener and its bearer token (``token``, else
+    ``$ENDORM_TOKEN``)."""
+    if url is None:
+        path = str(socket) if socket is not None else default_socket()
+        return path, path, {"base_url": "http://endorm"}
+    if socket is not None:
+        raise ValueError("pass socket= or url=, not both")
+    token = token if token is not None else os.environ.get("ENDORM_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return None, url.rstrip("/"), {"base_url": url.rstrip("/"), "headers": headers}
 
 
 def _check(resp: httpx.Response) -> Any:
@@ -86,18 +102,24 @@ def _rerank_body(
 
 
 class Client:
-    """Blocking client. ``socket`` defaults to :func:`default_socket`; ``timeout`` is in seconds.
+    """Blocking client. ``socket`` defaults to :func:`default_socket`; ``url`` (e.g.
+    ``"http://127.0.0.1:8765"``, the daemon's ``--listen`` address) talks TCP instead, with
+    ``token`` or ``$ENDORM_TOKEN`` as its bearer token. ``timeout`` is in seconds.
 
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, socket: Optional[str] = None, timeout: float = 120.0) -> None:
-        self.socket = str(socket) if socket is not None else default_socket()
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=self.socket),
-            base_url="http://endorm",
-            timeout=timeout,
-        )
+    def __init__(
+        self,
+        socket: Optional[str] = None,
+        timeout: float = 120.0,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self.socket, self._where, kwargs = _connection(socket, url, token)
+        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
+        self._http = httpx.Client(transport=transport, timeout=timeout, **kwargs)
 
     def __enter__(self) -> "Client":
         return self
@@ -112,7 +134,7 @@ class Client:
         try:
             resp = self._http.request(method, path, json=body)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise _no_daemon(self.socket, e) from e
+            raise _no_daemon(self._where, e) from e
         return _check(resp)
 
     def health(self) -> Dict[str, Any]:
@@ -177,13 +199,17 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as :class:`Client` (all awaitable)."""
 
-    def __init__(self, socket: Optional[str] = None, timeout: float = 120.0) -> None:
-        self.socket = str(socket) if socket is not None else default_socket()
-        self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self.socket),
-            base_url="http://endorm",
-            timeout=timeout,
-        )
+    def __init__(
+        self,
+        socket: Optional[str] = None,
+        timeout: float = 120.0,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self.socket, self._where, kwargs = _connection(socket, url, token)
+        transport = httpx.AsyncHTTPTransport(uds=self.socket) if self.socket else None
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, **kwargs)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -198,7 +224,7 @@ class AsyncClient:
         try:
             resp = await self._http.request(method, path, json=body)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise _no_daemon(self.socket, e) from e
+            raise _no_daemon(self._where, e) from e
         return _check(resp)
 
     async def health(self) -> Dict[str, Any]:

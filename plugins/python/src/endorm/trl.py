@@ -38,7 +38,8 @@ Completion = Union[str, Sequence[Mapping[str, Any]]]
 class EndormReward:
     """A reward function: ``EndormReward(...)(prompts=..., completions=...)`` is one endogenous
     reward per completion, from the daemon on ``socket`` (default: where ``endorm serve``
-    listens).
+    listens), or on its TCP listener with ``url`` and ``token`` (as :class:`endorm.Client`), for
+    trainers on other machines.
 
     ``aggregate`` defaults to ``endo_mean`` (per-token mean: completions of one prompt differ in
     length, and a sum favours the short ones; docs/QUALITY.md). ``score_options`` go into every
@@ -53,11 +54,13 @@ class EndormReward:
         self,
         socket: Optional[str] = None,
         *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
         aggregate: str = "endo_mean",
         timeout: float = 600.0,
         **score_options: Any,
     ) -> None:
-        self._client = Client(socket, timeout=timeout)
+        self._client = Client(socket, timeout=timeout, url=url, token=token)
         self._options: Dict[str, Any] = {"aggregate": aggregate, **score_options}
 
     def close(self) -> None:
