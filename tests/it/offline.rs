@@ -87,6 +87,20 @@ fn scores_every_line_and_reports_bad_ones() {
     );
 }
 
+/// `endorm rerank ARGS` on the test model: its table.
+fn rerank_table(args: &[&str]) -> String {
+    let rerank = endorm()
+        .args(["rerank", "--threads", "2", "--n-ctx", "1024"])
+        .args(args)
+        .arg("--model")
+        .arg(common::model_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&rerank.stderr);
+    assert!(rerank.status.success(), "{stderr}");
+    String::from_utf8(rerank.stdout).unwrap()
+}
+
 #[test]
 fn the_same_line_gives_the_same_numbers_as_rerank() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,28 +109,7 @@ fn the_same_line_gives_the_same_numbers_as_rerank() {
     assert!(score(&input, &output, &[]).status.success());
     let offline = &lines(&output)[0];
 
-    let rerank = endorm()
-        .args([
-            "rerank",
-            "--threads",
-            "2",
-            "--n-ctx",
-            "1024",
-            "--prompt",
-            "What is 2+2?",
-            "4",
-            "5",
-            "--model",
-        ])
-        .arg(common::model_path())
-        .output()
-        .unwrap();
-    assert!(
-        rerank.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerank.stderr)
-    );
-    let table = String::from_utf8(rerank.stdout).unwrap();
+    let table = rerank_table(&["--prompt", "What is 2+2?", "4", "5"]);
     let best = &offline["results"][offline["order"][0].as_u64().unwrap() as usize];
     let row = table.lines().nth(1).unwrap();
     assert!(
@@ -136,34 +129,19 @@ fn rerank_with_the_terms_beyond_the_paper_ranks_as_score_does() {
     let offline = &lines(&output)[0];
     assert!(offline["results"][0]["neutral"].is_f64(), "{offline}");
 
-    let rerank = endorm()
-        .args([
-            "rerank",
-            "--threads",
-            "2",
-            "--n-ctx",
-            "1024",
-            "--prompt",
-            "What is 2+2?",
-        ])
-        .args([
-            "--aggregate",
-            "endo_mean",
-            "--neutral",
-            "--reviewer",
-            "--consensus",
-            "1",
-        ])
-        .args(["4", "5", "It is 4.", "--model"])
-        .arg(common::model_path())
-        .output()
-        .unwrap();
-    assert!(
-        rerank.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerank.stderr)
-    );
-    let table = String::from_utf8(rerank.stdout).unwrap();
+    let table = rerank_table(&[
+        "--prompt",
+        "What is 2+2?",
+        "--aggregate",
+        "endo_mean",
+        "--neutral",
+        "--reviewer",
+        "--consensus",
+        "1",
+        "4",
+        "5",
+        "It is 4.",
+    ]);
     assert!(
         table.contains("endo_mean-neutral+reviewer+consensus"),
         "{table}"
