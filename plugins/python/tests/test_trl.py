@@ -59,6 +59,10 @@ def test_malformed_batches_are_refused(socket_path: str) -> None:
         with pytest.raises(ValueError, match="one assistant message"):
             reward(prompts=[[{"role": "user", "content": "hi"}]],
                    completions=[[{"role": "user", "content": "hi"}]])
+        with pytest.raises(TypeError, match="not /v1/score options: \\['agregate'\\]"):
+            EndormReward(socket_path, agregate="endo")
+        with pytest.raises(TypeError, match="'format'"):
+            EndormReward(socket_path, format="raw")
         with pytest.raises(ValueError, match="ends with an assistant message"):
             reward(prompts=[[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "He"}]],
                    completions=[[{"role": "assistant", "content": "llo"}]])

@@ -26,6 +26,7 @@ continuation of the prompt's text. No TRL import: this module only needs the end
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -33,6 +34,9 @@ from ._client import Client
 
 Prompt = Union[str, Sequence[Mapping[str, Any]]]
 Completion = Union[str, Sequence[Mapping[str, Any]]]
+
+#: What each batch decides, not the caller.
+_PER_BATCH = {"self", "candidates", "prompt", "messages", "format"}
 
 
 class EndormReward:
@@ -60,6 +64,11 @@ class EndormReward:
         timeout: float = 600.0,
         **score_options: Any,
     ) -> None:
+        # A misspelt option fails here, when the trainer is set up, not after the first rollout.
+        allowed = set(inspect.signature(Client.score).parameters) - _PER_BATCH
+        unknown = sorted(set(score_options) - allowed)
+        if unknown:
+            raise TypeError(f"not /v1/score options: {unknown}; these are: {sorted(allowed)}")
         self._client = Client(socket, timeout=timeout, url=url, token=token)
         self._options: Dict[str, Any] = {"aggregate": aggregate, **score_options}
 
