@@ -11,12 +11,12 @@ functions the same way: ``reward_func(prompts=..., completions=..., **columns) -
         train_dataset=dataset,
     )
 
-GRPO compares the rewards of the completions of one prompt with each other (its advantages are
-standardised within each group), and endorm's scores are comparable exactly there: between the
-candidates of one request. So the completions are grouped by their prompt and each group is scored
-in one ``/v1/score`` request, whatever order the trainer passes them in; the rewards come back in
-the trainer's order. Do not normalise rewards across prompts (GRPOConfig ``scale_rewards="batch"``):
-scores of different prompts are not on one scale.
+GRPO compares the rewards of the completions of one prompt with each other (each is centred on
+its group's mean), and endorm's scores are comparable exactly there: between the candidates of one
+request. So the completions are grouped by their prompt and each group is scored in one
+``/v1/score`` request, whatever order the trainer passes them in; the rewards come back in the
+trainer's order. Keep GRPOConfig's ``scale_rewards`` at ``"group"`` (or ``"none"``): ``"batch"``
+divides by a standard deviation over all prompts, whose scores are not on one scale.
 
 Both of TRL's dataset formats work: *conversational* (``prompts[i]`` a list of messages,
 ``completions[i]`` ``[{"role": "assistant", "content": ...}]``) is scored in chat format, the
