@@ -44,14 +44,14 @@ def _no_daemon(where: str, err: Exception) -> EndormError:
 
 
 def _connection(
-    socket: Optional[str], url: Optional[str], token: Optional[str]
+    socket: Optional[str], url: Optional[str], token: Optional[str], transport: Any
 ) -> Tuple[Optional[str], str, Dict[str, Any]]:
     """Where the client talks: ``(socket, where, httpx client arguments)``. The Unix socket by
-    default; with ``url``, the daemon's TCP listener and its bearer token (``token``, else
-    ``$ENDORM_TOKEN``)."""
+    default (through ``transport``, httpx's sync or async transport class); with ``url``, the
+    daemon's TCP listener and its bearer token (``token``, else ``$ENDORM_TOKEN``)."""
     if url is None:
         path = str(socket) if socket is not None else default_socket()
-        return path, path, {"base_url": "http://endorm"}
+        return path, path, {"base_url": "http://endorm", "transport": transport(uds=path)}
     if socket is not None:
         raise ValueError("pass socket= or url=, not both")
     token = token if token is not None else os.environ.get("ENDORM_TOKEN")
@@ -117,9 +117,8 @@ class Client:
         url: Optional[str] = None,
         token: Optional[str] = None,
     ) -> None:
-        self.socket, self._where, kwargs = _connection(socket, url, token)
-        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
-        self._http = httpx.Client(transport=transport, timeout=timeout, **kwargs)
+        self.socket, self._where, kwargs = _connection(socket, url, token, httpx.HTTPTransport)
+        self._http = httpx.Client(timeout=timeout, **kwargs)
 
     def __enter__(self) -> "Client":
         return self
@@ -207,9 +206,8 @@ class AsyncClient:
         url: Optional[str] = None,
         token: Optional[str] = None,
     ) -> None:
-        self.socket, self._where, kwargs = _connection(socket, url, token)
-        transport = httpx.AsyncHTTPTransport(uds=self.socket) if self.socket else None
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, **kwargs)
+        self.socket, self._where, kwargs = _connection(socket, url, token, httpx.AsyncHTTPTransport)
+        self._http = httpx.AsyncClient(timeout=timeout, **kwargs)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
