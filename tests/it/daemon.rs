@@ -851,6 +851,19 @@ fn a_second_daemon_on_the_same_socket_refuses() {
 
 #[test]
 fn the_curl_examples_of_the_docs_run() {
+    // Every route a client can call; each must have an example that runs.
+    const ROUTES: [&str; 10] = [
+        "/health",
+        "/v1/models",
+        "/v1/score",
+        "/v1/rerank",
+        "/v1/completions",
+        "/get_reward",
+        "/tokenize",
+        "/detokenize",
+        "/tokenizer_info",
+        "/metrics",
+    ];
     let d = daemon();
     // docs/SERVER.md has one for every route; the README's (if any) must run as well.
     let root = env!("CARGO_MANIFEST_DIR");
@@ -885,35 +898,13 @@ fn the_curl_examples_of_the_docs_run() {
             !stdout.contains("\"error\""),
             "example answered an error:\n{example}\n{stdout}"
         );
-        for route in [
-            "/health",
-            "/v1/models",
-            "/v1/score",
-            "/v1/rerank",
-            "/v1/completions",
-            "/get_reward",
-            "/tokenize",
-            "/detokenize",
-            "/tokenizer_info",
-            "/metrics",
-        ] {
+        for route in ROUTES {
             if example.contains(&format!("localhost{route}")) {
                 routes_seen.push(route);
             }
         }
     }
-    for route in [
-        "/health",
-        "/v1/models",
-        "/v1/score",
-        "/v1/rerank",
-        "/v1/completions",
-        "/get_reward",
-        "/tokenize",
-        "/detokenize",
-        "/tokenizer_info",
-        "/metrics",
-    ] {
+    for route in ROUTES {
         assert!(routes_seen.contains(&route), "no curl example for {route}");
     }
 }
