@@ -101,13 +101,11 @@ def _rerank_body(
     return body
 
 
-class Client:
-    """Blocking client. ``socket`` defaults to :func:`default_socket`; ``url`` (e.g.
-    ``"http://127.0.0.1:8765"``, the daemon's ``--listen`` address) talks TCP instead, with
-    ``token`` or ``$ENDORM_TOKEN`` as its bearer token. ``timeout`` is in seconds.
+class _Connected:
+    """Where a client talks and its httpx client; the subclasses name httpx's sync or async classes."""
 
-    Use as a context manager, or call :meth:`close`.
-    """
+    _transport: Any
+    _http_class: Any
 
     def __init__(
         self,
@@ -117,8 +115,20 @@ class Client:
         url: Optional[str] = None,
         token: Optional[str] = None,
     ) -> None:
-        self.socket, self._where, kwargs = _connection(socket, url, token, httpx.HTTPTransport)
-        self._http = httpx.Client(timeout=timeout, **kwargs)
+        self.socket, self._where, kwargs = _connection(socket, url, token, self._transport)
+        self._http = self._http_class(timeout=timeout, **kwargs)
+
+
+class Client(_Connected):
+    """Blocking client. ``socket`` defaults to :func:`default_socket`; ``url`` (e.g.
+    ``"http://127.0.0.1:8765"``, the daemon's ``--listen`` address) talks TCP instead, with
+    ``token`` or ``$ENDORM_TOKEN`` as its bearer token. ``timeout`` is in seconds.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    _transport = httpx.HTTPTransport
+    _http_class = httpx.Client
 
     def __enter__(self) -> "Client":
         return self
@@ -195,19 +205,11 @@ class Client:
         return BestOfN(candidates, self.score(candidates, prompt=prompt, **score_kwargs))
 
 
-class AsyncClient:
+class AsyncClient(_Connected):
     """asyncio client with the same methods as :class:`Client` (all awaitable)."""
 
-    def __init__(
-        self,
-        socket: Optional[str] = None,
-        timeout: float = 120.0,
-        *,
-        url: Optional[str] = None,
-        token: Optional[str] = None,
-    ) -> None:
-        self.socket, self._where, kwargs = _connection(socket, url, token, httpx.AsyncHTTPTransport)
-        self._http = httpx.AsyncClient(timeout=timeout, **kwargs)
+    _transport = httpx.AsyncHTTPTransport
+    _http_class = httpx.AsyncClient
 
     async def __aenter__(self) -> "AsyncClient":
         return self
