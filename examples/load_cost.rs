@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use endorm::api::ScoreRequest;
-use endorm::engine::{ContextOptions, Model, ModelOptions, Scorer};
+use endorm::engine::{ContextOptions, KvType, Model, ModelOptions, Scorer};
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -46,6 +46,9 @@ fn main() {
         max_sequences: 16,
         cache_slots: 0,
         cache_tokens: 2048,
+        prefix_tree: true,
+        type_k: KvType::Q8_0,
+        type_v: KvType::Q8_0,
     };
     let mut scorer = Scorer::new(&model, options).expect("context");
     let request = ScoreRequest {

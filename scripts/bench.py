@@ -15,6 +15,18 @@ F  E with tiny requests: a ~30-token context and 2 candidates x ~8 tokens each (
    list: --scenarios E,F)
 D  the daemon's resident memory after load and after each scenario, and time from start to a
    healthy /health
+G  best-of-n with many samples: code-dev.jsonl's tasks (HumanEval x 100 sampled completions)
+   through `endorm eval`'s reward pass and through /v1/score (each task one request of all its
+   completions), with the candidate prefix tree off, then on: candidate tokens decoded, wall time,
+   memory (not in the default list: --scenarios G; --code-data, --tasks)
+H  fairness inside one long request: a tiny request of client `editor`, alone, then sent while a
+   ~3,500-token raw context of client `batch` decodes (n_ctx 4096); the target is 3x alone plus
+   one 512-token slice (not in the default list: --scenarios H)
+
+--variant NAME:KEY=VALUE,... (repeatable) runs A, B, C and E once per variant instead, each with
+those model settings (config keys: n_batch, type_k, type_v, prefix_tree, ...) over the defaults,
+the variants interleaved within each scenario so that the machine's drift hits them alike; A
+leaves the naive path out. This is how the KV types were compared (BENCHMARKS.md).
 
 Peers, in the same run and on the same tokens: llama-cpp-python (`logits_all`, the log-probs read
 from its scores) naively (one full evaluation per candidate) and rewinding (the context evaluated
@@ -80,11 +92,13 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def call(sock, method, path, body=None):
+def call(sock, method, path, body=None, client=None):
     connection = UnixHTTPConnection(sock)
     try:
         payload = None if body is None else json.dumps(body)
         headers = {} if body is None else {"Content-Type": "application/json"}
+        if client:
+            headers["X-Endorm-Client"] = client
         connection.request(method, path, payload, headers)
         response = connection.getresponse()
         data = response.read()
@@ -93,9 +107,9 @@ def call(sock, method, path, body=None):
         connection.close()
 
 
-def score(sock, body):
+def score(sock, body, client=None):
     started = time.perf_counter()
-    status, response = call(sock, "POST", "/v1/score", body)
+    status, response = call(sock, "POST", "/v1/score", body, client)
     if status != 200:
         raise RuntimeError(f"/v1/score answered {status}: {response}")
     return response, time.perf_counter() - started
@@ -227,6 +241,128 @@ def timed(f, *args):
 
 
 # --- scenarios --------------------------------------------------------------------------------
+
+
+def bench_flags(settings):
+    """`endorm bench` flags for model settings (the config's keys)."""
+    flags = []
+    for key, value in settings.items():
+        flag = {"n_threads": "threads"}.get(key, key).replace("_", "-")
+        flags += [f"--{flag}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
+def parse_variant(text):
+    """`NAME:KEY=VALUE,...` as (name, settings); values are ints, booleans or strings."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, value = pair.partition("=")
+        if value.lstrip("-").isdigit():
+            value = int(value)
+        elif value in ("true", "false"):
+            value = value == "true"
+        settings[key.strip()] = value
+    return name, settings
+
+
+def scenario_variants(args, variants, save=lambda result: None):
+    """A, B, C and E for each variant, the variants interleaved within each scenario; `save` sees
+    the figures after each variant's run, so a cut-off run keeps what it measured."""
+    result = {name: {} for name, _ in variants}
+    wanted = set(args.scenarios.upper().split(","))
+    if "A" in wanted:
+        for name, settings in variants:
+            out, peak_mib = run_measured(
+                [args.endorm, "bench", "--json", "--model", str(args.model), "--threads", str(args.threads),
+                 "--repeats", str(args.repeats), "--naive", "false"] + bench_flags(settings)
+            )
+            report = json.loads(out)
+            result[name]["A"] = {"shared_s": report["shared_s"], "plain_s": report["plain_s"], "peak_rss_mib": peak_mib}
+            save(result)
+    if "B" in wanted:
+        prefixes = editor_requests(args.requests)
+        for name, settings in variants:
+            daemon = Daemon(args.endorm, args.model, args.threads, **{"n_ctx": 4096, "cache_slots": 4, **settings})
+            try:
+                latencies = []
+                for i, prefix in enumerate(prefixes):
+                    _, seconds = score(daemon.sock, {"format": "raw", "prompt": prefix, "candidates": EDITOR_CANDIDATES})
+                    if i:
+                        latencies.append(seconds)
+                result[name]["B"] = {"p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+                                     "rss_mib": daemon.rss_mib()}
+            finally:
+                daemon.close()
+            save(result)
+    for scenario, make in (("C", client_request), ("E", small_request)):
+        if scenario not in wanted:
+            continue
+        requests = [make(i) for i in range(args.clients)]
+        for batching in (False, True):
+            for name, settings in variants:
+                daemon = Daemon(args.endorm, args.model, args.threads, **{**settings, "batching": batching})
+                try:
+                    key = f"{scenario} batching" if batching else scenario
+                    if scenario == "C" and not batching:
+                        result[name]["D"] = {"rss_after_load_mib": daemon.rss_mib(), "start_s": daemon.start_s}
+                    score(daemon.sock, requests[0])  # warm-up
+                    tokens, started = 0, time.perf_counter()
+                    for body in requests[: args.single_requests if scenario == "C" else len(requests)]:
+                        tokens += score(daemon.sock, body)[0]["usage"]["total_tokens"]
+                    sequential = tokens / (time.perf_counter() - started)
+                    tokens, seconds, failed = concurrently(daemon.sock, requests)
+                    result[name][key] = {"sequential_tok_s": sequential, "concurrent_tok_s": tokens / seconds,
+                                         "failed": failed, "rss_mib": daemon.rss_mib()}
+                finally:
+                    daemon.close()
+                save(result)
+    return result
+
+
+def variants_report(result, budget, clients=16):
+    names = list(result)
+    base = names[0]
+    lines = ["| scenario | measure | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+
+    def row(scenario, measure, get, fmt, ratio=None):
+        cells = []
+        for name in names:
+            value = get(result[name])
+            if value is None:
+                cells.append("—")
+                continue
+            cell = fmt(value)
+            if ratio and name != base and get(result[base]):
+                cell += f" ({ratio(value, get(result[base])):.2f}×)"
+            cells.append(cell)
+        lines.append(f"| {scenario} | {measure} | " + " | ".join(cells) + " |")
+
+    time_ratio = lambda value, baseline: value / baseline
+    rate_ratio = lambda value, baseline: baseline / value
+    pick = lambda *keys: lambda r: _dig(r, keys)
+    row("A", "one cold request, s (× first column)", pick("A", "shared_s"), lambda x: f"{x:.3f}", time_ratio)
+    row("A", "plain decode of the same tokens, s", pick("A", "plain_s"), lambda x: f"{x:.3f}")
+    row("A", "peak memory of `endorm bench`", pick("A", "peak_rss_mib"), lambda x: f"{x:.0f} MiB")
+    row("B", "p50 latency, s (× first column)", pick("B", "p50_s"), lambda x: f"{x:.3f}", time_ratio)
+    row("B", "p99 latency, s", pick("B", "p99_s"), lambda x: f"{x:.3f}")
+    row("B", "memory after B", pick("B", "rss_mib"), lambda x: f"{x:.0f} MiB")
+    for key in ("C", "C batching", "E", "E batching"):
+        row(key, "one after another, tok/s (time × first column)", pick(key, "sequential_tok_s"), lambda x: f"{x:.0f}", rate_ratio)
+        row(key, f"{clients} at once, tok/s (time × first column)", pick(key, "concurrent_tok_s"), lambda x: f"{x:.0f}", rate_ratio)
+        row(key, f"memory after {key} ({budget})", pick(key, "rss_mib"), lambda x: f"{x:.0f} MiB")
+    row("D", "memory after load", pick("D", "rss_after_load_mib"), lambda x: f"{x:.0f} MiB")
+    row("D", "start to healthy, s", pick("D", "start_s"), lambda x: f"{x:.3f}")
+    return "\n".join(lines)
+
+
+def _dig(record, keys):
+    for key in keys:
+        if not isinstance(record, dict) or key not in record:
+            return None
+        record = record[key]
+    return record
+
 
 
 def bench_tokens(peer, n):
@@ -435,6 +571,83 @@ def scenario_e(args, make=small_request):
     return result
 
 
+def scenario_h(args):
+    """A small request of one client while another's long context (~3,500 tokens) decodes."""
+    words = " ".join(f"w{i % 97}" for i in range(1200))
+    big = {"format": "raw", "prompt": words, "candidates": [" w1 w2"]}
+    small = tiny_request(0)
+    daemon = Daemon(args.endorm, args.model, args.threads, n_ctx=4096)
+    try:
+        score(daemon.sock, small, "editor")  # warm-up
+        alone = sorted(score(daemon.sock, small, "editor")[1] for _ in range(5))[2]
+        response, big_alone = score(daemon.sock, big, "batch")
+        context = response["usage"]["prompt_tokens"]
+        during = {}
+
+        def long_one():
+            during["big"] = score(daemon.sock, big, "batch")[1]
+
+        thread = threading.Thread(target=long_one)
+        thread.start()
+        time.sleep(min(3.0, big_alone / 3))
+        during["small"] = score(daemon.sock, small, "editor")[1]
+        thread.join()
+        slices = -(-context // 512)
+        return {"context_tokens": context, "slices": slices, "small_alone_s": alone,
+                "small_during_s": during["small"], "big_alone_s": big_alone,
+                "big_during_s": during["big"], "slice_s": big_alone / slices,
+                "target_s": 3 * alone + big_alone / slices}
+    finally:
+        daemon.close()
+
+
+def code_tasks(args):
+    rows = [json.loads(line) for line in Path(args.code_data).read_text().splitlines() if line.strip()]
+    return rows[: args.tasks] if args.tasks else rows
+
+
+def scenario_g(args):
+    """Best-of-n: the reward pass of `endorm eval` and /v1/score over code-dev's tasks, tree off then on."""
+    tasks = code_tasks(args)
+    result = {"tasks": len(tasks), "completions": sum(len(t["completions"]) for t in tasks)}
+    with tempfile.TemporaryDirectory() as scratch:
+        for tree in (False, True):
+            key = "tree" if tree else "no_tree"
+            report = Path(scratch) / f"eval-{key}.json"
+            started = time.perf_counter()
+            _, peak_mib = run_measured(
+                [args.endorm, "eval", "--model", str(args.model), "--threads", str(args.threads),
+                 "--data", str(args.code_data), "--limit", str(len(tasks)), "--method", "endo_mean",
+                 "--report", str(report), "--fresh", "--quiet", "--prefix-tree", str(tree).lower()]
+            )
+            wall = time.perf_counter() - started
+            method = json.loads(report.read_text())["methods"][0]
+            result[f"eval_{key}"] = {"wall_s": wall, "pass_s": method["pass_seconds"], "tokens": method["pass_tokens"],
+                                     "auc": method["auc"]["value"], "peak_rss_mib": peak_mib}
+    for tree in (False, True):
+        key = "tree" if tree else "no_tree"
+        daemon = Daemon(args.endorm, args.model, args.threads, prefix_tree=tree)
+        try:
+            decoded = shared = candidate_tokens = 0
+            started = time.perf_counter()
+            orders = []
+            for task in tasks:
+                response, _ = score(daemon.sock, {"format": "raw", "prompt": task["prompt"],
+                                                  "candidates": task["completions"], "aggregate": "endo_mean"})
+                usage = response["usage"]
+                candidate_tokens += usage["candidate_tokens"]
+                decoded += usage["decoded_candidate_tokens"]
+                shared += usage["shared_candidate_tokens"]
+                orders.append(response["order"])
+            result[f"score_{key}"] = {"wall_s": time.perf_counter() - started, "candidate_tokens": candidate_tokens,
+                                      "decoded_candidate_tokens": decoded, "shared_candidate_tokens": shared,
+                                      "rss_mib": daemon.rss_mib(), "orders": orders}
+        finally:
+            daemon.close()
+    result["same_rankings"] = result["score_no_tree"].pop("orders") == result["score_tree"].pop("orders")
+    return result
+
+
 def model_budget_mib(args, peer):
     """Model file + KV cache of the daemon's default context (4096 tokens, f16 K and V), in the
     cells llama.cpp allocates for it: one more than the window (a decode's padding token, see
@@ -500,6 +713,21 @@ def report(r, args):
         rewind, naive = r.get("A", {}).get("peer_rewinding_s"), r.get("A", {}).get("peer_naive_s")
         if rewind:
             lines.append(f"| C | peer, one request at a time (from A) | | {1024 / naive:.0f} tok/s | {1024 / rewind:.0f} tok/s | |")
+    if "H" in r:
+        h = r["H"]
+        lines.append(f"| H | tiny request alone / during a {h['context_tokens']}-token context ({h['slices']} slices), s | {h['small_alone_s']:.3f} / {h['small_during_s']:.3f} | | | ≤ {h['target_s']:.3f} (3× alone + a slice) |")
+        lines.append(f"| H | the long request alone / with the tiny one let in, s | {h['big_alone_s']:.2f} / {h['big_during_s']:.2f} | | | |")
+    if "G" in r:
+        g = r["G"]
+        off, on = g["eval_no_tree"], g["eval_tree"]
+        lines.append(f"| G | `endorm eval` reward pass, {g['tasks']} tasks: tokens decoded, tree off / on | {off['tokens']} / {on['tokens']} | | | |")
+        lines.append(f"| G | `endorm eval` reward pass, wall s, tree off / on | {off['pass_s']:.1f} / {on['pass_s']:.1f} = **{off['pass_s'] / on['pass_s']:.2f}×** | | | ≥ 1.35× |")
+        lines.append(f"| G | `endorm eval` whole run, wall s; peak memory, tree off / on | {off['wall_s']:.1f} / {on['wall_s']:.1f}; {mib(off['peak_rss_mib'])} / {mib(on['peak_rss_mib'])} | | | |")
+        lines.append(f"| G | `endorm eval` AUC of endo_mean, tree off / on | {off['auc']:.4f} / {on['auc']:.4f} | | | equal |")
+        off, on = g["score_no_tree"], g["score_tree"]
+        lines.append(f"| G | /v1/score, {g['completions']} completions: candidate tokens decoded, tree off / on | {off['decoded_candidate_tokens']} / {on['decoded_candidate_tokens']} (of {on['candidate_tokens']}; {on['shared_candidate_tokens']} shared) | | | |")
+        lines.append(f"| G | /v1/score, wall s, tree off / on | {off['wall_s']:.1f} / {on['wall_s']:.1f} = **{off['wall_s'] / on['wall_s']:.2f}×** | | | |")
+        lines.append(f"| G | /v1/score: memory after, tree off / on; same rankings | {mib(off['rss_mib'])} / {mib(on['rss_mib'])}; {g['same_rankings']} | | | {budget} |")
     for name, size in (("E", "editor-sized"), ("F", "tiny")):
         for key in ("default", "batching") if name in r else ():
             ek = r[name][key]
@@ -533,9 +761,30 @@ def main():
     parser.add_argument("--naive-requests", type=int, default=3, help="B requests the naive peer runs")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of C and E")
     parser.add_argument("--single-requests", type=int, default=3, help="requests of C's single client")
+    parser.add_argument("--code-data", type=Path, default=ROOT.parent / "shared/evaldata/code-dev.jsonl",
+                        help="G's best-of-n tasks (code-dev.jsonl)")
+    parser.add_argument("--tasks", type=int, default=0, help="only G's first N tasks (0: all)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="compare model settings on A, B, C and E (the first is the baseline)")
     args = parser.parse_args()
     wanted = set(args.scenarios.upper().split(","))
+    if args.variant:
+        variants = [parse_variant(v) for v in args.variant]
+        file_mib = args.model.stat().st_size / 2**20
+        result = {"machine": machine(), "threads": args.threads, "model": args.model.name,
+                  "variants": dict(variants)}
+
+        def save(figures):
+            if args.json:
+                args.json.write_text(json.dumps({**result, "results": figures}, indent=2) + "\n")
+
+        result["results"] = scenario_variants(args, variants, save)
+        print(f"{result['machine']}, {args.threads} threads, {args.model.name}\n")
+        print(variants_report(result["results"], f"model file {file_mib:.0f} MiB", args.clients))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return
 
     results = {"machine": machine(), "threads": args.threads, "model": args.model.name}
     # The daemon scenarios run before the peer is loaded, so its memory does not compete with them.
@@ -545,6 +794,10 @@ def main():
         results["E"] = scenario_e(args)
     if "F" in wanted:
         results["F"] = scenario_e(args, tiny_request)
+    if "G" in wanted:
+        results["G"] = scenario_g(args)
+    if "H" in wanted:
+        results["H"] = scenario_h(args)
     before = peer_rss_mib()
     peer = peer_or_none(args.model, args.threads, 4096)
     if peer:

@@ -243,20 +243,25 @@ def start_daemon(args):
     process = subprocess.Popen([args.endorm, "serve", "--config", config, "--socket", sock, "--exit-on-eof"],
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
     args.socket = sock
-    deadline = time.time() + 120
+    wait_healthy(sock, process, log.name, 120)
+    return process, directory
+
+
+def wait_healthy(sock, process, log_name, seconds):
+    """Waits until the daemon on `sock` says `ok`; exits naming its log if it dies or never does."""
+    deadline = time.time() + seconds
     while True:
         try:
             connection = UnixHTTPConnection(sock, timeout=5)
             connection.request("GET", "/health")
             response = connection.getresponse()
             if response.status == 200 and json.loads(response.read()).get("status") == "ok":
-                break
+                return
         except OSError:
             pass
         if process.poll() is not None or time.time() > deadline:
-            sys.exit(f"the daemon did not become healthy; log in {log.name}")
+            sys.exit(f"the daemon did not become healthy; log in {log_name}")
         time.sleep(0.1)
-    return process, directory
 
 
 def main():

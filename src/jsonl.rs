@@ -101,6 +101,54 @@ pub fn open_resumable<E>(
     Ok(file)
 }
 
+/// Takes an exclusive advisory lock on `file` (`flock`), without waiting: `Ok(false)` when another
+/// open file holds one. Held until every descriptor of this open file is closed. Over NFS, Linux
+/// emulates it with a lock on the whole file that other clients see too.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `flock` on a descriptor this `File` owns; it changes no memory.
+    let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if status == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.kind() {
+        io::ErrorKind::WouldBlock => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// The processes of this machine that hold a `flock` on `file`, from Linux's `/proc/locks`
+/// (empty elsewhere, and for a holder on another machine of a network file system).
+pub fn lock_holders(file: &File) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(meta), Ok(locks)) = (file.metadata(), std::fs::read_to_string("/proc/locks")) else {
+        return Vec::new();
+    };
+    // `/proc/locks` names a file `MAJOR:MINOR:INODE`, the device numbers in hex.
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let name = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    holders_in(&locks, &name)
+}
+
+/// The pids of the `FLOCK` lines of a `/proc/locks` text on the file `name`.
+fn holders_in(locks: &str, name: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = locks
+        .lines()
+        .filter_map(|line| {
+            // `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`; a process waiting for the lock
+            // has `->` after the number, and holds nothing.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&name))
+                .then(|| fields.get(4)?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// Opens (or creates) `path` for reading and appending without truncating it.
 fn open_read_write(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -191,6 +239,30 @@ mod tests {
         assert_eq!(seen, [(1, "{\"a\":1}".into()), (2, "{\"b\":2}".into())]);
         assert_eq!(torn, None);
         assert_eq!(kept, b"{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    #[test]
+    fn a_second_lock_on_a_file_is_refused_and_its_holder_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let first = open_read_write(&path).unwrap();
+        let second = open_read_write(&path).unwrap();
+        assert!(try_lock_exclusive(&first).unwrap());
+        assert!(!try_lock_exclusive(&second).unwrap());
+        if cfg!(target_os = "linux") {
+            assert_eq!(lock_holders(&second), [std::process::id()]);
+        }
+        drop(first);
+        assert!(try_lock_exclusive(&second).unwrap(), "released on close");
+    }
+
+    #[test]
+    fn lock_holders_are_read_from_proc_locks_lines() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 77 08:01:1234 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 99 08:01:1234 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 5 08:01:999 0 EOF\n";
+        assert_eq!(holders_in(locks, "08:01:1234"), [4242]);
     }
 
     #[test]

@@ -6,16 +6,23 @@
 //! * [`engine`] — models, tokens and the shared-prefix batched decode.
 //! * [`api`] — the wire types of API.md.
 //! * [`offline`] — JSONL in, JSONL out, resumable ([`jsonl`]).
-//! * [`server`] — the daemon: HTTP over a Unix socket; [`config`] — its TOML config.
+//! * [`server`] — the daemon: HTTP over a Unix socket; [`config`] — its TOML config;
+//!   [`web`] — the lens, the page it serves at `GET /`.
+//! * [`catalog`] — the models `endorm pull` installs by name; [`pull`] — installs them.
 
 pub mod api;
 pub mod bench;
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod eval;
 mod jsonl;
+#[cfg(test)]
+mod layers;
 pub mod offline;
 pub mod paths;
-mod progress;
+pub mod progress;
+pub mod pull;
 pub mod reward;
 pub mod server;
+pub mod web;

@@ -4,6 +4,11 @@
 //! Built for long runs on a laptop: every output line is flushed as it is written, `--resume`
 //! continues after the ids already in the output, an existing output is never truncated unless
 //! asked, and a bad input line becomes an error line for its id while the run goes on.
+//!
+//! An output is written by one run at a time: [`Output::open`] takes an exclusive lock on it
+//! (`flock`) for the run, and a second run on the same file refuses at once ([`EXIT_LOCKED`]), so
+//! that a requeued shard overlapping the old one cannot interleave lines. [`merge`] checks and
+//! joins the outputs of `--shard` runs (`endorm verify`, `endorm merge`).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -15,8 +20,13 @@ use serde_json::{Map, Value};
 
 use crate::api::{ErrorBody, ScoreRequest};
 use crate::engine::{EngineError, Scorer};
-use crate::jsonl::open_keeping_lines;
-use crate::server::engine_error_body;
+use crate::jsonl::{lock_holders, open_keeping_lines, try_lock_exclusive};
+
+pub mod merge;
+
+/// The exit status of `endorm score` when another run holds its output: `EX_TEMPFAIL` of
+/// sysexits.h, "try again later" (a scheduler may requeue the task).
+pub const EXIT_LOCKED: u8 = 75;
 
 /// What to do with an output file that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,7 +68,7 @@ impl std::str::FromStr for Shard {
 
 /// An offline run.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Run {
     /// The JSONL input.
     pub input: PathBuf,
     /// The JSONL output.
@@ -94,14 +104,17 @@ pub enum OfflineError {
     /// The output exists and neither resuming nor overwriting was asked for.
     #[error("{} exists: pass --resume to continue it or --force to overwrite it", .0.display())]
     OutputExists(PathBuf),
-    /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    /// Reading or writing a file failed. (Not a `source`: the message says it once.)
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The failure.
-        source: io::Error,
+        error: io::Error,
     },
+    /// `--resume` on an output that is not a regular file (`-`, a pipe, a terminal).
+    #[error("{}: --resume reads the output back, so it needs a regular file", .0.display())]
+    ResumeNeedsFile(PathBuf),
     /// Writing an output line failed (a full disk, a file size limit). The line is removed again,
     /// so the output holds every line written before it, whole, and `--resume` continues it.
     #[error(
@@ -120,33 +133,102 @@ pub enum OfflineError {
         /// Why the partly written line could not be removed, if it could not.
         cut: Option<io::Error>,
     },
+    /// Another run writes the output now (it holds its lock).
+    #[error(
+        "{} is being written by another run{}: two runs on one output would mix their lines. \
+         Nothing was changed; wait for that run to end (or stop it) and resume",
+        path.display(),
+        match holders.as_slice() {
+            [] => " (not of this machine, or it gave no pid)".to_owned(),
+            [pid] => format!(" (pid {pid})"),
+            pids => format!(" (pids {pids:?})"),
+        }
+    )]
+    Locked {
+        /// The output.
+        path: PathBuf,
+        /// The processes of this machine that hold its lock.
+        holders: Vec<u32>,
+    },
     /// The model failed in a way that would fail every following line too.
     #[error(transparent)]
     Engine(EngineError),
 }
 
 fn io_error(path: &Path) -> impl Fn(io::Error) -> OfflineError + '_ {
-    move |source| OfflineError::Io {
+    move |error| OfflineError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
-/// Scores every line of `job.input` on `scorer`.
-pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> {
-    let input = File::open(&job.input).map_err(io_error(&job.input))?;
-    let total = count_lines(&job.input)?;
-    let (mut output, mut seen) = open_output(&job.output, job.existing)?;
-    let mut end = output.stream_position().map_err(io_error(&job.output))?;
-    let progress = crate::progress::bar(job.progress, total, "lines");
+/// The name that stands for standard input (`--input`) or output (`--output`).
+pub const STDIO: &str = "-";
+
+fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == STDIO
+}
+
+/// Whether `path` is a file that can be read twice and cut: not `-`, a pipe, a terminal or a
+/// device such as `/dev/stdout` (which cannot seek).
+fn is_regular(path: &Path) -> bool {
+    !is_stdio(path) && std::fs::metadata(path).map_or(true, |m| m.is_file())
+}
+
+/// Where the lines go: a regular file (whose length is known, so a line cut short can be
+/// removed), or a stream (`-`, a pipe, `/dev/stdout`), written line by line and flushed.
+enum Sink {
+    File { file: File, end: u64 },
+    Stream(Box<dyn Write>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::File { file, end } => f
+                .debug_struct("File")
+                .field("file", file)
+                .field("end", end)
+                .finish(),
+            Sink::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Scores every line of `run.input` on `scorer` into `output` (opened for `run`). `-` reads
+/// standard input or writes standard output, as does a pipe or a device (`/dev/stdout`): lines go
+/// out as they are scored, the progress bar (on stderr) has no total, and `--resume` needs a
+/// regular output file.
+pub fn run(scorer: &mut Scorer<'_>, run: &Run, output: Output) -> Result<Summary, OfflineError> {
+    let input: Box<dyn BufRead> = if is_stdio(&run.input) {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(
+            File::open(&run.input).map_err(io_error(&run.input))?,
+        ))
+    };
+    let total = if is_regular(&run.input) {
+        count_lines(&run.input)?
+    } else {
+        0
+    };
+    let Output {
+        sink: mut output,
+        mut seen,
+        lock: _lock,
+    } = output;
+    let progress = crate::progress::bar(run.progress, total, "lines");
+    if total == 0 {
+        progress.unset_length();
+    }
     let started = Instant::now();
     let mut summary = Summary::default();
 
-    for (line_index, line) in BufReader::new(input).split(b'\n').enumerate() {
-        let line = line.map_err(io_error(&job.input))?;
+    for (line_index, line) in input.split(b'\n').enumerate() {
+        let line = line.map_err(io_error(&run.input))?;
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         if line.trim_ascii().is_empty()
-            || job.shard.is_some_and(|s| line_index % s.count != s.index)
+            || run.shard.is_some_and(|s| line_index % s.count != s.index)
         {
             progress.inc(1);
             continue;
@@ -154,7 +236,7 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
         let (id, request) = parse_bytes(line, line_index + 1);
         let key = id.to_string();
         let record = if seen.contains(&key) {
-            if job.existing == Existing::Resume {
+            if run.existing == Existing::Resume {
                 summary.skipped += 1;
                 progress.inc(1);
                 continue;
@@ -167,9 +249,9 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
             match request {
                 Err(error) => Err(error),
                 Ok(request) => {
-                    match scorer.score_request(&job.model_id, &request, job.principle.as_deref()) {
+                    match scorer.score_request(&run.model_id, &request, run.principle.as_deref()) {
                         Ok(response) => Ok(response),
-                        Err(e) if e.is_input_error() => Err(engine_error_body(&e)),
+                        Err(e) if e.is_input_error() => Err(e.body()),
                         // A model that cannot decode fails every line after: stop, keep the output.
                         Err(e) => {
                             progress.abandon();
@@ -194,16 +276,27 @@ pub fn run(scorer: &mut Scorer<'_>, job: &Job) -> Result<Summary, OfflineError> 
         // only ever holds whole lines and `--resume` picks up right after them.
         let mut bytes = value.to_string().into_bytes();
         bytes.push(b'\n');
-        if let Err(error) = output.write_all(&bytes) {
+        let written = match &mut output {
+            Sink::File { file, end } => match file.write_all(&bytes) {
+                Ok(()) => {
+                    *end += bytes.len() as u64;
+                    Ok(())
+                }
+                Err(error) => Err((error, file.set_len(*end).err())),
+            },
+            Sink::Stream(stream) => stream
+                .write_all(&bytes)
+                .and_then(|()| stream.flush())
+                .map_err(|error| (error, None)),
+        };
+        if let Err((error, cut)) = written {
             progress.abandon();
-            let cut = output.set_len(end).err();
             return Err(OfflineError::Write {
-                path: job.output.clone(),
+                path: run.output.clone(),
                 error,
                 cut,
             });
         }
-        end += bytes.len() as u64;
         seen.insert(key);
         progress.inc(1);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -276,23 +369,93 @@ fn count_lines(path: &Path) -> Result<u64, OfflineError> {
     Ok(count)
 }
 
-/// Opens the output as `existing` says, returning the ids it already holds.
-///
-/// On resume every line already there is kept: a blank line is skipped, a line that is not a
-/// JSON object with an `id` (a note, a line of another tool) is kept and reported, and only a last
-/// line cut short by a crash (no newline, not whole JSON) is removed, with a warning.
-fn open_output(path: &Path, existing: Existing) -> Result<(File, HashSet<String>), OfflineError> {
+/// A run's output, locked for the run when it is a file: what [`run`] writes to.
+#[derive(Debug)]
+pub struct Output {
+    sink: Sink,
+    /// The ids it already holds.
+    seen: HashSet<String>,
+    /// The descriptor that holds the lock (the lock goes with the last one closed); none for a
+    /// stream.
+    lock: Option<File>,
+}
+
+impl Output {
+    /// Opens and locks the output as `existing` says, reading the ids it already holds. Another
+    /// run holding it is [`OfflineError::Locked`], before anything in it changes.
+    ///
+    /// On resume every line already there is kept: a blank line is skipped, a line that is not a
+    /// JSON object with an `id` (a note, a line of another tool) is kept and reported, and only a
+    /// last line cut short by a crash (no newline, not whole JSON) is removed, with a warning.
+    /// `-`, a pipe or a device is written as a stream: nothing to lock, resume or cut.
+    pub fn open(path: &Path, existing: Existing) -> Result<Output, OfflineError> {
+        if !is_regular(path) {
+            if existing == Existing::Resume {
+                return Err(OfflineError::ResumeNeedsFile(path.to_owned()));
+            }
+            let stream: Box<dyn Write> = if is_stdio(path) {
+                Box::new(io::stdout())
+            } else {
+                // A pipe or a device: written to as it is, never created, truncated or sought.
+                Box::new(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_error(path))?,
+                )
+            };
+            return Ok(Output {
+                sink: Sink::Stream(stream),
+                seen: HashSet::new(),
+                lock: None,
+            });
+        }
+        let lock = match existing {
+            Existing::Refuse => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => OfflineError::OutputExists(path.to_owned()),
+                    _ => io_error(path)(e),
+                })?,
+            Existing::Overwrite | Existing::Resume => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io_error(path))?,
+        };
+        if !try_lock_exclusive(&lock).map_err(io_error(path))? {
+            return Err(OfflineError::Locked {
+                path: path.to_owned(),
+                holders: lock_holders(&lock),
+            });
+        }
+        let (mut file, seen) = open_output(path, existing, &lock)?;
+        let end = file.stream_position().map_err(io_error(path))?;
+        Ok(Output {
+            sink: Sink::File { file, end },
+            seen,
+            lock: Some(lock),
+        })
+    }
+}
+
+/// Opens the locked output `lock` as `existing` says, returning the ids it already holds.
+fn open_output(
+    path: &Path,
+    existing: Existing,
+    lock: &File,
+) -> Result<(File, HashSet<String>), OfflineError> {
     let mut seen = HashSet::new();
     let file = match existing {
-        Existing::Refuse => OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => OfflineError::OutputExists(path.to_owned()),
-                _ => io_error(path)(e),
-            })?,
-        Existing::Overwrite => File::create(path).map_err(io_error(path))?,
+        Existing::Refuse => lock.try_clone().map_err(io_error(path))?,
+        Existing::Overwrite => {
+            lock.set_len(0).map_err(io_error(path))?;
+            lock.try_clone().map_err(io_error(path))?
+        }
         Existing::Resume => {
             let opened = open_keeping_lines(path, io_error(path), |number, line| {
                 if line.trim_ascii().is_empty() {
@@ -371,7 +534,7 @@ mod tests {
         let path = dir.path().join("out.jsonl");
         let text = "{\"id\":1}\n\nnot json\n{\"no_id\":true}\n{\"id\":\"x\"}\n";
         std::fs::write(&path, text).unwrap();
-        let (_, seen) = open_output(&path, Existing::Resume).unwrap();
+        let Output { seen, .. } = Output::open(&path, Existing::Resume).unwrap();
         assert_eq!(seen, HashSet::from(["1".to_owned(), "\"x\"".to_owned()]));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
@@ -381,15 +544,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, "{\"id\":1,\"x\":1}\n{\"id\":2,\"x\"").unwrap();
-        let (_, seen) = open_output(&path, Existing::Resume).unwrap();
+        let Output { seen, .. } = Output::open(&path, Existing::Resume).unwrap();
         assert_eq!(seen, HashSet::from(["1".to_owned()]));
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"id\":1,\"x\":1}\n"
         );
         assert!(matches!(
-            open_output(&path, Existing::Refuse),
+            Output::open(&path, Existing::Refuse),
             Err(OfflineError::OutputExists(_))
         ));
+    }
+
+    #[test]
+    fn a_locked_output_is_refused_unchanged_whatever_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"id\":1}\n{\"id\":2,\"x\"").unwrap();
+        let held = Output::open(&path, Existing::Resume).unwrap();
+        for existing in [Existing::Resume, Existing::Overwrite] {
+            match Output::open(&path, existing) {
+                Err(OfflineError::Locked { holders, .. }) if cfg!(target_os = "linux") => {
+                    assert_eq!(holders, [std::process::id()]);
+                }
+                Err(OfflineError::Locked { .. }) => {}
+                other => panic!("{existing:?}: {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":1}\n");
+        drop(held);
+        assert!(Output::open(&path, Existing::Overwrite).is_ok());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use directories::ProjectDirs;
 
-/// The file name of the default model, SmolLM2-135M-Instruct (installed by `scripts/fetch-model`).
+/// The file name of the default model, SmolLM2-135M-Instruct (installed by `endorm pull`).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The id the default model is served under.
@@ -63,6 +63,24 @@ pub fn default_socket() -> Option<PathBuf> {
 /// `<runtime dir>/token`: the TCP bearer token's file when the config names no other.
 pub fn default_token_file() -> Option<PathBuf> {
     runtime_dir().map(|dir| dir.join("token"))
+}
+
+/// `<socket>.url`: the lens's address, token included, which the daemon on `socket` writes (0600)
+/// while it serves the page on TCP, for `endorm open` to read; removed when it stops.
+pub fn lens_url_file(socket: &Path) -> PathBuf {
+    beside(socket, ".url")
+}
+
+/// `<socket>.open.html`: the page `endorm open` hands a browser, which sends it on to the lens's
+/// address, so the token is in no command line (a browser's is readable by other users in `ps`).
+pub fn lens_open_file(socket: &Path) -> PathBuf {
+    beside(socket, ".open.html")
+}
+
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// The socket the daemon listens on: `--socket` (`flag`), else `$ENDORM_SOCKET`, else the config's

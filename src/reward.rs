@@ -9,11 +9,15 @@
 //!   with `V(s_{H+1}) = 0` when the candidate ends in an end-of-generation token.
 //!
 //! Nothing here knows about llama.cpp or I/O: the engine hands in logits rows and gets numbers back.
-//! [`consensus`] scores candidates by how much they agree with each other, from their texts alone.
+//! [`consensus`] scores candidates by how much they agree with each other, from their texts alone;
+//! [`Recipe`] combines a candidate's [`Terms`] (its aggregates in each pass) into its score.
 
 use serde::{Deserialize, Serialize};
 
 pub mod consensus;
+mod terms;
+
+pub use terms::{Recipe, Terms};
 
 /// The entropy coefficient `α` (the softmax temperature of the soft Q-function); always within
 /// [`Alpha::MIN`]`..=`[`Alpha::MAX`].
@@ -193,7 +197,7 @@ pub fn candidate_values(
 }
 
 /// Response-level scores of one candidate (REWARD.md, "aggregates").
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Aggregates {
     /// `R = Σ r_t`, the paper's score.
     pub endo: f64,
@@ -232,7 +236,18 @@ impl Aggregates {
 
 /// Which response-level score ranks the candidates.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregate {
@@ -264,6 +279,11 @@ impl Aggregate {
             Aggregate::Logprob => "logprob",
             Aggregate::LogprobMean => "logprob_mean",
         }
+    }
+
+    /// Whether it is a per-token mean (`endo_mean`, `logprob_mean`).
+    pub fn is_mean(self) -> bool {
+        matches!(self, Aggregate::EndoMean | Aggregate::LogprobMean)
     }
 }
 

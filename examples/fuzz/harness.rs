@@ -487,7 +487,7 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
             let Some(request) = decode::<ScoreRequest>(body) else {
                 return Ok(None);
             };
-            match PreparedRequest::new(model, &request, None) {
+            match PreparedRequest::new(model, None, &request, None) {
                 Ok(prepared) => check_prepared(model, &prepared.prepared).map(|()| true),
                 Err(e) => refused(e),
             }
@@ -535,7 +535,7 @@ fn target(model: &Model, route: Route, body: &[u8]) -> Result<Option<bool>, Stri
                 max_candidate_tokens: max,
                 ..ScoreRequest::default()
             };
-            match PreparedRequest::new(model, &score, None) {
+            match PreparedRequest::new(model, None, &score, None) {
                 Ok(prepared) => check_prepared(model, &prepared.prepared).map(|()| true),
                 Err(e) => refused(e),
             }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Headless tests of the Neovim plugin against the real daemon and model.
+# Tests of the Neovim plugin against the real daemon and model: headless, plus a real nvim UI in tmux.
 #   plugins/nvim/test.sh            (from anywhere; exit status = result)
+# Needs tmux for the native-menu test (skipped without it, failed under ENDORM_REQUIRE_ALL=1).
 # Env: NVIM (default: nvim on PATH), ENDORM_BIN (default: <repo>/target/release/endorm),
 #      ENDORM_MODEL (default: ~/.cache/endorm/models/SmolLM2-135M-Instruct.Q4_1.gguf),
-#      ENDORM_TEST_FILTER (only tests whose name contains it).
+#      ENDORM_TEST_FILTER (only tests whose name contains it), ENDORM_OPENAPI (the schema file to check
+#      the wire against; default docs/openapi.json), NVIM_CMP_DIR / BLINK_CMP_DIR (checkouts: their real menus).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

@@ -7,9 +7,10 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Body of `/v1/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     /// Model id.
@@ -50,7 +51,7 @@ pub struct CompletionRequest {
 }
 
 /// The `prompt` field's four shapes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(
     untagged,
     expecting = "`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists"
@@ -67,7 +68,7 @@ pub enum Prompt {
 }
 
 /// Response of `/v1/completions`: `{"id", "object", "created", "model", "choices", "usage"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionResponse {
     /// `cmpl-endorm-<created>`.
     pub id: String,
@@ -109,7 +110,7 @@ impl CompletionResponse {
 }
 
 /// One prompt's answer: the echoed prompt (plus the greedy token) and, when asked, its logprobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionChoice {
     /// Position of the prompt in the request.
     pub index: usize,
@@ -122,7 +123,7 @@ pub struct CompletionChoice {
 }
 
 /// Why a choice ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// `max_tokens` was reached (always, for scoring).
@@ -130,13 +131,14 @@ pub enum FinishReason {
 }
 
 /// The log-probs of every token of a choice; the first position has none (`null`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionLogprobs {
     /// Each token's text.
     pub tokens: Vec<String>,
     /// Each token's log-prob given the tokens before it; `null` first.
     pub token_logprobs: Vec<Option<f64>>,
     /// The `k` likeliest tokens at each position; `null` first.
+    #[schema(value_type = Vec<Option<std::collections::BTreeMap<String, f64>>>)]
     pub top_logprobs: Vec<Option<TopLogprobs>>,
     /// Each token's offset in characters into `text`.
     pub text_offset: Vec<usize>,
@@ -238,7 +240,7 @@ impl FromIterator<(String, f64)> for TopLogprobs {
 }
 
 /// Token counts of a completions request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionUsage {
     /// Tokens of all prompts.
     pub prompt_tokens: usize,

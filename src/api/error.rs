@@ -1,16 +1,17 @@
 //! The error body of every route (and of the offline scorer's failed lines).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The OpenAI-shaped error body: `{"error": {"message", "type", "code"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// A sentence for a person.
     pub message: String,
@@ -22,6 +23,17 @@ pub struct ErrorDetail {
 }
 
 impl ErrorBody {
+    /// An error body for an HTTP `status`: its class (`type`) follows from the status.
+    pub fn for_status(status: u16, code: &str, message: String) -> Self {
+        let kind = match status {
+            401 => "authentication_error",
+            404 => "not_found_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        };
+        ErrorBody::new(kind, code, message)
+    }
+
     /// An error body with the given class, code and message.
     pub fn new(kind: &str, code: &str, message: String) -> Self {
         ErrorBody {

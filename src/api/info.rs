@@ -1,9 +1,10 @@
 //! `GET /health` and `GET /v1/models`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Where a served model is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelState {
     /// Loading the model and creating its context.
@@ -12,22 +13,27 @@ pub enum ModelState {
     Ready,
     /// It could not be loaded.
     Failed,
+    /// It cannot serve now and comes back by itself: an RPC worker that holds some of its layers is
+    /// lost or was never reached (`error` says which and why); the model is loaded again, with
+    /// backoff, once every worker accepts connections. Its requests answer 503 `rpc_worker_lost`.
+    Degraded,
 }
 
 /// The daemon as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// Every model is ready and the config on disk is the one serving.
     Ok,
     /// A model is still loading (the route answers 503 with `Retry-After`).
     Loading,
-    /// A model failed, none is served, or the config on disk could not be applied.
+    /// A model failed or is degraded, none is served, or the config on disk could not be applied.
     Degraded,
 }
 
-/// Response of `GET /health`: `{"status", "models": [{"id", "state", "error"?}], "config_error"?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Response of `GET /health`: `{"status", "models": [{"id", "state", "error"?, "waiting_on"?}],
+/// "config_error"?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     /// The daemon as a whole.
     pub status: HealthStatus,
@@ -46,7 +52,9 @@ impl HealthResponse {
             HealthStatus::Loading
         } else if models.is_empty()
             || config_error.is_some()
-            || models.iter().any(|m| m.state == ModelState::Failed)
+            || models
+                .iter()
+                .any(|m| matches!(m.state, ModelState::Failed | ModelState::Degraded))
         {
             HealthStatus::Degraded
         } else {
@@ -61,19 +69,23 @@ impl HealthResponse {
 }
 
 /// One model in `/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelHealth {
     /// The model id.
     pub id: String,
     /// Loading, ready or failed.
     pub state: ModelState,
-    /// Why it failed.
+    /// Why it failed, or why it is degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What its load waits for, while it waits: an RPC worker that accepted the connection but
+    /// serves another client (ggml's RPC server takes one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on: Option<String>,
 }
 
 /// Response of `GET /v1/models`: OpenAI's list shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelList {
     /// `list`.
     pub object: String,
@@ -92,7 +104,7 @@ impl ModelList {
 }
 
 /// One served model: OpenAI's fields, then endorm's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelCard {
     /// The id requests name it by.
     pub id: String,
@@ -127,7 +139,7 @@ impl ModelCard {
 
 /// What `/v1/models` tells about a loaded model. Only the file's name is shown, never its
 /// directory: every client can read this.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelCardMeta {
     /// Context length the model was trained with.
     pub n_ctx_train: u32,
@@ -147,11 +159,39 @@ pub struct ModelCardMeta {
     /// (`haswell`, `zen4`, ...) or the CPU a static build was compiled for (`x86-64-v3`). Values
     /// depend on the kernels, so two daemons with different ones may differ in the last digits.
     pub cpu: String,
+    /// Where its offloaded layers are: the GPU devices as ggml names them (`Vulkan0: <its
+    /// name>`, comma-separated), or `CPU` when every layer is on the CPU (no GPU layers asked
+    /// for, a build without a GPU backend, or no GPU found).
+    pub device: String,
+    /// Layers on `device` when that is a GPU (else 0), of `n_layers`.
+    pub gpu_layers: u32,
+    /// The layers llama.cpp places: the model's blocks and its output layer.
+    pub n_layers: u32,
+    /// Where the KV cache is: with the blocks it belongs to (`CPU`, the GPU devices, or both with
+    /// each one's number of layers).
+    pub kv_cache: String,
+    /// The RPC workers that hold some of its layers, in llama.cpp's order (absent for a model on
+    /// this machine alone); the layers not counted there, the token embeddings among them, are
+    /// computed here with the `cpu` kernels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rpc: Vec<RpcWorkerMeta>,
+}
+
+/// What one RPC worker holds of a model (`/v1/models`, `meta.rpc`), from llama.cpp's load log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RpcWorkerMeta {
+    /// The worker, `HOST:PORT`.
+    pub worker: String,
+    /// Its layers as llama.cpp counts them ("offloaded 31/31 layers"): repeating (transformer)
+    /// layers, and the output layer on the worker that holds it.
+    pub layers: u32,
+    /// Bytes of weights in its buffers (the output matrix too, when it holds it).
+    pub weights_bytes: u64,
 }
 
 /// `GET /info`, text-embeddings-inference's description of the served reranker (the default
 /// model): what TEI clients read to size their batches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TeiInfo {
     /// The default model's id.
     pub model_id: String,
@@ -174,14 +214,14 @@ pub struct TeiInfo {
 }
 
 /// `{"reranker": {"id2label": {"0": "reward"}, "label2id": {"reward": 0}}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TeiModelType {
     /// The reranker's labels.
     pub reranker: TeiLabels,
 }
 
 /// A classifier's labels, both ways.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TeiLabels {
     /// Label by class id.
     pub id2label: std::collections::BTreeMap<String, String>,
@@ -213,6 +253,7 @@ mod tests {
             id: id.into(),
             state,
             error: error.map(str::to_owned),
+            waiting_on: None,
         }
     }
 
@@ -271,6 +312,11 @@ mod tests {
             file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             n_ctx: 2048,
             cpu: "x86-64-v3".into(),
+            device: "Vulkan0: llvmpipe".into(),
+            gpu_layers: 31,
+            n_layers: 31,
+            kv_cache: "Vulkan0: llvmpipe".into(),
+            rpc: Vec::new(),
         };
         let list = ModelList::new(vec![
             ModelCard::new("a".into(), ModelState::Ready, true, Some(meta)),
@@ -282,7 +328,9 @@ mod tests {
                 {"id": "a", "object": "model", "owned_by": "endorm", "created": 0, "state": "ready",
                  "default": true, "meta": {"n_ctx_train": 8192, "n_vocab": 49152,
                  "n_params": 134_515_008, "size_bytes": 98_000_000, "chat_template": true,
-                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048, "cpu": "x86-64-v3"}},
+                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048, "cpu": "x86-64-v3",
+                 "device": "Vulkan0: llvmpipe", "gpu_layers": 31, "n_layers": 31,
+                 "kv_cache": "Vulkan0: llvmpipe"}},
                 {"id": "b", "object": "model", "owned_by": "endorm", "created": 0,
                  "state": "loading", "default": false, "meta": null}]}),
         );

@@ -1,6 +1,6 @@
 //! The wire types of API.md, shared by the server, the offline scorer, the CLI and the tests: one
-//! `Serialize`/`Deserialize` type for every request and response body of every route. The engine's
-//! own types are never the wire; handlers convert into these.
+//! `Serialize`/`Deserialize` type for every request and response body of every route. Pure data:
+//! no llama.cpp, no I/O; the engine reads the request types and builds the response types.
 //!
 //! Scores are comparable only between the candidates of one request: the same context, model,
 //! template, principle and `alpha`. Every response names the model and the aggregate it used.
@@ -12,10 +12,13 @@
 //! * [`tokenize`] — `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info`.
 //! * [`info`] — `GET /health`, `GET /v1/models`, `GET /info` (text-embeddings-inference).
 //! * [`error`] — the error body of every route.
+//! * [`openapi`] — every route, and the OpenAPI document derived from these types
+//!   (`GET /openapi.json`, `docs/openapi.json`).
 
 pub mod completions;
 pub mod error;
 pub mod info;
+pub mod openapi;
 pub mod rerank;
 pub mod reward;
 pub mod score;
@@ -28,7 +31,7 @@ pub use completions::{
 pub use error::{ErrorBody, ErrorDetail};
 pub use info::{
     HealthResponse, HealthStatus, ModelCard, ModelCardMeta, ModelHealth, ModelList, ModelState,
-    TeiInfo, TeiModelType,
+    RpcWorkerMeta, TeiInfo, TeiModelType,
 };
 pub use rerank::{
     AnyRerankRequest, ApiVersion, BilledUnits, Document, Ranking, RerankDocument, RerankMeta,

@@ -10,12 +10,13 @@
 //! over the documents, best first. The raw reward is beside it as `reward`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::score::ScoreResponse;
+use super::score::{Format, ScoreResponse};
 
 /// Body of the Cohere-shaped rerank routes. Optional fields accept `null`; fields other clients
 /// send (Cohere's `rank_fields`, `max_chunks_per_doc`, Voyage's `truncation`) are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RerankRequest {
     /// Model id. A name the daemon does not serve is answered by the default model (clients
     /// always send one, e.g. `rerank-english-v3.0`), echoed back.
@@ -37,7 +38,7 @@ pub struct RerankRequest {
 }
 
 /// A document: a string or `{"text": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged, expecting = "a document: a string or {\"text\": \"...\"}")]
 pub enum Document {
     /// A plain string.
@@ -59,7 +60,7 @@ impl Document {
 }
 
 /// Body of text-embeddings-inference's `POST /rerank`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TeiRerankRequest {
     /// The prompt the texts answer.
     pub query: String,
@@ -110,7 +111,7 @@ impl<'de> Deserialize<'de> for AnyRerankRequest {
 }
 
 /// Response of the Cohere-shaped rerank routes, results best first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RerankResponse {
     /// A response id.
     pub id: String,
@@ -124,6 +125,9 @@ pub struct RerankResponse {
     pub meta: RerankMeta,
     /// Token counts (Jina, Voyage).
     pub usage: RerankUsage,
+    /// How the query and documents were read (endorm's own field): `chat` (the query a user turn,
+    /// each document the assistant's answer), or `raw` when the model has no chat template.
+    pub format: Format,
 }
 
 /// What a rerank computed, before a dialect shapes it.
@@ -133,6 +137,8 @@ pub struct Ranking {
     pub ranked: Vec<(usize, f64, f64)>,
     /// Tokens of the query and all documents.
     pub total_tokens: usize,
+    /// How they were read.
+    pub format: Format,
 }
 
 impl Ranking {
@@ -151,6 +157,7 @@ impl Ranking {
         Ranking {
             ranked,
             total_tokens: response.usage.total_tokens,
+            format: response.format,
         }
     }
 
@@ -191,6 +198,7 @@ impl Ranking {
             usage: RerankUsage {
                 total_tokens: self.total_tokens,
             },
+            format: self.format,
         }
     }
 
@@ -208,7 +216,7 @@ impl Ranking {
 }
 
 /// One kept document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RerankResult {
     /// Position of the document in the request.
     pub index: usize,
@@ -222,21 +230,21 @@ pub struct RerankResult {
 }
 
 /// An echoed document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RerankDocument {
     /// Its text.
     pub text: String,
 }
 
 /// Token counts of a rerank.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RerankUsage {
     /// Tokens of the query and all documents.
     pub total_tokens: usize,
 }
 
 /// Cohere's response `meta`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RerankMeta {
     /// `{"version": "1" | "2"}`, after the route.
     pub api_version: ApiVersion,
@@ -245,14 +253,14 @@ pub struct RerankMeta {
 }
 
 /// Cohere's API version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiVersion {
     /// e.g. `"2"`.
     pub version: String,
 }
 
 /// Cohere's billed units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BilledUnits {
     /// Searches (one per request).
     pub search_units: u64,
@@ -261,7 +269,7 @@ pub struct BilledUnits {
 }
 
 /// One entry of text-embeddings-inference's rerank answer (a bare list, best first).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TeiRank {
     /// Position of the text in the request.
     pub index: usize,
@@ -368,6 +376,7 @@ mod tests {
         ScoreResponse {
             model: "m".into(),
             aggregate: Aggregate::Endo,
+            format: Format::Raw,
             reference_model: None,
             results: vec![result(0, -2.0), result(1, 1.0), result(2, 0.0)],
             order: vec![1, 2, 0],
@@ -403,6 +412,7 @@ mod tests {
         let ranking = Ranking {
             ranked: vec![(1, 0.75, 1.0)],
             total_tokens: 30,
+            format: Format::Chat,
         };
         let result = json!({"index": 1, "relevance_score": 0.75, "reward": 1.0,
                             "document": {"text": "Paris."}});
@@ -411,7 +421,7 @@ mod tests {
             json!({"id": "r-1", "model": "m", "results": [result], "data": [result],
                    "meta": {"api_version": {"version": "2"},
                             "billed_units": {"search_units": 1, "input_tokens": 30}},
-                   "usage": {"total_tokens": 30}}),
+                   "usage": {"total_tokens": 30}, "format": "chat"}),
         );
     }
 
@@ -421,6 +431,7 @@ mod tests {
         let ranking = Ranking {
             ranked: vec![(1, 0.75, -3.0), (0, 0.25, -4.0)],
             total_tokens: 9,
+            format: Format::Raw,
         };
         assert_wire(
             &ranking.tei(false, Some(&texts)),

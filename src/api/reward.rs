@@ -1,9 +1,10 @@
 //! `POST /get_reward`: the remote reward model shape of OpenRLHF (`--remote_rm_url`).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Body of `/get_reward`. Other fields OpenRLHF sends (`labels`) are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RewardRequest {
     /// Model id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,7 +17,7 @@ pub struct RewardRequest {
 }
 
 /// Response of `/get_reward`: `{"rewards": [endo, ...], "scores": [...]}` in query order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RewardResponse {
     /// One reward per query (`endo`).
     pub rewards: Vec<f64>,

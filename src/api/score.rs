@@ -1,11 +1,12 @@
 //! `POST /v1/score`: the native call, also the offline scorer's line format.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::reward::{Aggregate, Aggregates, TokenValues};
 
 /// How the context and the candidates are turned into tokens (REWARD.md, "Which tokens are the candidate").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// The model's chat template over the messages; each candidate is an assistant turn.
@@ -15,7 +16,7 @@ pub enum Format {
 }
 
 /// What a candidate's score is contrasted with (the score minus the same aggregate there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Contrast {
     /// The same candidate tokens after a neutral context: chat, the template over one empty user
@@ -24,7 +25,7 @@ pub enum Contrast {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// `system`, `user` or `assistant` (passed to the template as given).
@@ -34,7 +35,7 @@ pub struct Message {
 }
 
 /// Body of `POST /v1/score`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     /// Model id; the configured default when absent.
@@ -87,13 +88,37 @@ pub struct ScoreRequest {
     pub reference_model: Option<String>,
 }
 
+impl ScoreRequest {
+    /// Bytes of text to tokenize: the prompt, the messages, the principle and the candidates.
+    pub fn text_bytes(&self) -> usize {
+        let messages = self.messages.iter().flatten();
+        let texts = self
+            .candidates
+            .iter()
+            .chain(&self.prompt)
+            .chain(&self.principle);
+        texts.map(String::len).sum::<usize>()
+            + messages
+                .map(|m| m.role.len() + m.content.len())
+                .sum::<usize>()
+    }
+
+    /// Chat messages: each becomes at least one token of the context.
+    pub fn message_count(&self) -> usize {
+        self.messages.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// Response of `POST /v1/score`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScoreResponse {
     /// The model that scored.
     pub model: String,
     /// The aggregate in `score`.
     pub aggregate: Aggregate,
+    /// How the request was read: the request's `format`, else `chat` when the model has a chat
+    /// template and `raw` when it has none (a base model: the prompt is plain text then).
+    pub format: Format,
     /// The model whose aggregate was subtracted (`reference` in each result), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_model: Option<String>,
@@ -108,7 +133,7 @@ pub struct ScoreResponse {
 }
 
 /// The scores of one candidate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CandidateResult {
     /// Position of the candidate in the request.
     pub index: usize,
@@ -167,7 +192,7 @@ impl CandidateResult {
 }
 
 /// One scored token of a candidate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenDetail {
     /// Token id in the model's vocabulary.
     pub id: i32,
@@ -198,7 +223,7 @@ impl TokenDetail {
 }
 
 /// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     /// Tokens of the context.
     pub prompt_tokens: usize,
@@ -206,12 +231,18 @@ pub struct Usage {
     pub cached_tokens: usize,
     /// Tokens of all candidates together.
     pub candidate_tokens: usize,
+    /// Candidate tokens decoded: `candidate_tokens - shared_candidate_tokens`.
+    pub decoded_candidate_tokens: usize,
+    /// Candidate tokens not decoded because another candidate begins with the same tokens: a
+    /// shared beginning (and a repeated candidate) is decoded once for all of them (the prefix
+    /// tree; 0 with `prefix_tree = false`).
+    pub shared_candidate_tokens: usize,
     /// `prompt_tokens + candidate_tokens`.
     pub total_tokens: usize,
 }
 
 /// Wall time of one request, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Timings {
     /// Waiting for the model's worker.
     pub queue_ms: f64,
@@ -329,6 +360,7 @@ mod tests {
         let response = ScoreResponse {
             model: "m".into(),
             aggregate: Aggregate::Endo,
+            format: Format::Chat,
             reference_model: None,
             results: vec![result, bare],
             order: vec![0, 1],
@@ -336,6 +368,8 @@ mod tests {
                 prompt_tokens: 48,
                 cached_tokens: 0,
                 candidate_tokens: 31,
+                decoded_candidate_tokens: 25,
+                shared_candidate_tokens: 6,
                 total_tokens: 79,
             },
             timings: Timings {
@@ -350,6 +384,7 @@ mod tests {
             json!({
                 "model": "m",
                 "aggregate": "endo",
+                "format": "chat",
                 "results": [
                     {"index": 0, "score": -11.25, "rank": 1, "endo": -11.25, "endo_mean": -5.625,
                      "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2,
@@ -360,6 +395,7 @@ mod tests {
                 ],
                 "order": [0, 1],
                 "usage": {"prompt_tokens": 48, "cached_tokens": 0, "candidate_tokens": 31,
+                          "decoded_candidate_tokens": 25, "shared_candidate_tokens": 6,
                           "total_tokens": 79},
                 "timings": {"queue_ms": 0.125, "prompt_ms": 20.5, "candidates_ms": 33.0,
                             "total_ms": 54.0}

@@ -2,9 +2,10 @@
 //! field names both accepted.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Body of `/tokenize`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     /// Model id.
@@ -60,7 +61,7 @@ impl TokenizeRequest {
 }
 
 /// Response of `/tokenize`: `{"tokens", "count", "max_model_len"}` (+ `token_strs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenizeResponse {
     /// Ids, or ids with their pieces.
     pub tokens: TokenList,
@@ -86,7 +87,7 @@ impl TokenizeResponse {
 }
 
 /// `tokens` of `/tokenize`: plain ids, or with `with_pieces` each id with its piece.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TokenList {
     /// `[id, ...]`.
@@ -111,7 +112,7 @@ impl TokenList {
 }
 
 /// A token id with its piece.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenPiece {
     /// Token id in the model's vocabulary.
     pub id: i32,
@@ -120,7 +121,7 @@ pub struct TokenPiece {
 }
 
 /// A token's piece as llama-server gives it: text when it is valid UTF-8, else its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Piece {
     /// Valid UTF-8.
@@ -140,7 +141,7 @@ impl Piece {
 }
 
 /// Body of `/detokenize`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetokenizeRequest {
     /// Model id.
@@ -151,7 +152,7 @@ pub struct DetokenizeRequest {
 }
 
 /// Response of `/detokenize`: the same text under llama-server's and vLLM's names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DetokenizeResponse {
     /// The text (llama-server).
     pub content: String,
@@ -170,7 +171,7 @@ impl DetokenizeResponse {
 }
 
 /// Query of `GET /tokenizer_info` (`?model=ID`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelQuery {
     /// Model id; the default model when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,7 +179,7 @@ pub struct ModelQuery {
 }
 
 /// Response of `GET /tokenizer_info` (what lm-evaluation-harness's remote tokenizer reads).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenizerInfoResponse {
     /// The model id.
     pub model: String,

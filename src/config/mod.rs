@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog;
+pub use crate::engine::ModelSettings;
 use crate::engine::WorkerSettings;
 use crate::paths;
+pub use settings::ModelConfig;
 use settings::{check_merged, check_settings};
-pub use settings::{ModelConfig, ModelSettings};
 
 mod settings;
 
@@ -82,6 +84,9 @@ pub struct ServerConfig {
     pub auth: Auth,
     /// Allow `listen` on an address other hosts can reach. Read at start only.
     pub allow_remote: bool,
+    /// Serve the lens, the page at `GET /` (docs/SERVER.md); off, `/` is an unknown route.
+    /// Read at start only.
+    pub web: bool,
     /// The model requests without `model` go to [default: the default model's id if served, else
     /// the first id in alphabetical order].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             token_file: None,
             auth: Auth::Token,
             allow_remote: false,
+            web: true,
             default_model: None,
             max_body_bytes: 8 << 20,
             max_candidates: 128,
@@ -186,7 +192,14 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for model in config.models.values_mut() {
-            model.path = resolve_path(&model.path, base);
+            model.path = match catalog::lookup(&model.path) {
+                // A catalogue name (`path = "qwen2.5-coder-0.5b"`), unless a file of that name is
+                // beside the config.
+                Some(entry) if !base.join(&model.path).exists() => entry
+                    .path()
+                    .unwrap_or_else(|| resolve_path(&model.path, base)),
+                _ => resolve_path(&model.path, base),
+            };
         }
         for file in [&mut config.server.socket, &mut config.server.token_file]
             .into_iter()
@@ -326,8 +339,13 @@ impl Config {
         let settings = ModelSettings::merged(layers);
         ModelSpec {
             id: id.to_owned(),
-            worker: settings.worker(path, chat_template, self.server.queue_depth),
-            principle: settings.principle,
+            principle: settings.principle.clone(),
+            worker: WorkerSettings {
+                path: path.to_owned(),
+                chat_template,
+                settings,
+                queue_depth: self.server.queue_depth,
+            },
             reference_model: None,
         }
     }

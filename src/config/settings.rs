@@ -1,133 +1,11 @@
-//! How a model is run: [`ModelSettings`] (`[defaults]` and the settings part of every
-//! `[models.NAME]`), the built-in defaults, the one merge into the engine's settings, and the
-//! checks of single values and of what a model ends up with.
+//! A model's entry in the config, `[models.NAME]` (its file and the engine's [`ModelSettings`]
+//! over `[defaults]`), and the checks of single values and of what a model ends up with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ContextOptions, RpcEndpoint, WorkerSettings};
-
-/// How a model is run: `[defaults]`, and the settings part of every `[models.NAME]`. Every value
-/// is optional; an unset one comes from the next layer of [`ModelSettings::merged`] (the command
-/// line, then `[models.NAME]`, then `[defaults]`, then [`ModelSettings::BUILT_IN`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelSettings {
-    /// Context window in tokens [default: the model's trained context, at most 4096].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_ctx: Option<u32>,
-    /// Tokens per llama.cpp decode.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_batch: Option<u32>,
-    /// CPU threads [default: one per core].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_threads: Option<u32>,
-    /// Layers offloaded to the GPU; with `rpc`, to the RPC workers, 0 meaning all of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_gpu_layers: Option<u32>,
-    /// ggml RPC workers (`endorm rpc-worker`, `HOST:PORT`) that hold the model's offloaded layers
-    /// (docs/SCALE.md); `[]` in a model's entry runs it on this machine alone.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rpc: Option<Vec<RpcEndpoint>>,
-    /// Candidates decoded side by side.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_sequences: Option<u32>,
-    /// Recent contexts kept in the prefix cache (0: off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_slots: Option<u32>,
-    /// Most tokens the prefix cache keeps besides the last request's context.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_tokens: Option<u32>,
-    /// Score queued requests together in one pass (continuous batching).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batching: Option<bool>,
-    /// System message for chat requests that name no `principle`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub principle: Option<String>,
-}
-
-impl ModelSettings {
-    /// The built-in defaults, the one place they are written. `n_ctx` and `n_threads` stay unset:
-    /// the engine sizes them for the model (its trained context, at most 4096) and the machine
-    /// (one thread per core).
-    pub const BUILT_IN: ModelSettings = ModelSettings {
-        n_ctx: None,
-        n_batch: Some(ContextOptions::N_BATCH),
-        n_threads: None,
-        n_gpu_layers: Some(0),
-        rpc: None,
-        max_sequences: Some(ContextOptions::MAX_SEQUENCES),
-        cache_slots: Some(ContextOptions::CACHE_SLOTS),
-        cache_tokens: Some(ContextOptions::CACHE_TOKENS),
-        batching: Some(false),
-        principle: None,
-    };
-
-    /// Each value from the first of `layers` that sets it, else from [`ModelSettings::BUILT_IN`]:
-    /// the one merge of model settings. The daemon's layers are `serve`'s flags, the model's
-    /// `[models.NAME]` and `[defaults]`; the offline commands' are their flags alone.
-    pub fn merged(layers: &[&ModelSettings]) -> ModelSettings {
-        let built_in = ModelSettings::BUILT_IN;
-        let mut merged = ModelSettings::default();
-        for layer in layers.iter().copied().chain([&built_in]) {
-            let ModelSettings {
-                n_ctx,
-                n_batch,
-                n_threads,
-                n_gpu_layers,
-                rpc,
-                max_sequences,
-                cache_slots,
-                cache_tokens,
-                batching,
-                principle,
-            } = layer;
-            merged.n_ctx = merged.n_ctx.or(*n_ctx);
-            merged.n_batch = merged.n_batch.or(*n_batch);
-            merged.n_threads = merged.n_threads.or(*n_threads);
-            merged.n_gpu_layers = merged.n_gpu_layers.or(*n_gpu_layers);
-            merged.rpc = merged.rpc.take().or_else(|| rpc.clone());
-            merged.max_sequences = merged.max_sequences.or(*max_sequences);
-            merged.cache_slots = merged.cache_slots.or(*cache_slots);
-            merged.cache_tokens = merged.cache_tokens.or(*cache_tokens);
-            merged.batching = merged.batching.or(*batching);
-            merged.principle = merged.principle.take().or_else(|| principle.clone());
-        }
-        merged
-    }
-
-    /// What the engine loads for the model file `path`: these settings over the built-in defaults
-    /// ([`ModelSettings::merged`]). Values still unset (`n_ctx`, `n_threads`) are left to the
-    /// engine, which sizes them for the model and the machine.
-    pub fn worker(
-        &self,
-        path: &Path,
-        chat_template: Option<String>,
-        queue_depth: usize,
-    ) -> WorkerSettings {
-        let merged = ModelSettings::merged(&[self]);
-        WorkerSettings {
-            path: path.to_owned(),
-            n_gpu_layers: merged.n_gpu_layers.unwrap_or_default(),
-            rpc: merged.rpc.unwrap_or_default(),
-            chat_template,
-            n_ctx: merged.n_ctx,
-            n_batch: merged.n_batch,
-            n_threads: merged.n_threads,
-            max_sequences: merged.max_sequences,
-            cache_slots: merged.cache_slots,
-            cache_tokens: merged.cache_tokens,
-            batching: merged.batching.unwrap_or_default(),
-            queue_depth,
-        }
-    }
-
-    /// Whether no value is set.
-    pub fn is_empty(&self) -> bool {
-        *self == ModelSettings::default()
-    }
-}
+use crate::engine::{ContextOptions, ModelSettings};
 
 /// `[models.NAME]`: a model file, and how to run it (as in `[defaults]`, over it).
 ///
@@ -222,7 +100,8 @@ pub(super) fn check_merged(section: &str, settings: &ModelSettings) -> Result<()
     if n_batch <= reserved {
         return Err(format!(
             "{section}: n_batch = {n_batch} must be larger than cache_slots + 1 = {reserved} \
-             (cache_slots = {cache_slots}, counted as at least 1): raise n_batch or lower \
+             (cache_slots = {cache_slots}, counted as at least 2: a long context's slot and one for \
+             another client's job between its slices): raise n_batch or lower \
              cache_slots"
         ));
     }

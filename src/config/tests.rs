@@ -24,9 +24,9 @@ fn models_take_defaults_and_resolve_paths() {
     let specs = config.model_specs(&Overrides::default());
     assert_eq!(specs.len(), 2);
     assert_eq!(specs[0].worker.path, Path::new("/etc/endorm/a.gguf"));
-    assert_eq!(specs[0].worker.n_ctx, Some(2048));
+    assert_eq!(specs[0].worker.settings.n_ctx, Some(2048));
     assert_eq!(specs[0].principle.as_deref(), Some("be brief"));
-    assert_eq!(specs[1].worker.n_ctx, Some(1024));
+    assert_eq!(specs[1].worker.settings.n_ctx, Some(1024));
     assert_eq!(specs[1].principle.as_deref(), Some("be kind"));
     assert_eq!(specs[0].reference_model, None);
     assert_eq!(specs[1].reference_model.as_deref(), Some("a"));
@@ -131,15 +131,18 @@ fn settings_come_from_the_command_line_then_the_entry_then_defaults_then_built_i
         settings: flags,
     };
     let worker = &config.model_specs(&overrides)[0].worker;
-    assert_eq!(worker.n_ctx, Some(512), "the command line");
-    assert_eq!(worker.n_batch, Some(128), "the entry");
-    assert_eq!(worker.n_gpu_layers, 3, "the entry");
-    assert_eq!(worker.max_sequences, Some(8), "[defaults]");
+    assert_eq!(worker.settings.n_ctx, Some(512), "the command line");
+    assert_eq!(worker.settings.n_batch, Some(128), "the entry");
+    assert_eq!(worker.settings.n_gpu_layers, Some(3), "the entry");
+    assert_eq!(worker.settings.max_sequences, Some(8), "[defaults]");
     let built_in = ModelSettings::BUILT_IN;
-    assert_eq!(worker.cache_slots, built_in.cache_slots);
-    assert_eq!(worker.cache_tokens, built_in.cache_tokens);
-    assert_eq!(Some(worker.batching), built_in.batching);
-    assert_eq!(worker.n_threads, None, "left to the engine: one per core");
+    assert_eq!(worker.settings.cache_slots, built_in.cache_slots);
+    assert_eq!(worker.settings.cache_tokens, built_in.cache_tokens);
+    assert_eq!(worker.settings.batching, built_in.batching);
+    assert_eq!(
+        worker.settings.n_threads, None,
+        "left to the engine: one per core"
+    );
     // The command line reaches `--model` too, and a model with no entry takes [defaults].
     let overrides = Overrides {
         model: Some("/m/b.gguf".into()),
@@ -147,8 +150,8 @@ fn settings_come_from_the_command_line_then_the_entry_then_defaults_then_built_i
     };
     let specs = config.model_specs(&overrides);
     assert_eq!(specs[1].id, "b");
-    assert_eq!(specs[1].worker.n_ctx, Some(512));
-    assert_eq!(specs[1].worker.n_batch, Some(256));
+    assert_eq!(specs[1].worker.settings.n_ctx, Some(512));
+    assert_eq!(specs[1].worker.settings.n_batch, Some(256));
 }
 
 #[test]
@@ -234,10 +237,10 @@ fn n_batch_must_exceed_cache_slots_plus_one() {
     assert!(error.contains("n_batch = 9"), "{error}");
     assert!(error.contains("cache_slots + 1 = 9"), "{error}");
     parse("[defaults]\ncache_slots = 8\n[models.a]\npath = \"a\"\nn_batch = 10\n").unwrap();
-    // With the cache off the engine still keeps one slot.
-    let error = parse("[defaults]\nn_batch = 2\n").unwrap_err().to_string();
-    assert!(error.contains("n_batch = 2"), "{error}");
-    parse("[defaults]\nn_batch = 3\n").unwrap();
+    // With the cache off the engine still keeps two context slots.
+    let error = parse("[defaults]\nn_batch = 3\n").unwrap_err().to_string();
+    assert!(error.contains("n_batch = 3"), "{error}");
+    parse("[defaults]\nn_batch = 4\n").unwrap();
     // The command line's flags are checked with the file.
     let config = parse("[models.a]\npath = \"a\"\ncache_slots = 4\n").unwrap();
     let flags = ModelSettings {
@@ -291,9 +294,21 @@ fn rpc_workers_come_from_defaults_and_an_empty_list_keeps_a_model_local() {
     )
     .unwrap();
     let specs = config.model_specs(&Overrides::default());
-    let rpc: Vec<&str> = specs[0].worker.rpc.iter().map(|e| e.as_str()).collect();
+    let rpc: Vec<&str> = specs[0]
+        .worker
+        .settings
+        .rpc
+        .iter()
+        .flatten()
+        .map(|e| e.as_str())
+        .collect();
     assert_eq!(rpc, ["10.0.0.2:50052", "gpu-box:7"]);
-    assert!(specs[1].worker.rpc.is_empty());
+    assert!(specs[1]
+        .worker
+        .settings
+        .rpc
+        .as_ref()
+        .is_none_or(Vec::is_empty));
     // `serve --rpc` is over both.
     let overrides = Overrides {
         model: None,
@@ -303,7 +318,12 @@ fn rpc_workers_come_from_defaults_and_an_empty_list_keeps_a_model_local() {
         },
     };
     for spec in config.model_specs(&overrides) {
-        assert_eq!(spec.worker.rpc.len(), 1, "{}", spec.id);
+        assert_eq!(
+            spec.worker.settings.rpc.as_ref().map_or(0, Vec::len),
+            1,
+            "{}",
+            spec.id
+        );
     }
     let error = parse("[models.a]\npath = \"a\"\nrpc = [\"10.0.0.2\"]\n")
         .unwrap_err()

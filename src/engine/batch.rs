@@ -2,7 +2,7 @@
 //! shared decodes, then all their candidates.
 //!
 //! Request `r` of a pass keeps its context on sequence `r`; the candidates of all requests follow
-//! on the sequences after the contexts. Only requests that fit one pass whole are batched
+//! on the sequences after the contexts, each request's as its prefix tree (one sequence a leaf). Only requests that fit one pass whole are batched
 //! ([`PassBudget`]); a larger one is scored alone, in groups, by [`Scorer::score`].
 
 use std::time::Instant;
@@ -19,11 +19,13 @@ impl Scorer<'_> {
         !self.caches()
     }
 
-    /// Adds `prepared` to `budget` if it fits one pass beside the requests already in it.
+    /// Adds `prepared` to `budget` if it fits one pass beside the requests already in it: its
+    /// context and its candidates' prefix tree.
     pub(super) fn admit(&self, budget: &mut PassBudget, prepared: &Prepared) -> bool {
-        let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
+        let order = self.tree_order(prepared);
         let sequences = self.cache.slot_count() + self.limits().max_sequences;
-        budget.try_add(prepared.context.len(), &lens, self.n_ctx(), sequences)
+        let tree = order.cost(0..order.len());
+        budget.try_add(prepared.context.len(), tree, self.n_ctx(), sequences)
     }
 
     /// Scores `requests` in one pass. Each result equals scoring that request alone up to
@@ -58,27 +60,35 @@ impl Scorer<'_> {
         let mut rows = self.decode_contexts(requests)?;
         let prompt_time = started.elapsed();
 
+        let orders: Vec<_> = requests
+            .iter()
+            .map(|(prepared, _)| self.tree_order(prepared))
+            .collect();
         let branches: Vec<Branch<'_>> = requests
             .iter()
+            .zip(&orders)
             .enumerate()
-            .map(|(request, &(prepared, alpha))| Branch {
+            .map(|(request, (&(prepared, alpha), order))| Branch {
                 request,
                 prepared,
                 context_sequence: request as i32,
-                group: 0..prepared.candidates.len(),
+                group: &order.order,
                 alpha,
             })
             .collect();
-        self.decode_branches(&branches, requests.len(), &mut rows, None)?;
+        let mut decoded = vec![0; requests.len()];
+        self.decode_branches(&branches, requests.len(), &mut rows, &mut decoded, None)?;
         let candidates_time = started.elapsed() - prompt_time;
 
         requests
             .iter()
             .zip(rows)
-            .map(|(&(prepared, alpha), rows)| {
+            .zip(decoded)
+            .map(|((&(prepared, alpha), rows), decoded_tokens)| {
                 Ok(Scored {
                     candidates: candidate_values(prepared, &rows, alpha)?,
                     cached_tokens: 0,
+                    decoded_tokens,
                     prompt_time,
                     candidates_time,
                 })

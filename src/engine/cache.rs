@@ -41,6 +41,9 @@ pub struct SlotPlan {
 pub struct PrefixCache {
     slots: Vec<Slot>,
     clock: u64,
+    /// A context half decoded by a job that lets other clients' jobs run between its slices: no
+    /// plan decodes into it and nothing evicts it until [`PrefixCache::unpin`].
+    pinned: Option<usize>,
 }
 
 impl PrefixCache {
@@ -49,6 +52,7 @@ impl PrefixCache {
         PrefixCache {
             slots: vec![Slot::default(); slots.max(1)],
             clock: 0,
+            pinned: None,
         }
     }
 
@@ -57,9 +61,39 @@ impl PrefixCache {
         self.slots.len()
     }
 
+    /// Keeps `slot` as it is until [`PrefixCache::unpin`]: plans may copy its prefix but never
+    /// decode into it, and it is never evicted or cleared.
+    pub fn pin(&mut self, slot: usize) {
+        self.pinned = Some(slot);
+    }
+
+    /// Lets the pinned slot be planned into and evicted again.
+    pub fn unpin(&mut self) {
+        self.pinned = None;
+    }
+
+    /// The pinned slot, if any.
+    pub fn pinned(&self) -> Option<usize> {
+        self.pinned
+    }
+
     /// Where `context` goes. The plan always leaves at least the last context token to decode,
-    /// unless the whole context and its last row are cached.
+    /// unless the whole context and its last row are cached. A plan that would decode into the
+    /// pinned slot forks its prefix into another slot instead.
     pub fn plan(&self, context: &[Token]) -> SlotPlan {
+        let plan = self.plan_unpinned(context);
+        if plan.full_hit || Some(plan.slot) != self.pinned {
+            return plan;
+        }
+        let source = plan.copy_from.unwrap_or(plan.slot);
+        SlotPlan {
+            slot: self.least_recently_used(),
+            copy_from: (plan.reused > 0).then_some(source),
+            ..plan
+        }
+    }
+
+    fn plan_unpinned(&self, context: &[Token]) -> SlotPlan {
         let (best, shared) = self
             .slots
             .iter()
@@ -124,9 +158,7 @@ impl PrefixCache {
         if let Some(s) = self.slots.get_mut(slot) {
             s.tokens.clear();
             s.tokens.extend_from_slice(context);
-            if last_row.is_some() {
-                s.last_row = last_row;
-            }
+            s.last_row = last_row;
             s.last_used = self.clock;
         }
     }
@@ -137,6 +169,11 @@ impl PrefixCache {
         if let Some(s) = self.slots.get_mut(slot) {
             s.last_used = self.clock;
         }
+    }
+
+    /// Tokens cached in `slot`.
+    pub fn tokens_in(&self, slot: usize) -> usize {
+        self.slots.get(slot).map_or(0, |s| s.tokens.len())
     }
 
     /// Tokens cached in slots other than `keep` (an upper bound on their KV cells: shared prefixes
@@ -150,12 +187,13 @@ impl PrefixCache {
             .sum()
     }
 
-    /// The least recently used non-empty slot other than `keep`, to evict for room.
+    /// The least recently used non-empty slot other than `keep` (and the pinned one), to evict
+    /// for room.
     pub fn eviction_candidate(&self, keep: usize) -> Option<usize> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|&(i, s)| i != keep && !s.tokens.is_empty())
+            .filter(|&(i, s)| i != keep && Some(i) != self.pinned && !s.tokens.is_empty())
             .min_by_key(|&(_, s)| s.last_used)
             .map(|(i, _)| i)
     }
@@ -167,18 +205,22 @@ impl PrefixCache {
         }
     }
 
-    /// Forgets everything.
+    /// Forgets everything but the pinned slot.
     pub fn clear(&mut self) {
-        for s in &mut self.slots {
-            *s = Slot::default();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if Some(i) != self.pinned {
+                *s = Slot::default();
+            }
         }
     }
 
+    /// The slot a new context goes to: an empty one, else the least recently used; never the
+    /// pinned one while there is another.
     fn least_recently_used(&self) -> usize {
         self.slots
             .iter()
             .enumerate()
-            .min_by_key(|&(_, s)| (!s.tokens.is_empty(), s.last_used))
+            .min_by_key(|&(i, s)| (Some(i) == self.pinned, !s.tokens.is_empty(), s.last_used))
             .map_or(0, |(i, _)| i)
     }
 }
@@ -280,5 +322,35 @@ mod tests {
         cache.evict(1);
         assert_eq!(cache.eviction_candidate(2), Some(0));
         assert_eq!(cache.eviction_candidate(0), Some(2));
+    }
+
+    #[test]
+    fn a_pinned_slot_is_never_decoded_into_evicted_or_cleared() {
+        let mut cache = PrefixCache::new(3);
+        cache.store(0, &tokens(&[1, 2, 3]), None);
+        cache.store(1, &tokens(&[8]), None);
+        cache.pin(0);
+        // A context that extends the pinned one forks its prefix instead of continuing it.
+        let plan = cache.plan(&tokens(&[1, 2, 3, 4]));
+        assert_eq!((plan.slot, plan.copy_from, plan.reused), (2, Some(0), 3));
+        // One that shares nothing goes elsewhere too, even when the pinned slot is the oldest.
+        let plan = cache.plan(&tokens(&[5, 6]));
+        assert_ne!(plan.slot, 0);
+        assert_eq!((plan.copy_from, plan.reused), (None, 0));
+        assert_eq!(cache.eviction_candidate(2), Some(1));
+        cache.evict(1);
+        assert_eq!(cache.eviction_candidate(2), None);
+        cache.clear();
+        assert_eq!(cache.tokens_besides(2), 3, "the pinned context stays");
+        cache.unpin();
+        assert_eq!(cache.eviction_candidate(2), Some(0));
+    }
+
+    #[test]
+    fn a_slot_stored_without_a_row_is_no_full_hit_whatever_it_held_before() {
+        let mut cache = PrefixCache::new(2);
+        cache.store(0, &tokens(&[1, 2]), Some(vec![0.5]));
+        cache.store(0, &tokens(&[1, 2]), None);
+        assert!(!cache.plan(&tokens(&[1, 2])).full_hit);
     }
 }

@@ -7,22 +7,23 @@
 use std::num::NonZeroU32;
 use std::ops::Range;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use serde::{Deserialize, Serialize};
 
 use super::plan::{decode_chunks, logits_rows, pass_rows, Limits};
 use super::{backend, EngineError, Model, Token};
 
-/// Tuning of one context.
+/// Tuning of one context, resolved from the settings by [`super::ModelSettings::context_options`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextOptions {
     /// Context window in tokens (KV cells shared by the context and all candidates of a group).
     pub n_ctx: u32,
-    /// Most tokens per decode. At most 63 keeps llama.cpp on its row-by-row attention kernel
-    /// (64 and more switch to a tiled one with other sums), which makes values independent of what
-    /// is decoded beside them: prefix-cache hits and batched requests then equal cold requests
-    /// exactly, at some cost in speed (BENCHMARKS.md).
+    /// Most tokens per decode. With f16 keys and values ([`KvType::tiles`]), at most 63 keeps
+    /// llama.cpp on its row-by-row attention kernel (64 and more switch to a tiled one with other
+    /// sums); the default KV types keep it there at any size, so values do not depend on what is
+    /// decoded beside them (README, "Numerics").
     pub n_batch: u32,
     /// CPU threads.
     pub n_threads: u32,
@@ -33,43 +34,87 @@ pub struct ContextOptions {
     pub cache_slots: u32,
     /// Most tokens kept cached between requests, besides the last request's context.
     pub cache_tokens: u32,
+    /// Decode a beginning that several candidates share once (their prefix tree); off decodes
+    /// every candidate's tokens in full, for comparison.
+    pub prefix_tree: bool,
+    /// How the KV cache stores keys.
+    pub type_k: KvType,
+    /// How the KV cache stores values.
+    pub type_v: KvType,
 }
 
-impl ContextOptions {
-    /// Tokens per decode unless configured.
-    pub const N_BATCH: u32 = 512;
-    /// Candidates side by side unless configured.
-    pub const MAX_SEQUENCES: u32 = 64;
-    /// Prefix-cache slots unless configured (off).
-    pub const CACHE_SLOTS: u32 = 0;
-    /// Prefix-cache budget in tokens unless configured.
-    pub const CACHE_TOKENS: u32 = 4096;
-    /// The largest context window chosen unless configured.
-    pub const MAX_DEFAULT_N_CTX: u32 = 4096;
+/// How the KV cache stores keys or values.
+///
+/// The choice also picks llama.cpp's CPU attention kernel. With keys and values both `f16`,
+/// a decode of 64 tokens or more runs a tiled kernel and a lone token over 512 cells or more a
+/// split-KV one, whose sums differ from the row-by-row kernel smaller decodes run: a text's values
+/// then depend on how it was laid out in decodes. With any other pair every decode runs the
+/// row-by-row kernel, which computes each token's attention alone, in KV-cell order (README,
+/// "Numerics").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    /// 16-bit floats, 2 bytes a value.
+    F16,
+    /// bfloat16, 2 bytes a value.
+    Bf16,
+    /// 8-bit integers with a 16-bit scale per 32 values, 1.06 bytes a value.
+    Q8_0,
+}
 
-    /// Sequences a context keeps besides its candidates' for `cache_slots` prefix-cache slots: one
-    /// per slot (at least one, the current request's context) and one for the padding token of a
-    /// decode. llama.cpp wants more tokens per decode (`n_batch`) than sequences.
-    pub fn reserved_sequences(cache_slots: u32) -> u32 {
-        cache_slots.clamp(1, 128) + 1
+impl KvType {
+    fn llama(self) -> KvCacheType {
+        match self {
+            KvType::F16 => KvCacheType::F16,
+            KvType::Bf16 => KvCacheType::BF16,
+            KvType::Q8_0 => KvCacheType::Q8_0,
+        }
     }
 
-    /// Defaults for `model`: its trained context up to 4096 tokens, one thread per core.
-    pub fn for_model(model: &Model) -> Self {
-        ContextOptions {
-            n_ctx: model.meta().n_ctx_train.clamp(256, Self::MAX_DEFAULT_N_CTX),
-            n_batch: Self::N_BATCH,
-            n_threads: default_threads(),
-            max_sequences: Self::MAX_SEQUENCES,
-            cache_slots: Self::CACHE_SLOTS,
-            cache_tokens: Self::CACHE_TOKENS,
+    /// Whether a pair of key and value types lets llama.cpp's CPU attention tile large decodes
+    /// (and split a lone token's), so that values depend on the layout of decodes.
+    pub fn tiles(type_k: KvType, type_v: KvType) -> bool {
+        type_k == KvType::F16 && type_v == KvType::F16
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvType::F16 => "f16",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+        })
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f16" => Ok(KvType::F16),
+            "bf16" => Ok(KvType::Bf16),
+            "q8_0" => Ok(KvType::Q8_0),
+            _ => Err(format!("`{s}` is not a KV type: f16, bf16 or q8_0")),
         }
     }
 }
 
-/// One thread per core.
-pub fn default_threads() -> u32 {
-    std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
+impl ContextOptions {
+    /// Context slots (sequences holding a context each) for `cache_slots` prefix-cache slots: at
+    /// least two, one for the request under way and one for another client's job run between the
+    /// slices of a long context (`Scorer::score_between`), with the cache off too.
+    pub fn context_slots(cache_slots: u32) -> u32 {
+        cache_slots.clamp(2, 128)
+    }
+
+    /// Sequences a context keeps besides its candidates': its context slots and one for the
+    /// padding token of a decode. llama.cpp wants more tokens per decode (`n_batch`) than
+    /// sequences.
+    pub fn reserved_sequences(cache_slots: u32) -> u32 {
+        Self::context_slots(cache_slots) + 1
+    }
 }
 
 /// llama.cpp's hard limit on sequences per context.
@@ -108,8 +153,10 @@ pub(super) struct Context<'m> {
 }
 
 impl<'m> Context<'m> {
-    /// A context of `n_ctx` cells and `n_batch` tokens per decode on `model`, with `reserved`
-    /// sequences (the prefix cache's slots) before up to `max_sequences` candidate sequences.
+    /// A context of `n_ctx` cells of `kv` (key and value) types and `n_batch` tokens per decode on
+    /// `model`, with `reserved` sequences (the prefix cache's slots) before up to `max_sequences`
+    /// candidate sequences.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'m Model,
         n_ctx: u32,
@@ -117,6 +164,7 @@ impl<'m> Context<'m> {
         n_threads: u32,
         reserved: u32,
         max_sequences: u32,
+        (type_k, type_v): (KvType, KvType),
     ) -> Result<Self, EngineError> {
         // One KV cell more than asked, for the padding token of `decode`.
         let cells = NonZeroU32::new(n_ctx.saturating_add(1))
@@ -130,7 +178,7 @@ impl<'m> Context<'m> {
             .saturating_sub(ContextOptions::reserved_sequences(reserved));
         if room == 0 {
             return Err(EngineError::Backend(format!(
-                "n_batch ({n_batch}) must be larger than the prefix cache's slots + 1 ({})",
+                "n_batch ({n_batch}) must be larger than the context slots + 1 ({})",
                 ContextOptions::reserved_sequences(reserved)
             )));
         }
@@ -151,14 +199,24 @@ impl<'m> Context<'m> {
             .with_n_seq_max(n_seq_max)
             .with_kv_unified(true)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_type_k(type_k.llama())
+            .with_type_v(type_v.llama());
         let backend = backend()?;
         // llama.cpp reads ggml's device list here, which an RPC worker may be joining (rpc.rs).
         let registry = super::rpc::registry_read();
-        let llama = model
-            .llama()
-            .new_context(backend, params)
-            .map_err(|e| EngineError::Backend(format!("cannot create a context: {e}")))?;
+        let (created, log) = super::loadlog::capture(|| model.llama().new_context(backend, params));
+        let llama = created.map_err(|e| {
+            // llama.cpp's own reason (a KV buffer it could not allocate) is in its log, not in
+            // the error it returns: quote it.
+            let cause = match log.problems.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", log.problems.join("; ")),
+            };
+            EngineError::Backend(format!(
+                "cannot create a context of {n_ctx} tokens: {e}{cause}"
+            ))
+        })?;
         drop(registry);
         // llama.cpp rounds n_ctx up and may cap n_batch: plan with what was asked and it made.
         let n_batch = llama.n_batch() as usize;
@@ -187,6 +245,11 @@ impl<'m> Context<'m> {
     /// What fits: cells, tokens per decode, candidate sequences.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Usable sequences (the padding's is the one after them).
+    pub fn sequences(&self) -> usize {
+        self.sequences as usize
     }
 
     /// llama.cpp decodes (passes over the weights) so far.

@@ -1,27 +1,43 @@
 //! The typed jobs a [`Worker`](super::Worker) runs: each operation's input, the channel its
 //! outcome goes back on, and cancellation when nobody waits any more.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::worker::{Shared, SubmitError};
-use super::{EngineError, Prepared, PreparedRequest, Scored, SequenceLogprobs, Token};
+use super::{EngineError, Pass, RpcWorkerLost, Scored, SequenceLogprobs, Token};
 
 /// A typed operation for a worker, with where its outcome goes. Every input was prepared (and its
 /// size checked) before it was queued: the worker only decodes.
 pub enum Job {
-    /// A `/v1/score` request, batched with the score jobs queued behind it when batching is on.
-    Score(Queued<PreparedRequest, Scored>),
-    /// Layouts scored one after another at α = 1, each with a label that names it in an error.
-    ScoreEach(Queued<Layouts, Vec<Scored>>),
+    /// A pass of a request: its layouts one after another. A pass of one layout is batched with
+    /// the score jobs queued behind it when batching is on.
+    Score(Queued<Pass, Vec<Scored>>),
     /// Log-probabilities along token sequences.
     Logprobs(Queued<LogprobsInput, Vec<SequenceLogprobs>>),
 }
 
-/// Layouts for [`Job::ScoreEach`], each with the label that names it in an error.
-pub type Layouts = Vec<(String, Prepared)>;
+impl Job {
+    /// The most KV cells the job holds at once: a layout's context with its longest candidate,
+    /// or its longest sequence. A job run between the slices of a long context must fit beside it.
+    pub(super) fn cells_at_once(&self) -> usize {
+        match self {
+            Job::Score(job) => (job.input.layouts.iter())
+                .map(|layout| {
+                    let prepared = &layout.prepared;
+                    let longest = prepared.candidates.iter().map(|c| c.tokens.len()).max();
+                    prepared.context.len() + longest.unwrap_or(0)
+                })
+                .max()
+                .unwrap_or(0),
+            Job::Logprobs(job) => (job.input.sequences.iter())
+                .map(|(_, tokens)| tokens.len())
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
 
 /// Sequences for [`Job::Logprobs`].
 #[derive(Debug, Clone)]
@@ -32,6 +48,29 @@ pub struct LogprobsInput {
     pub top_k: Option<usize>,
     /// Append the greedy next token.
     pub greedy: bool,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue holds `depth` waiting jobs already.
+    #[error("the model's queue is full ({depth} requests waiting)")]
+    Full {
+        /// The queue's capacity.
+        depth: usize,
+    },
+    /// The model is still loading.
+    #[error("the model is still loading")]
+    Loading,
+    /// The model failed to load.
+    #[error("the model failed to load: {0}")]
+    Failed(String),
+    /// The worker has stopped.
+    #[error("the model has been unloaded")]
+    Stopped,
+    /// An RPC worker of the model is lost; the model is loaded again when its workers answer.
+    #[error("{0}")]
+    Lost(RpcWorkerLost),
 }
 
 /// A job's input and the channel its outcome goes back on.
@@ -73,11 +112,12 @@ impl<I, O> Queued<I, O> {
         (queued, Pending(receiver))
     }
 
-    /// Whether anyone still waits for the outcome: `false` (its client left) skips the job.
-    pub(super) fn is_wanted(&self, shared: &Shared) -> bool {
+    /// Whether anyone still waits for the outcome: `false` (its client left) skips the job and
+    /// counts it in `cancelled`.
+    pub(super) fn is_wanted(&self, cancelled: &AtomicUsize) -> bool {
         let wanted = !self.reply.is_closed();
         if !wanted {
-            shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("client gone before its job started: skipped");
         }
         wanted
@@ -89,8 +129,12 @@ impl<I, O> Queued<I, O> {
     }
 
     /// Runs `work` on the input if the job is still wanted, and sends the outcome.
-    pub(super) fn run(self, shared: &Shared, work: impl FnOnce(&I) -> Result<O, EngineError>) {
-        if !self.is_wanted(shared) {
+    pub(super) fn run(
+        self,
+        cancelled: &AtomicUsize,
+        work: impl FnOnce(&I) -> Result<O, EngineError>,
+    ) {
+        if !self.is_wanted(cancelled) {
             return;
         }
         let waited = self.queued.elapsed();

@@ -2,8 +2,10 @@
 //! file bounds", "invalid magic", ...), and its API returns a bare null. While a model loads, the
 //! loading thread's log events (which llama-cpp-2 sends to `tracing` on that thread) are also kept
 //! here, so the load error can quote them. Every event still reaches the subscriber it would have.
-//! The lines that say where the weights went (layers offloaded, each device's buffer) are kept
-//! too, for the log line of a model split over RPC workers.
+//! The lines that say where the weights went (layers offloaded, each layer's device, each device's
+//! buffer) are kept too, for the log line of a model split over RPC workers and its placement in
+//! `/v1/models`. Warnings about a vocabulary that llama.cpp fixes by itself on every load are shown
+//! at debug level ([`is_noise`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +18,9 @@ use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 const LLAMA_TARGET: &str = "llama-cpp-2";
 /// How many of the last warning and error lines a load error quotes.
 const KEPT_LINES: usize = 4;
-/// What llama.cpp's lines about the weights' placement contain (llama-model.cpp, `load_tensors`).
-const PLACEMENT: [&str; 2] = ["to GPU", "model buffer size"];
+/// What llama.cpp's lines about the weights' placement contain (llama-model.cpp, `load_tensors`):
+/// the layers offloaded, each device's buffer, and (at debug level) each layer's device.
+const PLACEMENT: [&str; 3] = ["to GPU", "model buffer size", "assigned to device"];
 
 /// What llama.cpp logged while a model loaded.
 #[derive(Debug, Default)]
@@ -26,6 +29,8 @@ pub struct Log {
     pub problems: Vec<String>,
     /// The lines that say where the weights went.
     pub placement: Vec<String>,
+    /// Warnings shown at debug level instead ([`is_noise`]).
+    pub demoted: Vec<String>,
 }
 
 /// Runs `f` with llama.cpp's log lines on this thread captured; returns its result and the lines
@@ -39,11 +44,22 @@ pub fn capture<T>(f: impl FnOnce() -> T) -> (T, Log) {
     });
     let result = tracing::dispatcher::with_default(&capture, f);
     let log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    for line in &log.demoted {
+        tracing::debug!(target: LLAMA_TARGET, "{line}");
+    }
     (result, log)
 }
 
+/// llama.cpp's warnings about a model's vocabulary that the model cannot help and that change
+/// nothing endorm computes (Qwen2.5's GGUFs: "control-looking token: 128247 '</s>' was not
+/// control-type; this is probably a bug in the model. its type will be overridden"), on every load:
+/// shown at debug, not warn.
+fn is_noise(line: &str) -> bool {
+    line.starts_with("control-looking token") && line.contains("was not control-type")
+}
+
 fn is_llama(meta: &Metadata<'_>) -> bool {
-    meta.target() == LLAMA_TARGET && *meta.level() <= Level::INFO
+    meta.target() == LLAMA_TARGET && *meta.level() <= Level::DEBUG
 }
 
 struct Capture {
@@ -98,6 +114,15 @@ impl Subscriber for Capture {
             let mut message = Message(String::new());
             event.record(&mut message);
             let line = message.0.trim().to_owned();
+            if is_noise(&line) {
+                // Logged again at debug once the load is over (not from inside this dispatch).
+                self.log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .demoted
+                    .push(line);
+                return;
+            }
             if !line.is_empty() {
                 let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
                 if *meta.level() <= Level::WARN {

@@ -17,7 +17,7 @@ pub struct RowLogprobs {
 }
 
 /// One sequence with its log-probabilities, ready to report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SequenceLogprobs {
     /// The sequence's tokens, plus the greedy next token when one was asked for.
     pub tokens: Vec<Token>,
@@ -58,7 +58,7 @@ impl Scorer<'_> {
                 .ok_or_else(|| EngineError::Internal("no row after the prompt".into()))?;
             all.push(next.0);
         }
-        let logprobs = rows
+        let logprobs: Vec<f64> = rows
             .iter()
             .take(all.len() - 1)
             .map(|row| match row.next_logprob {
@@ -77,7 +77,16 @@ impl Scorer<'_> {
                     .map(|&(token, logprob)| (piece(model, token), logprob))
                     .collect()
             })
-            .collect();
+            .collect::<Vec<Vec<(String, f64)>>>();
+        // A model whose logits are not finite numbers (a damaged file) gives no log-probs at all:
+        // JSON has no NaN or infinity, and a `null` where a number is promised misleads.
+        let all_finite = logprobs.iter().all(|x| x.is_finite())
+            && top.iter().flatten().all(|(_, logprob)| logprob.is_finite());
+        if !all_finite {
+            return Err(EngineError::NotFinite(
+                "the model's log-probabilities are not numbers; is the model file intact?".into(),
+            ));
+        }
         Ok(SequenceLogprobs {
             texts: model.token_texts(&all),
             tokens: all,
@@ -103,7 +112,8 @@ impl Scorer<'_> {
         self.check_sequence(tokens)?;
         let rows_wanted = tokens.len() - usize::from(!after_last);
         let top_k = top_k.max(1);
-        let steps: Vec<Step> = along(tokens, 0, 0, |i| i < rows_wanted);
+        // Not on a context pinned by the job this one runs between the slices of.
+        let steps: Vec<Step> = along(tokens, 0, self.free_slot(), |i| i < rows_wanted);
         let mut rows = Vec::with_capacity(rows_wanted);
         self.clear_cache();
         let result = self.context.decode(&steps, |chunk, logits| {

@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
 
+use super::device::{self, Placement};
 use super::rpc::{self, RpcEndpoint};
+use super::special::{Special, SpecialTokens};
 use super::template::ChatTemplate;
-use super::{backend, cpu_kernels, gguf, loadlog, EngineError, Token};
+use super::{backend, cancel, cpu_kernels, gguf, loadlog, EngineError, Token};
 
 /// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
 const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
@@ -17,8 +20,9 @@ const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
-    /// Layers to offload to the GPU (0 on CPU-only builds); with `rpc`, to the RPC workers and
-    /// the GPUs, where 0 means every layer.
+    /// Layers to offload to the GPU (more than the model has: all of them); with `rpc`, to the RPC
+    /// workers and the GPUs, where 0 means every layer. Without a GPU every layer stays on the
+    /// CPU, with a warning.
     pub n_gpu_layers: u32,
     /// ggml RPC workers (`endorm rpc-worker`) that hold the offloaded layers, split in proportion
     /// to the memory each reports free.
@@ -33,7 +37,7 @@ pub struct ModelOptions {
 }
 
 /// What a model is: sizes and capabilities, read from the GGUF at load.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     /// Context length the model was trained with.
     pub n_ctx_train: u32,
@@ -49,6 +53,8 @@ pub struct ModelInfo {
     pub path: PathBuf,
     /// The CPU kernels that compute it ([`cpu_kernels`]).
     pub cpu: String,
+    /// Where its layers and KV cache are.
+    pub placement: Placement,
 }
 
 /// A GGUF model loaded through llama.cpp (read into memory, unless `use_mmap`).
@@ -57,6 +63,9 @@ pub struct Model {
     meta: ModelInfo,
     template: Option<ChatTemplate>,
     end_of_generation: Option<Token>,
+    special: SpecialTokens,
+    /// llama.cpp's lines of where the weights went (`loadlog.rs`), for a model on RPC workers.
+    placement_log: Vec<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -70,6 +79,35 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the GGUF at `path`.
     pub fn load(path: &Path, options: &ModelOptions) -> Result<Model, EngineError> {
+        Model::load_as(path, options, false)
+    }
+
+    /// The tokenizer, chat template and metadata of the GGUF at `path` without its weights: what
+    /// the daemon keeps of a model whose weights another process holds (an RPC model, `host.rs`),
+    /// with the sizes llama.cpp reads only with the weights (`n_ctx_train`, `n_params`,
+    /// `size_bytes`) as that process reports them.
+    pub(super) fn load_vocabulary(
+        path: &Path,
+        options: &ModelOptions,
+        sizes: &ModelInfo,
+    ) -> Result<Model, EngineError> {
+        let mut model = Model::load_as(path, options, true)?;
+        model.meta.n_ctx_train = sizes.n_ctx_train;
+        model.meta.n_params = sizes.n_params;
+        model.meta.size_bytes = sizes.size_bytes;
+        Ok(model)
+    }
+
+    /// llama.cpp's log lines of where the weights went (layers and buffers per device).
+    pub(super) fn placement_log(&self) -> &[String] {
+        &self.placement_log
+    }
+
+    fn load_as(
+        path: &Path,
+        options: &ModelOptions,
+        vocab_only: bool,
+    ) -> Result<Model, EngineError> {
         let not_loaded = |reason: String| EngineError::Load {
             path: path.to_owned(),
             reason,
@@ -86,10 +124,27 @@ impl Model {
         };
         let mut params = LlamaModelParams::default()
             .with_n_gpu_layers(n_gpu_layers)
-            .with_use_mmap(options.use_mmap);
-        if let Some(devices) = rpc::devices(&options.rpc).map_err(not_loaded)? {
+            .with_use_mmap(options.use_mmap)
+            .with_vocab_only(vocab_only);
+        let workers = if vocab_only {
+            &[][..]
+        } else {
+            &options.rpc[..]
+        };
+        // The devices are named to llama.cpp even where its default would pick the same ones, so
+        // that the placement reported is the one asked for. A vocabulary alone needs none.
+        let devices = match rpc::devices(workers).map_err(not_loaded)? {
+            Some(indices) => device::at(&indices),
+            None if vocab_only => Vec::new(),
+            None => {
+                let _registry = rpc::registry_read();
+                device::local_gpus()
+            }
+        };
+        if !devices.is_empty() {
+            let indices: Vec<usize> = devices.iter().map(|d| d.index).collect();
             params = params
-                .with_devices(&devices)
+                .with_devices(&indices)
                 .map_err(|e| not_loaded(e.to_string()))?;
         }
         let (loaded, log) = loadlog::capture(|| {
@@ -103,13 +158,24 @@ impl Model {
                 format!("{} (llama.cpp: {e})", log.problems.join("; "))
             })
         })?;
-        if !options.rpc.is_empty() {
+        let placement = Placement::new(&devices, n_gpu_layers, llama.n_layer());
+        if let Some(warning) = placement.fallback_warning() {
+            tracing::warn!(path = %path.display(), "{warning}");
+        }
+        if !workers.is_empty() {
             let workers: Vec<&str> = options.rpc.iter().map(RpcEndpoint::as_str).collect();
+            // One line per layer is for /v1/models (`host.rs`), not the log.
+            let summary: Vec<&str> = log
+                .placement
+                .iter()
+                .map(String::as_str)
+                .filter(|line| !line.contains("assigned to device"))
+                .collect();
             tracing::info!(
                 path = %path.display(),
                 workers = %workers.join(","),
                 "model placed (llama.cpp counts the RPC workers' layers as GPU layers): {}",
-                log.placement.join("; ")
+                summary.join("; ")
             );
         }
 
@@ -135,6 +201,23 @@ impl Model {
             .find(|&t| t.0 >= 0 && t.0 < vocab.n_tokens() && vocab.is_eog(t))
             .map(|t| Token(t.0));
 
+        let special = SpecialTokens::new(
+            (0..vocab.n_tokens())
+                .map(LlamaToken)
+                .filter_map(|token| {
+                    let attr = vocab.attr(token);
+                    let special = LlamaTokenAttr::Control
+                        | LlamaTokenAttr::UserDefined
+                        | LlamaTokenAttr::Unknown;
+                    attr.intersects(special).then(|| Special {
+                        text: String::from_utf8_lossy(&vocab.token_to_piece(token, true, None))
+                            .into_owned(),
+                        lstrip: attr.contains(LlamaTokenAttr::LStrip),
+                        rstrip: attr.contains(LlamaTokenAttr::RStrip),
+                    })
+                })
+                .collect(),
+        );
         let meta = ModelInfo {
             n_ctx_train: llama.n_ctx_train(),
             n_vocab: u32::try_from(vocab.n_tokens()).unwrap_or(0),
@@ -143,13 +226,21 @@ impl Model {
             chat_template: template.is_some(),
             path: path.to_owned(),
             cpu: cpu_kernels()?.to_owned(),
+            placement,
         };
         Ok(Model {
             llama,
             meta,
             template,
             end_of_generation,
+            special,
+            placement_log: log.placement,
         })
+    }
+
+    /// Whether `text` holds the text of one of the vocabulary's special tokens (`<|im_end|>`).
+    pub fn has_special_text(&self, text: &str) -> bool {
+        self.special.occurs_in(text)
     }
 
     /// Sizes and capabilities.
@@ -227,11 +318,31 @@ impl Model {
         if text.is_empty() && !add_special {
             return Ok(Vec::new());
         }
-        let tokens = self
-            .llama
-            .vocab()
-            .tokenize(text.as_bytes(), add_special, parse_special);
-        Ok(tokens.into_iter().map(|t| Token(t.0)).collect())
+        let vocab = self.llama.vocab();
+        // llama.cpp's special-token parsing costs the square of the occurrences in one text:
+        // many are tokenized in pieces that give the same tokens (`special.rs`), with a chance to
+        // stop between them.
+        let cuts = match parse_special {
+            true => self.special.cut_points(text),
+            false => Vec::new(),
+        };
+        let bos = self.adds_bos().then(|| self.bos()).flatten();
+        let whole = cuts.is_empty()
+            || (add_special
+                && vocab.tokenize(b"", true, false).len() != usize::from(bos.is_some()));
+        if whole {
+            let tokens = vocab.tokenize(text.as_bytes(), add_special, parse_special);
+            return Ok(tokens.into_iter().map(|t| Token(t.0)).collect());
+        }
+        let mut tokens: Vec<Token> = bos.filter(|_| add_special).into_iter().collect();
+        let mut start = 0;
+        for end in cuts.into_iter().chain([text.len()]) {
+            cancel::check()?;
+            let piece = vocab.tokenize(&text.as_bytes()[start..end], false, true);
+            tokens.extend(piece.into_iter().map(|t| Token(t.0)));
+            start = end;
+        }
+        Ok(tokens)
     }
 
     /// Whether `id` is in the vocabulary: anything else must never reach llama.cpp.

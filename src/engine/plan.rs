@@ -1,7 +1,12 @@
 //! How the candidates of one request are laid out over llama.cpp sequences and decodes: pure
 //! arithmetic, so the limits that would abort llama.cpp are checked where they can be tested.
+//! The candidates' prefix tree (which tokens several candidates share) is in [`tree`].
 
 use std::ops::Range;
+
+mod tree;
+
+pub use tree::{Tree, TreeOrder};
 
 /// The capacity of one llama.cpp context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,11 +130,12 @@ pub struct Overflow {
     pub needed: usize,
 }
 
-/// Splits candidates (by token count) into consecutive groups that are decoded together: each group
-/// fits in the KV cache beside the shared context and in the available sequences.
+/// Splits candidates, in their tree order, into consecutive groups that are decoded together: each
+/// group's tree (its nodes: the tokens it decodes) fits in the KV cache beside the shared context,
+/// and its leaves in the available sequences. The groups are ranges of positions in `order`.
 pub fn group_candidates(
     context_len: usize,
-    candidate_lens: &[usize],
+    order: &TreeOrder,
     limits: Limits,
 ) -> Result<Vec<Range<usize>>, Overflow> {
     // The context's last row must be computed, so it needs at least one cell left for a candidate.
@@ -139,25 +145,35 @@ pub fn group_candidates(
             needed: context_len + 1,
         });
     }
+    // The first candidate, in the request's order, that cannot fit beside the context even alone.
+    let too_long = (0..order.len())
+        .filter(|&k| context_len + order.lens[k] > limits.n_ctx)
+        .min_by_key(|&k| order.order[k]);
+    if let Some(k) = too_long {
+        return Err(Overflow {
+            candidate: Some(order.order[k]),
+            needed: context_len + order.lens[k],
+        });
+    }
     let mut groups = Vec::new();
     let mut start = 0;
-    let mut used = context_len;
-    for (index, &len) in candidate_lens.iter().enumerate() {
-        if context_len + len > limits.n_ctx {
-            return Err(Overflow {
-                candidate: Some(index),
-                needed: context_len + len,
-            });
+    let (mut cells, mut sequences) = (context_len, 0);
+    for k in 0..order.len() {
+        let (more_cells, more_sequences) = order.added(k, k == start);
+        if cells + more_cells > limits.n_ctx || sequences + more_sequences > limits.max_sequences {
+            groups.push(start..k);
+            start = k;
+            (cells, sequences) = (context_len, 0);
+            let (first_cells, first_sequences) = order.added(k, true);
+            cells += first_cells;
+            sequences += first_sequences;
+            continue;
         }
-        if used + len > limits.n_ctx || index - start == limits.max_sequences {
-            groups.push(start..index);
-            start = index;
-            used = context_len;
-        }
-        used += len;
+        cells += more_cells;
+        sequences += more_sequences;
     }
-    if start < candidate_lens.len() {
-        groups.push(start..candidate_lens.len());
+    if start < order.len() {
+        groups.push(start..order.len());
     }
     Ok(groups)
 }
@@ -171,18 +187,18 @@ pub struct PassBudget {
 }
 
 impl PassBudget {
-    /// Adds a request of `context_len` tokens and candidates of `candidate_lens` tokens if it fits
-    /// beside the requests added so far in `n_ctx` cells and `max_sequences` sequences (one for
-    /// its context, one per candidate).
+    /// Adds a request of `context_len` tokens whose candidates' tree takes `cells` cells and
+    /// `leaves` sequences ([`TreeOrder::cost`]) if it fits beside the requests added so far in
+    /// `n_ctx` cells and `max_sequences` sequences (one for its context, one per leaf).
     pub fn try_add(
         &mut self,
         context_len: usize,
-        candidate_lens: &[usize],
+        (cells, leaves): (usize, usize),
         n_ctx: usize,
         max_sequences: usize,
     ) -> bool {
-        let cells = self.cells + context_len + candidate_lens.iter().sum::<usize>();
-        let sequences = self.sequences + 1 + candidate_lens.len();
+        let cells = self.cells + context_len + cells;
+        let sequences = self.sequences + 1 + leaves;
         if cells > n_ctx || sequences > max_sequences {
             return false;
         }
@@ -193,6 +209,7 @@ impl PassBudget {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Token;
     use super::*;
 
     const LIMITS: Limits = Limits {
@@ -225,9 +242,19 @@ mod tests {
         assert_eq!(logits_rows(0, 0, 0), 1);
     }
 
+    /// Candidates of these lengths sharing nothing.
+    fn unshared(lens: &[usize]) -> TreeOrder {
+        let candidates: Vec<Vec<Token>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| vec![Token(i as i32); len])
+            .collect();
+        TreeOrder::new(candidates.iter().map(Vec::as_slice), true)
+    }
+
     #[test]
     fn everything_fits_in_one_group() {
-        let groups = group_candidates(10, &[5, 5, 5], LIMITS).unwrap();
+        let groups = group_candidates(10, &unshared(&[5, 5, 5]), LIMITS).unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0], 0..3);
     }
@@ -235,7 +262,7 @@ mod tests {
     #[test]
     fn sequences_limit_the_group_size() {
         assert_eq!(
-            group_candidates(10, &[1; 7], LIMITS),
+            group_candidates(10, &unshared(&[1; 7]), LIMITS),
             Ok(vec![0..3, 3..6, 6..7])
         );
     }
@@ -244,7 +271,7 @@ mod tests {
     fn the_kv_cache_limits_the_group_size() {
         // 50 + 30 fits, 50 + 30 + 30 does not.
         assert_eq!(
-            group_candidates(50, &[30, 30, 20], LIMITS),
+            group_candidates(50, &unshared(&[30, 30, 20]), LIMITS),
             Ok(vec![0..1, 1..3])
         );
     }
@@ -252,14 +279,14 @@ mod tests {
     #[test]
     fn oversized_inputs_are_reported() {
         assert_eq!(
-            group_candidates(50, &[10, 51], LIMITS),
+            group_candidates(50, &unshared(&[10, 51]), LIMITS),
             Err(Overflow {
                 candidate: Some(1),
                 needed: 101
             })
         );
         assert_eq!(
-            group_candidates(100, &[1], LIMITS),
+            group_candidates(100, &unshared(&[1]), LIMITS),
             Err(Overflow {
                 candidate: None,
                 needed: 101
@@ -324,18 +351,49 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_beginning_counts_once_in_a_groups_cells_and_a_continuation_takes_no_sequence() {
+        let ids = |ids: &[i32]| ids.iter().map(|&i| Token(i)).collect::<Vec<_>>();
+        // 30 shared tokens, then 10 of each candidate's own; the third continues the second.
+        let stem: Vec<i32> = (100..130).collect();
+        let with = |tail: &[i32]| ids(&[stem.as_slice(), tail].concat());
+        let candidates = [
+            with(&[1; 10]),
+            with(&[2; 10]),
+            with(&[[2; 10], [3; 10]].concat()),
+            ids(&[9; 5]),
+        ];
+        let order = TreeOrder::new(candidates.iter().map(Vec::as_slice), true);
+        assert_eq!(order.order, [0, 1, 2, 3]);
+        // 30 + 10 + 10 + 10 + 5 cells; sequences: 0, 1 (2 continues 1's leaf), 3.
+        assert_eq!(order.cost(0..4), (65, 3));
+        let groups = group_candidates(10, &order, LIMITS).unwrap();
+        assert_eq!((groups.len(), groups[0].clone()), (1, 0..4));
+        // Unshared, the same lengths take 40 + 40 + 50 + 5 cells: two groups in 100 cells.
+        let apart = TreeOrder::new(candidates.iter().map(Vec::as_slice), false);
+        assert_eq!(apart.cost(0..4), (135, 4));
+        assert_eq!(group_candidates(10, &apart, LIMITS), Ok(vec![0..2, 2..4]));
+        // Beside 50 context tokens the tree is cut after the second candidate; the group that
+        // starts inside the tree decodes the shared beginning again (50 + 5 cells).
+        assert_eq!(
+            group_candidates(50, &order, LIMITS),
+            Ok(vec![0..2, 2..3, 3..4])
+        );
+        assert_eq!(order.tail(2).cost(0..2), (55, 2));
+    }
+
+    #[test]
     fn no_candidates_no_groups() {
-        assert_eq!(group_candidates(10, &[], LIMITS), Ok(vec![]));
+        assert_eq!(group_candidates(10, &unshared(&[]), LIMITS), Ok(vec![]));
     }
 
     #[test]
     fn a_pass_admits_requests_while_cells_and_sequences_last() {
         let mut budget = PassBudget::default();
-        assert!(budget.try_add(40, &[10, 10], 100, 8)); // 60 cells, 3 sequences
-        assert!(budget.try_add(20, &[5, 5], 100, 8)); // 90 cells, 6 sequences
-        assert!(!budget.try_add(5, &[6], 100, 8), "101 cells");
-        assert!(!budget.try_add(1, &[1, 1], 100, 8), "9 sequences");
-        assert!(budget.try_add(1, &[1], 100, 8), "92 cells, 8 sequences");
-        assert!(!budget.try_add(0, &[], 100, 8), "9 sequences");
+        assert!(budget.try_add(40, (20, 2), 100, 8)); // 60 cells, 3 sequences
+        assert!(budget.try_add(20, (10, 2), 100, 8)); // 90 cells, 6 sequences
+        assert!(!budget.try_add(5, (6, 1), 100, 8), "101 cells");
+        assert!(!budget.try_add(1, (2, 2), 100, 8), "9 sequences");
+        assert!(budget.try_add(1, (1, 1), 100, 8), "92 cells, 8 sequences");
+        assert!(!budget.try_add(0, (0, 0), 100, 8), "9 sequences");
     }
 }

@@ -8,14 +8,15 @@
 
 use crate::api::{Format, Message, ScoreRequest};
 
-use super::{EngineError, Model, Token};
+use super::template::ChatTemplate;
+use super::{cancel, EngineError, Model, Token};
 
 mod rewards;
 
 pub use rewards::rewards;
 
 /// A request in tokens, ready for the scorer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prepared {
     /// The context, decoded once and shared by every candidate.
     pub context: Vec<Token>,
@@ -53,7 +54,7 @@ impl Prepared {
 }
 
 /// The scored tokens of one candidate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Candidate {
     /// `a_1 … a_H`.
     pub tokens: Vec<Token>,
@@ -109,7 +110,7 @@ pub fn score_request(
 }
 
 /// The request's format: `chat` when the model has a chat template, else `raw`, when it names none.
-fn format(model: &Model, request: &ScoreRequest) -> Format {
+pub fn format(model: &Model, request: &ScoreRequest) -> Format {
     request
         .format
         .unwrap_or(if model.chat_template().is_some() {
@@ -223,6 +224,23 @@ fn invalid(message: impl Into<String>) -> EngineError {
     EngineError::InvalidInput(message.into())
 }
 
+/// The roles a message may have: those every chat template knows. Anything else would be passed
+/// to the template as given, where a made-up role can open a turn of any name.
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+fn check_roles(messages: &[Message]) -> Result<(), EngineError> {
+    for (index, message) in messages.iter().enumerate() {
+        if !ROLES.contains(&message.role.as_str()) {
+            return Err(invalid(format!(
+                "messages[{index}].role is {:?}; a role is one of {}",
+                message.role,
+                ROLES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The messages of a chat request with the principle as its system message.
 ///
 /// A principle and a system message of the caller's own are joined (principle first, a blank line
@@ -239,7 +257,10 @@ fn conversation(
                 "`messages` is empty: send at least one message (the conversation to reply to)",
             ))
         }
-        (Some(messages), None) => messages.clone(),
+        (Some(messages), None) => {
+            check_roles(messages)?;
+            messages.clone()
+        }
         (None, Some(prompt)) => vec![Message {
             role: "user".into(),
             content: prompt.clone(),
@@ -284,8 +305,7 @@ fn chat(
             .render(&turn, reply.is_none())
             .map_err(|e| EngineError::Template(e.to_string()))
     };
-    let context_text = render(None)?;
-    let context = tokenize_context(model, &context_text)?;
+    let (context_text, context) = render_context(model, template, messages)?;
 
     // A rendering with a marker as the reply shows what the template puts around every reply.
     const MARKER: &str = "\u{E000}endorm-reply\u{E001}";
@@ -316,6 +336,7 @@ fn chat(
     let candidates = candidates
         .iter()
         .map(|content| {
+            cancel::check()?;
             let rendered = render(Some(content))?;
             // Templates may transform a reply (Llama 3 trims it): score the text they render.
             let reply = rendered
@@ -338,6 +359,116 @@ fn chat(
         context,
         candidates,
     })
+}
+
+/// The template over `messages` with its generation prompt: the text and its tokens. The
+/// template's own markup is special (`<|im_start|>` is that token); the messages' text is text, so
+/// a message (or principle) that holds `<|im_end|>` cannot close its turn and forge another.
+///
+/// Text without special-token text is tokenized with the markup in one piece, as llama.cpp
+/// tokenizes a rendered template. Otherwise the template is rendered a second time with a marker
+/// for each message's text, the markup between the markers is tokenized with special-token
+/// parsing and each message's text without; a template that rewrites message text in a way this
+/// cannot follow (other than trimming it, as Llama 3's does) is refused for such a message.
+fn render_context(
+    model: &Model,
+    template: &ChatTemplate,
+    messages: &[Message],
+) -> Result<(String, Vec<Token>), EngineError> {
+    let render = |messages: &[Message]| {
+        template
+            .render(messages, true)
+            .map_err(|e| EngineError::Template(e.to_string()))
+    };
+    let text = render(messages)?;
+    if !messages.iter().any(|m| model.has_special_text(&m.content)) {
+        let tokens = tokenize_context(model, &text)?;
+        return Ok((text, tokens));
+    }
+    let marked: Vec<Message> = (0..messages.len())
+        .map(|i| Message {
+            role: messages[i].role.clone(),
+            content: format!("{MARK_OPEN}{i}{MARK_CLOSE}"),
+        })
+        .collect();
+    let marked = render(&marked)?;
+    let pieces = marked_pieces(&marked, messages.len())?;
+    let rebuilt = |trim: bool| -> String {
+        pieces
+            .iter()
+            .map(|piece| match *piece {
+                Piece::Markup(markup) => markup,
+                Piece::Message(i) if trim => messages[i].content.trim(),
+                Piece::Message(i) => messages[i].content.as_str(),
+            })
+            .collect()
+    };
+    let trim = match () {
+        () if rebuilt(false) == text => false,
+        () if rebuilt(true) == text => true,
+        () => {
+            return Err(EngineError::Template(
+                "a message holds special-token text and the template rewrites message text in a                  way endorm cannot follow, so the text could not be kept apart from the template's                  markup; use raw format"
+                    .into(),
+            ))
+        }
+    };
+    let mut tokens = Vec::new();
+    for piece in &pieces {
+        cancel::check()?;
+        match *piece {
+            Piece::Markup(markup) => tokens.extend(model.tokenize(markup, false, true)?),
+            Piece::Message(i) => {
+                let content = &messages[i].content;
+                let content = if trim { content.trim() } else { content };
+                tokens.extend(model.tokenize(content, false, false)?);
+            }
+        }
+    }
+    if let (true, Some(bos)) = (model.adds_bos(), model.bos()) {
+        if tokens.first() != Some(&bos) {
+            tokens.insert(0, bos);
+        }
+    }
+    Ok((text, tokens))
+}
+
+/// The markers that stand for message `i`'s text in a second rendering (private-use characters,
+/// which no template writes).
+const MARK_OPEN: char = '\u{E002}';
+const MARK_CLOSE: char = '\u{E003}';
+
+/// A part of a rendered conversation: the template's markup, or where message `i`'s text goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    Markup(&'a str),
+    Message(usize),
+}
+
+/// Splits a rendering with markers into the template's markup and the messages' places.
+fn marked_pieces(text: &str, messages: usize) -> Result<Vec<Piece<'_>>, EngineError> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(MARK_OPEN) {
+        if open > 0 {
+            pieces.push(Piece::Markup(&rest[..open]));
+        }
+        let after = &rest[open + MARK_OPEN.len_utf8()..];
+        let close = after.find(MARK_CLOSE).ok_or_else(|| {
+            EngineError::Template("the template cut a message's text apart".into())
+        })?;
+        let index: usize = after[..close]
+            .parse()
+            .ok()
+            .filter(|&i| i < messages)
+            .ok_or_else(|| EngineError::Template("the template rewrote a message's text".into()))?;
+        pieces.push(Piece::Message(index));
+        rest = &after[close + MARK_CLOSE.len_utf8()..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Markup(rest));
+    }
+    Ok(pieces)
 }
 
 /// A rendered chat context in tokens: special-token text parsed, BOS added where the model wants
@@ -405,10 +536,7 @@ fn raw_context(model: &Model, text: &str) -> Result<Vec<Token>, EngineError> {
 /// exactly as a chat-format `/v1/score` request renders its context.
 pub fn chat_context(model: &Model, messages: &[Message]) -> Result<Vec<Token>, EngineError> {
     let template = model.chat_template().ok_or(EngineError::NoChatTemplate)?;
-    let text = template
-        .render(messages, true)
-        .map_err(|e| EngineError::Template(e.to_string()))?;
-    tokenize_context(model, &text)
+    Ok(render_context(model, template, messages)?.1)
 }
 
 /// At most `max` of `tokens`.
@@ -472,6 +600,52 @@ pub fn synthetic(
                 terminal: false,
             })
             .collect(),
+    })
+}
+
+/// The cost sweep's request (`endorm bench --sweep`): `context_tokens` tokens of context (at least
+/// one), then `candidates` candidates of `candidate_tokens` tokens whose first `shared` tokens are
+/// the same. The ids are drawn by a fixed generator from the vocabulary past its first 1,000 ids
+/// (where models keep their special tokens, which a few place at the end: at most the first
+/// 30,000 are used), so the candidates share nothing beyond those tokens; a decode's cost does
+/// not depend on which tokens it holds.
+pub fn synthetic_shared(
+    model: &Model,
+    context_tokens: usize,
+    candidates: usize,
+    candidate_tokens: usize,
+    shared: usize,
+) -> Result<Prepared, EngineError> {
+    const FIRST: u64 = 1_000;
+    let n_vocab = u64::from(model.meta().n_vocab).min(30_000);
+    if n_vocab <= FIRST {
+        return Err(EngineError::InvalidInput(format!(
+            "a vocabulary of {n_vocab} tokens is too small for the sweep's request"
+        )));
+    }
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        Token((FIRST + (state >> 33) % (n_vocab - FIRST)) as i32)
+    };
+    let context: Vec<Token> = (0..context_tokens.max(1)).map(|_| next()).collect();
+    let shared = shared.min(candidate_tokens);
+    let common: Vec<Token> = (0..shared).map(|_| next()).collect();
+    let candidates = (0..candidates)
+        .map(|_| {
+            let mut tokens = common.clone();
+            tokens.extend((shared..candidate_tokens.max(1)).map(|_| next()));
+            Candidate {
+                tokens,
+                terminal: false,
+            }
+        })
+        .collect();
+    Ok(Prepared {
+        context,
+        candidates,
     })
 }
 

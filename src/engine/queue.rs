@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Who submitted a job: the unit the queue is fair between. The server decides it once per
 /// connection (or from the `X-Endorm-Client` header); the engine only compares them.
@@ -146,16 +147,49 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// [`FairQueue::pop`], waiting at most `timeout`: `Err(true)` once the queue is closed and
+    /// empty, `Err(false)` when nothing came in time.
+    pub fn pop_within(&self, timeout: Duration) -> Result<(ClientId, T), bool> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if let Some(item) = inner.take_if(|_| true) {
+                return Ok(item);
+            }
+            if inner.closed {
+                return Err(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(false);
+            }
+            inner = self
+                .ready
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether the queue refuses new jobs (its worker's handle is gone).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// The next job in the fair order if there is one and `accept` takes it; else it stays first.
     pub fn pop_if(&self, accept: impl FnOnce(&T) -> bool) -> Option<T> {
         self.lock().take_if(accept).map(|(_, item)| item)
     }
 
-    /// The next job of a client other than `running`, whose job is under way and keeps its turn:
-    /// what the worker runs between the passes of a long job (see `worker::Turns`).
-    pub fn pop_other(&self, running: &ClientId) -> Option<T> {
+    /// The next job of a client other than `running`, whose job is under way and keeps its turn,
+    /// among those `fits` takes: what the worker runs between the passes of a long job (see
+    /// `worker::Turns`). A client whose next job does not fit keeps its place.
+    pub fn pop_other(&self, running: &ClientId, mut fits: impl FnMut(&T) -> bool) -> Option<T> {
         let mut inner = self.lock();
-        let index = inner.turns.iter().position(|(id, _)| id != running)?;
+        let index = inner
+            .turns
+            .iter()
+            .position(|(id, items)| id != running && items.front().is_some_and(&mut fits))?;
         inner.take_turn(index).map(|(_, item)| item)
     }
 
@@ -271,11 +305,24 @@ mod tests {
             queue.push(&named(client), job).unwrap();
         }
         // a's job runs; between its passes b's and c's go first, a stays at the front.
-        assert_eq!(queue.pop_other(&named("a")), Some("b1"));
-        assert_eq!(queue.pop_other(&named("a")), Some("c1"));
-        assert_eq!(queue.pop_other(&named("a")), Some("b2"));
-        assert_eq!(queue.pop_other(&named("a")), None);
+        let any = |_: &&str| true;
+        assert_eq!(queue.pop_other(&named("a"), any), Some("b1"));
+        assert_eq!(queue.pop_other(&named("a"), any), Some("c1"));
+        assert_eq!(queue.pop_other(&named("a"), any), Some("b2"));
+        assert_eq!(queue.pop_other(&named("a"), any), None);
         assert_eq!(drain(&queue), ["a2", "a3"]);
+    }
+
+    #[test]
+    fn between_passes_a_job_that_does_not_fit_waits_and_the_next_client_that_fits_runs() {
+        let queue = FairQueue::new(8);
+        for (client, job) in [("b", "b-big"), ("c", "c1"), ("b", "b2")] {
+            queue.push(&named(client), job).unwrap();
+        }
+        let small = |job: &&str| !job.ends_with("big");
+        assert_eq!(queue.pop_other(&named("a"), small), Some("c1"));
+        assert_eq!(queue.pop_other(&named("a"), small), None);
+        assert_eq!(drain(&queue), ["b-big", "b2"]);
     }
 
     #[test]

@@ -1,90 +1,116 @@
-//! One `/v1/score` request end to end: tokens, scores, ranks, response. The server and the offline
-//! scorer both come through here, so the same input gives the same numbers everywhere.
+//! One `/v1/score` request end to end: tokens, passes, scores, ranks, response. The daemon, the
+//! offline scorer and `endorm eval` all come through here, so the same input gives the same
+//! numbers everywhere.
 //!
-//! A request is one pass (the candidates after the context) plus the passes its options ask for:
-//! the candidates after the neutral context (`contrast`), the instruction after each candidate
-//! (`reviewer`), the same tokens on a reference model (`reference_model`, run by the daemon on
-//! that model's worker). Each pass is scored on its own; [`PreparedRequest::respond`] combines them.
+//! A request is its main pass (the candidates after the context) plus one [`Pass`] per option
+//! that needs more scoring: the candidates after the neutral context (`contrast`), the
+//! instruction after each candidate (`reviewer`), the same tokens on a reference model
+//! (`reference_model`, which the daemon runs on that model's worker). Whoever runs the passes
+//! hands their scores back to [`PreparedRequest::respond`], which combines each candidate's
+//! [`Terms`] with its [`Recipe`] (`crate::reward`), the one place the terms meet.
 
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    CandidateResult, Contrast, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage,
+    CandidateResult, Contrast, Format, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage,
 };
-use crate::reward::{consensus, order_best_first, Aggregate, Aggregates, Alpha, TokenValues};
+use crate::reward::{consensus, order_best_first, Aggregates, Alpha, Recipe, Terms, TokenValues};
 
-use super::job::Layouts;
-use super::{prepare, EngineError, Model, Prepared, Scored};
+use super::pass::{Layout, Pass, PassKind};
+use super::{prepare, EngineError, Model, Prepared, Scored, Scorer};
 
 /// The largest `consensus` weight accepted: beyond it the aggregate is a tie-breaker only, which
 /// a client asks for more plainly by ranking on agreement itself.
 pub const MAX_CONSENSUS_WEIGHT: f64 = 100.0;
 
-/// A score request in tokens, ready for a scorer, and when it arrived.
+/// A score request in tokens with the passes its options add, ready for a scorer, and when it
+/// arrived.
 #[derive(Debug, Clone)]
 pub struct PreparedRequest {
-    /// The tokens to score.
+    /// The main pass's tokens: the candidates after the context.
     pub prepared: Prepared,
     /// The request's `alpha`.
     pub alpha: Alpha,
+    /// Which terms make each candidate's score.
+    pub recipe: Recipe,
     /// The request's `consensus` weight, checked to lie in `0 < w ≤` [`MAX_CONSENSUS_WEIGHT`].
     pub consensus: Option<f64>,
-    /// `contrast: "neutral"`: the same candidates after the neutral context.
-    pub neutral: Option<Prepared>,
-    /// `reviewer`: per candidate, the instruction after it.
-    pub reviewer: Option<Vec<Prepared>>,
+    /// How it was read: its `format`, or the model's default (chat, raw without a template).
+    pub format: Format,
+    /// The passes besides the main one.
+    extra: Vec<Pass>,
     started: Instant,
     tokenize_time: Duration,
 }
 
 impl PreparedRequest {
-    /// Checks and tokenizes `request` on `model`.
+    /// Checks and tokenizes `request` on `model`, with the passes its options ask for. A
+    /// `reference` model (the request's `reference_model`, or the model's configured one) adds
+    /// the reference pass.
     pub fn new(
         model: &Model,
+        reference: Option<&Model>,
         request: &ScoreRequest,
         default_principle: Option<&str>,
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
-        let alpha = match request.alpha {
-            None => Alpha::ONE,
-            Some(value) => Alpha::new(value).ok_or_else(|| {
-                EngineError::InvalidInput(format!(
-                    "`alpha` must be from {} to {}, not {value}",
-                    Alpha::MIN,
-                    Alpha::MAX
-                ))
-            })?,
-        };
-        let consensus = match request.consensus {
-            None => None,
-            // Written so that NaN fails too.
-            Some(w) if w > 0.0 && w <= MAX_CONSENSUS_WEIGHT => Some(w),
-            Some(w) => {
-                return Err(EngineError::InvalidInput(format!(
-                    "`consensus` is the weight of the candidates' agreement and must be above 0 \
-                     and at most {MAX_CONSENSUS_WEIGHT}, not {w}; leave it out for the plain \
-                     aggregate"
-                )))
-            }
-        };
+        let alpha = alpha(request.alpha)?;
+        let consensus = consensus_weight(request.consensus)?;
         let prepared = prepare::score_request(model, request, default_principle)?;
-        let neutral = match request.contrast {
-            None => None,
-            Some(Contrast::Neutral) => Some(prepare::neutral(model, request, &prepared)?),
-        };
-        let reviewer = match request.reviewer {
-            false => None,
-            true => Some(prepare::reviewer(model, request)?),
+        let mut extra = Vec::new();
+        if let Some(Contrast::Neutral) = request.contrast {
+            let neutral = prepare::neutral(model, request, &prepared)?;
+            extra.push(Pass::one(PassKind::Neutral, alpha, neutral));
+        }
+        if request.reviewer {
+            // Scored at α = 1: the term is the model's own log-probability of the instruction.
+            let layouts = prepare::reviewer(model, request)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, prepared)| Layout {
+                    prepared,
+                    label: Some(format!("reviewer layout of candidate {i}")),
+                })
+                .collect();
+            extra.push(Pass {
+                kind: PassKind::Reviewer,
+                alpha: Alpha::ONE,
+                layouts,
+            });
+        }
+        if let Some(reference) = reference {
+            let tokens = reference_tokens(model, reference, request, default_principle, &prepared)?;
+            extra.push(Pass::one(PassKind::Reference, alpha, tokens));
+        }
+        let recipe = Recipe {
+            aggregate: request.aggregate,
+            neutral: request.contrast.is_some(),
+            reviewer: request.reviewer,
+            reference: reference.is_some(),
         };
         Ok(PreparedRequest {
             prepared,
             alpha,
+            recipe,
             consensus,
-            neutral,
-            reviewer,
+            format: prepare::format(model, request),
+            extra,
             started,
             tokenize_time: started.elapsed(),
         })
+    }
+
+    /// Every pass: the main one first.
+    pub fn passes(&self) -> Vec<Pass> {
+        let main = Pass::one(PassKind::Main, self.alpha, self.prepared.clone());
+        std::iter::once(main)
+            .chain(self.extra.iter().cloned())
+            .collect()
+    }
+
+    /// The pass of `kind`, if the request has one.
+    pub fn pass(&self, kind: PassKind) -> Option<Pass> {
+        self.passes().into_iter().find(|pass| pass.kind == kind)
     }
 
     /// Tokens of the context and all candidates.
@@ -94,114 +120,46 @@ impl PreparedRequest {
 
     /// Tokens of every pass together: what the request costs, checked against `max_tokens`.
     pub fn all_tokens(&self) -> usize {
-        let extra = self.neutral.iter().chain(self.reviewer.iter().flatten());
-        self.tokens() + extra.map(Prepared::tokens).sum::<usize>()
+        self.tokens() + self.extra.iter().map(Pass::tokens).sum::<usize>()
     }
 
-    /// Tokens of its largest job on the worker: the main pass, the neutral pass, or the reviewer
-    /// layouts (one job together); checked against `max_job_tokens`.
+    /// Tokens of its largest pass (one job on a worker), checked against `max_job_tokens`.
     pub fn largest_job(&self) -> usize {
-        let neutral = self.neutral.as_ref().map_or(0, Prepared::tokens);
-        let reviewer = self.reviewer.iter().flatten().map(Prepared::tokens).sum();
-        self.tokens().max(neutral).max(reviewer)
+        let extra = self.extra.iter().map(Pass::tokens);
+        extra.fold(self.tokens(), usize::max)
     }
 
-    /// The neutral pass as a request of its own (same `alpha`), for a worker's score job.
-    pub fn neutral_pass(&self) -> Option<PreparedRequest> {
-        self.neutral.as_ref().map(|neutral| PreparedRequest {
-            prepared: neutral.clone(),
-            alpha: self.alpha,
-            consensus: None,
-            neutral: None,
-            reviewer: None,
-            started: self.started,
-            tokenize_time: self.tokenize_time,
-        })
-    }
-
-    /// The reviewer layouts, each labelled for its error; scored at α = 1 (`log π` is the
-    /// model's own log-probability).
-    pub fn reviewer_layouts(&self) -> Option<Layouts> {
-        self.reviewer.as_ref().map(|layouts| {
-            layouts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("reviewer layout of candidate {i}"), p.clone()))
-                .collect()
-        })
-    }
-
-    /// The same request on another model for `reference_model` (without the contrast and
-    /// reviewer passes): the vocabularies must have the same size and this request's tokens there
-    /// must be these very tokens, or the difference would compare different things.
-    pub fn reference_pass(
-        &self,
-        model: &Model,
-        reference: &Model,
-        request: &ScoreRequest,
-        default_principle: Option<&str>,
-    ) -> Result<PreparedRequest, EngineError> {
-        same_vocabulary(model, reference)?;
-        let plain = ScoreRequest {
-            consensus: None,
-            contrast: None,
-            reviewer: false,
-            ..request.clone()
-        };
-        let other = PreparedRequest::new(reference, &plain, default_principle)?;
-        if other.prepared != self.prepared {
-            return Err(EngineError::InvalidInput(
-                "`reference_model` tokenizes this request differently from the model: the \
-                 contrast needs the same tokenizer (and chat template)"
-                    .into(),
-            ));
-        }
-        Ok(other)
-    }
-
-    /// The response to `request` from its scores. `total_ms` counts from [`PreparedRequest::new`],
-    /// so it includes any time spent queued.
+    /// The response to `request` from the scores of its passes. `total_ms` counts from
+    /// [`PreparedRequest::new`], so it includes any time spent queued. `reference_model` names
+    /// the model the reference pass ran on.
     pub fn respond(
         &self,
         model: &Model,
         model_id: &str,
         request: &ScoreRequest,
         passes: &Passes,
+        reference_model: Option<&str>,
     ) -> Result<ScoreResponse, EngineError> {
-        let alpha = self.alpha;
-        let scored = &passes.main;
-        let aggregate = request.aggregate;
         let n = self.prepared.candidates.len();
-        let neutral = passes
-            .neutral
-            .as_ref()
-            .map(|s| self.sums(s, n))
-            .transpose()?;
-        let reference = passes
-            .reference
-            .as_ref()
-            .map(|s| self.sums(s, n))
-            .transpose()?;
-        let reviewer = match &passes.reviewer {
-            None => None,
-            Some(scored) => Some(reviewer_terms(scored, n, aggregate)?),
-        };
+        let main = passes.main()?;
+        let terms = passes.terms(n, self.alpha)?;
+        let aggregate = self.recipe.aggregate;
         let mut results = Vec::with_capacity(n);
-        for (index, (candidate, values)) in self
+        for (index, ((candidate, values), terms)) in self
             .prepared
             .candidates
             .iter()
-            .zip(&scored.candidates)
+            .zip(&main.candidates)
+            .zip(&terms)
             .enumerate()
         {
-            let sums = finite(index, values, alpha)?;
-            let mut result = CandidateResult::new(index, aggregate, &sums, values.len());
-            result.neutral = neutral.as_ref().map(|all| all[index].get(aggregate));
-            result.reference = reference.as_ref().map(|all| all[index].get(aggregate));
-            result.reviewer = reviewer.as_ref().map(|all| all[index]);
-            result.score += result.reviewer.unwrap_or(0.0)
-                - result.neutral.unwrap_or(0.0)
-                - result.reference.unwrap_or(0.0);
+            let mut result = CandidateResult::new(index, aggregate, &terms.main, values.len());
+            result.neutral = terms.neutral(aggregate);
+            result.reference = terms.reference(aggregate);
+            result.reviewer = terms.reviewer(aggregate);
+            result.score = self.recipe.score(terms).ok_or_else(|| {
+                EngineError::Internal("a pass the request asked for did not run".into())
+            })?;
             if request.return_tokens {
                 let texts = model.token_texts(&candidate.tokens);
                 result.tokens = Some(
@@ -221,8 +179,8 @@ impl PreparedRequest {
             // the candidates say, not about how much of them was scored.
             let texts: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
             let agreement = consensus::agreement(&texts);
-            let aggregate: Vec<f64> = results.iter().map(|r| r.score).collect();
-            let combined = consensus::combine(&aggregate, &agreement, weight);
+            let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
+            let combined = consensus::combine(&scores, &agreement, weight);
             for ((result, agreement), score) in results.iter_mut().zip(agreement).zip(combined) {
                 result.agreement = Some(agreement);
                 result.score = score;
@@ -238,28 +196,94 @@ impl PreparedRequest {
         Ok(ScoreResponse {
             model: model_id.to_owned(),
             aggregate,
-            reference_model: passes.reference_model.clone(),
+            format: self.format,
+            reference_model: reference_model.map(str::to_owned),
             results,
             order,
             usage: Usage {
                 prompt_tokens: self.prepared.context.len(),
-                cached_tokens: scored.cached_tokens,
+                cached_tokens: main.cached_tokens,
                 candidate_tokens: self.prepared.candidate_tokens(),
+                decoded_candidate_tokens: main.decoded_tokens,
+                shared_candidate_tokens: self
+                    .prepared
+                    .candidate_tokens()
+                    .saturating_sub(main.decoded_tokens),
                 total_tokens: self.tokens(),
             },
             timings: Timings {
                 queue_ms: 0.0,
-                prompt_ms: ms(self.tokenize_time + scored.prompt_time),
-                candidates_ms: ms(scored.candidates_time),
+                prompt_ms: ms(self.tokenize_time + main.prompt_time),
+                candidates_ms: ms(main.candidates_time),
                 total_ms: ms(self.started.elapsed()),
             },
         })
     }
 }
 
+/// The request's `alpha`, checked.
+fn alpha(value: Option<f64>) -> Result<Alpha, EngineError> {
+    match value {
+        None => Ok(Alpha::ONE),
+        Some(value) => Alpha::new(value).ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+                "`alpha` must be from {} to {}, not {}",
+                Alpha::MIN,
+                Alpha::MAX,
+                short_number(value)
+            ))
+        }),
+    }
+}
+
+/// A number as a person reads it in an error: `1.7e308`, not 309 digits.
+fn short_number(value: f64) -> String {
+    if value != 0.0 && !(1e-4..1e6).contains(&value.abs()) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
+    }
+}
+
+/// The request's `consensus` weight, checked.
+fn consensus_weight(value: Option<f64>) -> Result<Option<f64>, EngineError> {
+    match value {
+        None => Ok(None),
+        // Written so that NaN fails too.
+        Some(w) if w > 0.0 && w <= MAX_CONSENSUS_WEIGHT => Ok(Some(w)),
+        Some(w) => Err(EngineError::InvalidInput(format!(
+            "`consensus` is the weight of the candidates' agreement and must be above 0 and at \
+             most {MAX_CONSENSUS_WEIGHT}, not {}; leave it out for the plain aggregate",
+            short_number(w)
+        ))),
+    }
+}
+
+/// The main pass's tokens as the reference model tokenizes them: the vocabularies must have the
+/// same size and the tokens must be these very tokens, or the difference would compare different
+/// things.
+fn reference_tokens(
+    model: &Model,
+    reference: &Model,
+    request: &ScoreRequest,
+    default_principle: Option<&str>,
+    main: &Prepared,
+) -> Result<Prepared, EngineError> {
+    same_vocabulary(model, reference)?;
+    let theirs = prepare::score_request(reference, request, default_principle)?;
+    if &theirs != main {
+        return Err(EngineError::InvalidInput(
+            "`reference_model` tokenizes this request differently from the model: the contrast \
+             needs the same tokenizer (and chat template)"
+                .into(),
+        ));
+    }
+    Ok(theirs)
+}
+
 /// The first check of a `reference_model`: the vocabularies must have the same size (the very
-/// tokens are checked per request by [`PreparedRequest::reference_pass`]). `endorm eval` runs it
-/// once before any item, so a reference of another family stops the run at once.
+/// tokens are checked per request). `endorm eval` runs it once before any item, so a reference of
+/// another family stops the run at once.
 pub fn same_vocabulary(model: &Model, reference: &Model) -> Result<(), EngineError> {
     let (ours, theirs) = (model.meta().n_vocab, reference.meta().n_vocab);
     if ours != theirs {
@@ -271,46 +295,96 @@ pub fn same_vocabulary(model: &Model, reference: &Model) -> Result<(), EngineErr
     Ok(())
 }
 
-/// What the passes of one request computed.
-#[derive(Debug, Clone)]
-pub struct Passes {
-    /// The candidates after the request's context.
-    pub main: Scored,
-    /// The candidates after the neutral context.
-    pub neutral: Option<Scored>,
-    /// The instruction after each candidate, one layout per candidate.
-    pub reviewer: Option<Vec<Scored>>,
-    /// The main pass on the reference model.
-    pub reference: Option<Scored>,
-    /// The reference model's id.
-    pub reference_model: Option<String>,
-}
+/// What the passes of one request computed, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Passes(Vec<(PassKind, Vec<Scored>)>);
 
 impl Passes {
-    /// The request's own pass alone.
-    pub fn main(main: Scored) -> Passes {
-        Passes {
-            main,
-            neutral: None,
-            reviewer: None,
-            reference: None,
-            reference_model: None,
+    /// The request's main pass alone.
+    pub fn main_only(main: Scored) -> Passes {
+        Passes(vec![(PassKind::Main, vec![main])])
+    }
+
+    /// Records the scores of a pass.
+    pub fn add(&mut self, kind: PassKind, scored: Vec<Scored>) {
+        self.0.push((kind, scored));
+    }
+
+    /// The scores of the pass of `kind`.
+    pub fn get(&self, kind: PassKind) -> Option<&[Scored]> {
+        let found = self.0.iter().find(|(k, _)| *k == kind);
+        found.map(|(_, scored)| scored.as_slice())
+    }
+
+    fn main(&self) -> Result<&Scored, EngineError> {
+        match self.get(PassKind::Main) {
+            Some([main]) => Ok(main),
+            _ => Err(EngineError::Internal("the main pass did not run".into())),
         }
+    }
+
+    /// Each of `n` candidates' terms, refused when a score is not finite.
+    pub fn terms(&self, n: usize, alpha: Alpha) -> Result<Vec<Terms>, EngineError> {
+        let main = self.main()?;
+        if main.candidates.len() != n {
+            return Err(miscounted(PassKind::Main));
+        }
+        let sums = main.candidates.iter().enumerate();
+        let main: Vec<Aggregates> = sums
+            .map(|(i, values)| finite(i, values, alpha))
+            .collect::<Result<_, _>>()?;
+        self.terms_around(&main, alpha)
+    }
+
+    /// Each candidate's terms from its `main` sums (given, not scored here: `endorm eval` reads
+    /// them from its record of the main pass) and the other passes' scores.
+    pub fn terms_around(
+        &self,
+        main: &[Aggregates],
+        alpha: Alpha,
+    ) -> Result<Vec<Terms>, EngineError> {
+        let n = main.len();
+        // The sums of each candidate in a pass of one layout, or of one layout per candidate.
+        let sums = |kind: PassKind, alpha: Alpha| -> Result<Option<Vec<Aggregates>>, EngineError> {
+            let values: Vec<&Vec<TokenValues>> = match self.get(kind) {
+                None => return Ok(None),
+                Some([one]) if kind != PassKind::Reviewer => one.candidates.iter().collect(),
+                Some(each)
+                    if kind == PassKind::Reviewer
+                        && each.iter().all(|s| s.candidates.len() == 1) =>
+                {
+                    each.iter().map(|s| &s.candidates[0]).collect()
+                }
+                Some(_) => return Err(miscounted(kind)),
+            };
+            if values.len() != n {
+                return Err(miscounted(kind));
+            }
+            let sums = values.into_iter().enumerate();
+            sums.map(|(i, values)| finite(i, values, alpha))
+                .collect::<Result<_, _>>()
+                .map(Some)
+        };
+        let neutral = sums(PassKind::Neutral, alpha)?;
+        let reference = sums(PassKind::Reference, alpha)?;
+        // Scored at α = 1: the model's own log-probability of the instruction.
+        let reviewer = sums(PassKind::Reviewer, Alpha::ONE)?;
+        let pick = |all: &Option<Vec<Aggregates>>, i: usize| all.as_ref().map(|all| all[i]);
+        Ok((0..n)
+            .map(|i| Terms {
+                main: main[i],
+                neutral: pick(&neutral, i),
+                reviewer: pick(&reviewer, i),
+                reference: pick(&reference, i),
+            })
+            .collect())
     }
 }
 
-impl PreparedRequest {
-    /// Each candidate's aggregates in another pass over the same candidates.
-    fn sums(&self, scored: &Scored, n: usize) -> Result<Vec<Aggregates>, EngineError> {
-        if scored.candidates.len() != n {
-            return Err(EngineError::Internal(
-                "a contrast pass scored another number of candidates".into(),
-            ));
-        }
-        let sums = scored.candidates.iter().enumerate();
-        sums.map(|(i, values)| finite(i, values, self.alpha))
-            .collect()
-    }
+fn miscounted(kind: PassKind) -> EngineError {
+    EngineError::Internal(format!(
+        "the {kind:?} pass scored another number of candidates"
+    ))
 }
 
 /// The candidate's aggregates, refused when not finite.
@@ -329,29 +403,113 @@ fn finite(index: usize, values: &[TokenValues], alpha: Alpha) -> Result<Aggregat
     }
 }
 
-/// Each candidate's reviewer term: `Σ log π` of the instruction's tokens after it (scored at
-/// α = 1), divided by their count for the `*_mean` aggregates.
-fn reviewer_terms(
-    scored: &[Scored],
-    n: usize,
-    aggregate: Aggregate,
-) -> Result<Vec<f64>, EngineError> {
-    if scored.len() != n || scored.iter().any(|s| s.candidates.len() != 1) {
-        return Err(EngineError::Internal(
-            "the reviewer pass scored another number of layouts".into(),
-        ));
+impl Scorer<'_> {
+    /// Scores a `/v1/score` request end to end on this scorer: tokens, every pass, response.
+    /// `model_id` names the model in the response; `default_principle` is the model's
+    /// configured principle. A `reference_model` needs a second model ([`score_with`]).
+    pub fn score_request(
+        &mut self,
+        model_id: &str,
+        request: &ScoreRequest,
+        default_principle: Option<&str>,
+    ) -> Result<ScoreResponse, EngineError> {
+        if request.reference_model.is_some() {
+            return Err(EngineError::InvalidInput(
+                "`reference_model` needs the daemon, which serves both models".into(),
+            ));
+        }
+        score_with(self, None, model_id, request, default_principle)
     }
-    let mean = matches!(aggregate, Aggregate::EndoMean | Aggregate::LogprobMean);
-    scored
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let sums = finite(i, &s.candidates[0], Alpha::ONE)?;
-            Ok(if mean {
-                sums.logprob_mean
-            } else {
-                sums.logprob
+}
+
+/// Scores `request` with every pass run here, one after another: the reference pass on
+/// `reference` (`(scorer, id)`), the others on `scorer`.
+pub fn score_with(
+    scorer: &mut Scorer<'_>,
+    mut reference: Option<(&mut Scorer<'_>, &str)>,
+    model_id: &str,
+    request: &ScoreRequest,
+    default_principle: Option<&str>,
+) -> Result<ScoreResponse, EngineError> {
+    let model = scorer.model();
+    let reference_model = reference.as_ref().map(|(r, _)| r.model());
+    let prepared = PreparedRequest::new(model, reference_model, request, default_principle)?;
+    let mut passes = Passes::default();
+    for pass in prepared.passes() {
+        let scored = match (&mut reference, pass.kind.on_reference()) {
+            (Some((reference, _)), true) => reference.run_pass(&pass)?,
+            _ => scorer.run_pass(&pass)?,
+        };
+        passes.add(pass.kind, scored);
+    }
+    let reference_id = reference.as_ref().map(|(_, id)| *id);
+    prepared.respond(model, model_id, request, &passes, reference_id)
+}
+
+/// OpenRLHF's `/get_reward` in tokens: one pass per group of queries that share a context
+/// ([`prepare::rewards`]), each a job of its own so other clients' requests run between them.
+#[derive(Debug, Clone)]
+pub struct PreparedRewards {
+    /// One pass per group, in order.
+    pub passes: Vec<Pass>,
+    /// The query indices of each group's candidates.
+    owners: Vec<Vec<usize>>,
+    /// How many queries.
+    count: usize,
+}
+
+impl PreparedRewards {
+    /// Tokenizes `texts` (with their `prompts`, if given) on `model`.
+    pub fn new(
+        model: &Model,
+        texts: &[String],
+        prompts: Option<&[String]>,
+    ) -> Result<Self, EngineError> {
+        let groups = prepare::rewards(model, texts, prompts)?;
+        let (passes, owners) = groups
+            .into_iter()
+            .map(|(prepared, indices)| {
+                let layout = Layout {
+                    prepared,
+                    label: Some(format!("query[{}]", indices[0])),
+                };
+                let pass = Pass {
+                    kind: PassKind::Main,
+                    alpha: Alpha::ONE,
+                    layouts: vec![layout],
+                };
+                (pass, indices)
             })
+            .unzip();
+        Ok(PreparedRewards {
+            passes,
+            owners,
+            count: texts.len(),
         })
-        .collect()
+    }
+
+    /// Tokens of every pass together.
+    pub fn tokens(&self) -> usize {
+        self.passes.iter().map(Pass::tokens).sum()
+    }
+
+    /// Tokens of the largest pass.
+    pub fn largest_job(&self) -> usize {
+        self.passes.iter().map(Pass::tokens).max().unwrap_or(0)
+    }
+
+    /// Each query's `endo` (α = 1) from its group's scores, in query order; a query with nothing
+    /// to score gets 0, the empty sum. Refused when a score is not finite.
+    pub fn rewards(&self, scored: &[Vec<Scored>]) -> Result<Vec<f64>, EngineError> {
+        if scored.len() != self.passes.len() {
+            return Err(miscounted(PassKind::Main));
+        }
+        let mut rewards = vec![0.0; self.count];
+        for (scored, indices) in scored.iter().flatten().zip(&self.owners) {
+            for (values, &index) in scored.candidates.iter().zip(indices) {
+                rewards[index] = finite(index, values, Alpha::ONE)?.endo;
+            }
+        }
+        Ok(rewards)
+    }
 }

@@ -1,6 +1,6 @@
 //! ggml's RPC backend (llama.cpp's `GGML_RPC`): a model's layers on other machines.
 //!
-//! `endorm rpc-worker` runs ggml's own RPC server on a machine's devices ([`run_worker`]); a model
+//! `endorm rpc-worker` runs ggml's own RPC server on a machine's devices ([`run_rpc_server`]); a model
 //! with `rpc` endpoints registers each worker with ggml once per process ([`devices`]), and
 //! llama.cpp then places layers on the workers' devices as it would on GPUs, in proportion to the
 //! memory each reports free. The protocol is ggml's: no authentication and no encryption
@@ -147,25 +147,35 @@ pub(super) fn devices(workers: &[RpcEndpoint]) -> Result<Option<Vec<usize>>, Str
     Ok(Some(devices))
 }
 
-/// Connects to the worker, registers its devices with ggml, and returns their indices.
-fn register(worker: &RpcEndpoint) -> Result<Vec<usize>, String> {
-    // ggml aborts the whole process when it cannot connect: a worker that is not there (not
-    // started, a wrong port) is caught here first, as an error of this model's load.
-    let reachable = worker
+/// Whether `worker` accepts a TCP connection within `timeout`; the error says why not. The
+/// connection is closed at once: a worker serves one client at a time and takes the next from its
+/// queue of connections, where this one then ends without a word (ggml's server drops it).
+pub(super) fn probe(worker: &RpcEndpoint, timeout: Duration) -> Result<(), String> {
+    worker
         .as_str()
         .to_socket_addrs()
         .map_err(|e| e.to_string())
         .and_then(|mut addresses| addresses.next().ok_or_else(|| "no address".to_owned()))
         .and_then(|address| {
-            TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|e| e.to_string())
+            TcpStream::connect_timeout(&address, timeout).map_err(|e| e.to_string())
         })
-        // Closed at once: a worker serves one connection at a time, and ggml's comes next.
-        .map(drop);
-    if let Err(error) = reachable {
-        return Err(format!(
-            "the RPC worker {worker} cannot be reached ({error}): is `endorm rpc-worker --listen \
-             {worker}` running there?"
-        ));
+        .map(drop)
+}
+
+/// What a load says of a worker that does not accept connections.
+pub(super) fn unreachable_message(worker: &RpcEndpoint, error: &str) -> String {
+    format!(
+        "the RPC worker {worker} cannot be reached ({error}): is `endorm rpc-worker --listen \
+         {worker}` running there?"
+    )
+}
+
+/// Connects to the worker, registers its devices with ggml, and returns their indices.
+fn register(worker: &RpcEndpoint) -> Result<Vec<usize>, String> {
+    // ggml aborts the whole process when it cannot connect: a worker that is not there (not
+    // started, a wrong port) is caught here first, as an error of this model's load.
+    if let Err(error) = probe(worker, CONNECT_TIMEOUT) {
+        return Err(unreachable_message(worker, &error));
     }
     let add_server: AddServer = rpc_function(c"ggml_backend_rpc_add_server")?;
     let endpoint = CString::new(worker.as_str()).map_err(|e| e.to_string())?;
@@ -199,6 +209,65 @@ fn register(worker: &RpcEndpoint) -> Result<Vec<usize>, String> {
         ));
     }
     Ok(indices)
+}
+
+/// The ggml devices of the registered workers: each device's name (`RPC0`, `RPC1`, ..., what
+/// llama.cpp's log calls it) and its worker.
+pub(super) fn registered_devices() -> Vec<(String, RpcEndpoint)> {
+    let registered = REGISTERED.lock().unwrap_or_else(PoisonError::into_inner);
+    let all: Vec<_> = all_devices().collect();
+    registered
+        .iter()
+        .flat_map(|(worker, indices)| indices.iter().map(move |&i| (worker, i)))
+        .filter_map(|(worker, i)| {
+            let device = *all.get(i)?;
+            // SAFETY: a device from ggml's registry; its name is a string it owns for ever.
+            let name = unsafe { std::ffi::CStr::from_ptr(sys::ggml_backend_dev_name(device)) };
+            Some((name.to_string_lossy().into_owned(), worker.clone()))
+        })
+        .collect()
+}
+
+/// Asks every registered worker for its memory: one round trip on each worker's connection. On a
+/// worker that is gone ggml aborts the process, which is how a model's host process (`host.rs`)
+/// learns it between requests rather than in the middle of the next one.
+pub(super) fn ping_workers() {
+    let registered = REGISTERED.lock().unwrap_or_else(PoisonError::into_inner);
+    let all: Vec<_> = all_devices().collect();
+    for &i in registered.iter().flat_map(|(_, indices)| indices) {
+        if let Some(&device) = all.get(i) {
+            let (mut free, mut total) = (0, 0);
+            // SAFETY: a device from ggml's registry; ggml writes the two sizes.
+            unsafe { sys::ggml_backend_dev_memory(device, &mut free, &mut total) };
+        }
+    }
+}
+
+/// The exit status of a process in which ggml aborted.
+pub const GGML_ABORTED: i32 = 70;
+
+/// Makes a ggml abort (a lost RPC worker: "Remote RPC server crashed") end this process at once
+/// with [`GGML_ABORTED`] and one line on standard error, instead of a core dump and a debugger's
+/// backtrace: for processes whose parent expects them to die that way (a model's host process)
+/// and for the offline commands, whose user reads the line.
+pub fn quiet_aborts() {
+    extern "C" fn abort_line(message: *const c_char) {
+        if !message.is_null() {
+            // SAFETY: ggml passes a NUL-terminated message that lives during the call.
+            let text = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+            let line = format!(
+                "error: ggml aborted: {} (an RPC worker stopped answering?)\n",
+                text.trim().replace('\n', " ")
+            );
+            // SAFETY: writing a buffer we own to the standard error descriptor.
+            unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+        }
+        // SAFETY: ends the process without running anything else of it (another thread may hold
+        // any lock), as the abort that follows would.
+        unsafe { libc::_exit(GGML_ABORTED) }
+    }
+    // SAFETY: installs a function that never returns and touches no shared state.
+    unsafe { sys::ggml_set_abort_callback(Some(abort_line)) };
 }
 
 /// ggml's devices, in the order of its device list (the indices llama-cpp-2 takes).
@@ -242,6 +311,9 @@ fn local_gpus() -> Vec<usize> {
 
 /// A function of ggml's RPC backend, by name, from the backend registry.
 fn rpc_function<F: Copy>(name: &std::ffi::CStr) -> Result<F, String> {
+    // A cpu-dispatch build registers the RPC backend (libggml-rpc.so) with its CPU variant, when
+    // the process's backend starts: before that it is not there to be found.
+    backend().map_err(|e| e.to_string())?;
     // SAFETY: looking a backend up by a NUL-terminated name is read-only.
     let reg = unsafe { sys::ggml_backend_reg_by_name(c"RPC".as_ptr()) };
     if reg.is_null() {
@@ -263,7 +335,7 @@ fn rpc_function<F: Copy>(name: &std::ffi::CStr) -> Result<F, String> {
 
 /// How `endorm rpc-worker` serves.
 #[derive(Debug, Clone)]
-pub struct WorkerOptions<'a> {
+pub struct RpcServerOptions<'a> {
     /// The address to listen on (ggml's server takes an IPv4 address).
     pub listen: SocketAddrV4,
     /// CPU threads of the CPU backend.
@@ -275,7 +347,9 @@ pub struct WorkerOptions<'a> {
 
 /// Runs ggml's RPC server on this machine's GPUs (llama.cpp's rule: all of them), else its CPU.
 /// Serves one client at a time, until the process is stopped; returns only if it cannot serve.
-pub fn run_worker(options: &WorkerOptions<'_>) -> Result<std::convert::Infallible, EngineError> {
+pub fn run_rpc_server(
+    options: &RpcServerOptions<'_>,
+) -> Result<std::convert::Infallible, EngineError> {
     backend()?;
     // ggml says only "Failed to create server socket" on stdout: a port in use or an address
     // not of this machine gets its reason here first.

@@ -1,27 +1,30 @@
 //! One llama.cpp context that scores candidates with their context decoded once.
 //!
-//! The context sits on a prefix-cache slot's sequence. Each candidate of a group gets its own
-//! sequence, which shares the context's KV cells (unified KV cache: sharing adds the sequence to
-//! the cells, it copies nothing). The candidates' tokens are then packed into as few decodes as
+//! The context sits on a prefix-cache slot's sequence. The candidates of a group are merged into
+//! their prefix tree (`plan::Tree`): a beginning several of them share is decoded once. Each leaf
+//! of the tree gets its own sequence, which shares the context's KV cells (unified KV cache:
+//! sharing adds the sequence to the cells, it copies nothing), and each node's token belongs to
+//! the sequences of every leaf under it. The nodes are then packed into as few decodes as
 //! `n_batch` allows, and only the rows the reward reads are computed: the context's last row, and
-//! each candidate token's row except after a terminal token.
+//! each node's row except after a terminal token that no candidate goes on from.
 
 use std::time::{Duration, Instant};
 
 use super::cache::{PrefixCache, SlotPlan};
-use super::context::{Context, ContextOptions, Step};
-use super::plan::{candidate_chunks, group_candidates, Limits, Overflow};
-use super::{EngineError, Model, Passes, Prepared, PreparedRequest, Token};
-use crate::api::{ScoreRequest, ScoreResponse};
+use super::context::{Context, ContextOptions, KvType, Step};
+use super::plan::{candidate_chunks, group_candidates, Limits, Overflow, Tree, TreeOrder};
+use super::{EngineError, Model, Prepared, Token};
 use crate::reward::{self, Alpha, RowValue, TokenValues};
 
 /// Per-token values of every candidate, and where the time went.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scored {
     /// One entry per candidate, in order.
     pub candidates: Vec<Vec<TokenValues>>,
     /// Leading context tokens found in the prefix cache, not decoded again.
     pub cached_tokens: usize,
+    /// Candidate tokens decoded: all of them less those the prefix tree shared.
+    pub decoded_tokens: usize,
     /// Decoding the context.
     pub prompt_time: Duration,
     /// Decoding the candidates and computing their rewards.
@@ -35,13 +38,17 @@ pub struct Scorer<'m> {
     pub(super) cache: PrefixCache,
     cache_enabled: bool,
     cache_tokens: usize,
+    prefix_tree: bool,
+    kv_types: (KvType, KvType),
 }
 
 /// A scoring under way ([`Scorer::score_groups`]): the rows read so far and how many candidates are done.
 #[derive(Debug)]
 struct Partial {
     rows: Vec<Vec<RowValue>>,
+    /// Candidates done, counted in tree order.
     done: usize,
+    decoded: usize,
     started: Instant,
     prompt_time: Duration,
     cached_tokens: usize,
@@ -49,6 +56,7 @@ struct Partial {
 
 impl Partial {
     fn complete(&self, prepared: &Prepared) -> bool {
+        // `done` counts candidates in tree order, which holds every candidate once.
         self.done == prepared.candidates.len()
     }
 
@@ -57,19 +65,17 @@ impl Partial {
         Ok(Scored {
             candidates: candidate_values(prepared, &self.rows, alpha)?,
             cached_tokens: self.cached_tokens,
+            decoded_tokens: self.decoded,
             prompt_time: self.prompt_time,
             candidates_time: self.started.elapsed() - self.prompt_time,
         })
     }
 }
 
-/// The error of a pass stopped because nobody waits for it any more.
-pub const CANCELLED: &str = "cancelled: the client left while its request ran";
-
 impl<'m> Scorer<'m> {
     /// Creates a context on `model`.
     pub fn new(model: &'m Model, options: ContextOptions) -> Result<Self, EngineError> {
-        let cache_slots = options.cache_slots.clamp(1, 128);
+        let cache_slots = ContextOptions::context_slots(options.cache_slots);
         let context = Context::new(
             model,
             options.n_ctx,
@@ -77,6 +83,7 @@ impl<'m> Scorer<'m> {
             options.n_threads,
             cache_slots,
             options.max_sequences,
+            (options.type_k, options.type_v),
         )?;
         Ok(Scorer {
             model,
@@ -84,7 +91,14 @@ impl<'m> Scorer<'m> {
             cache: PrefixCache::new(cache_slots as usize),
             cache_enabled: options.cache_slots > 0,
             cache_tokens: options.cache_tokens as usize,
+            prefix_tree: options.prefix_tree,
+            kv_types: (options.type_k, options.type_v),
         })
+    }
+
+    /// How the KV cache stores keys and values (values depend on it: README, "Numerics").
+    pub fn kv_types(&self) -> (KvType, KvType) {
+        self.kv_types
     }
 
     /// The model this context runs.
@@ -112,42 +126,11 @@ impl<'m> Scorer<'m> {
         self.cache_enabled
     }
 
-    /// Scores a `/v1/score` request end to end: tokens, scores, response. `model_id` names the
-    /// model in the response; `default_principle` is the model's configured principle.
-    pub fn score_request(
-        &mut self,
-        model_id: &str,
-        request: &ScoreRequest,
-        default_principle: Option<&str>,
-    ) -> Result<ScoreResponse, EngineError> {
-        if request.reference_model.is_some() {
-            return Err(EngineError::InvalidInput(
-                "`reference_model` needs the daemon, which serves both models".into(),
-            ));
-        }
-        let prepared = PreparedRequest::new(self.model, request, default_principle)?;
-        let passes = self.score_passes(&prepared)?;
-        prepared.respond(self.model, model_id, request, &passes)
-    }
-
-    /// Scores every pass of `prepared` on this model, one after another (the daemon queues them
-    /// as jobs instead).
-    pub fn score_passes(&mut self, prepared: &PreparedRequest) -> Result<Passes, EngineError> {
-        let mut passes = Passes::main(self.score(&prepared.prepared, prepared.alpha)?);
-        if let Some(neutral) = &prepared.neutral {
-            passes.neutral = Some(self.score(neutral, prepared.alpha)?);
-        }
-        if let Some(layouts) = prepared.reviewer_layouts() {
-            let scored = layouts
-                .iter()
-                .map(|(label, layout)| {
-                    self.score(layout, Alpha::ONE)
-                        .map_err(|e| e.at(label.clone()))
-                })
-                .collect::<Result<_, _>>()?;
-            passes.reviewer = Some(scored);
-        }
-        Ok(passes)
+    /// The candidates of `prepared` in the order of their prefix tree (the request's order with
+    /// the tree off).
+    pub(super) fn tree_order(&self, prepared: &Prepared) -> TreeOrder {
+        let tokens = prepared.candidates.iter().map(|c| c.tokens.as_slice());
+        TreeOrder::new(tokens, self.prefix_tree)
     }
 
     /// Scores every candidate of `prepared` after its context.
@@ -179,14 +162,14 @@ impl<'m> Scorer<'m> {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
         self.validate(prepared)?;
-        let lens: Vec<usize> = prepared.candidates.iter().map(|c| c.tokens.len()).collect();
+        let order = self.tree_order(prepared);
         // Refuse what cannot fit even in an empty cache, naming the whole window.
-        group_candidates(prepared.context.len(), &lens, self.limits())
+        group_candidates(prepared.context.len(), &order, self.limits())
             .map_err(|overflow| self.overflow(overflow))?;
         if !self.cache_enabled {
             self.clear_cache();
         }
-        let result = self.score_groups(prepared, alpha, &lens, between, cancelled);
+        let result = self.score_groups(prepared, alpha, &order, between, cancelled);
         if result.is_err() {
             self.clear_cache();
         }
@@ -199,12 +182,35 @@ impl<'m> Scorer<'m> {
         &mut self,
         prepared: &Prepared,
         alpha: Alpha,
-        lens: &[usize],
+        order: &TreeOrder,
         between: &mut dyn FnMut(&mut Self),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Scored, EngineError> {
         let started = Instant::now();
-        let plan = self.make_room(&prepared.context, lens)?;
+        let mut plan = self.make_room(&prepared.context, order)?;
+        let cached_tokens = plan.reused;
+        // A long context is decoded one `n_batch` slice at a time, with other clients' jobs
+        // between the slices (on other slots: this one is pinned meanwhile) and the job stopped
+        // there once its client has left. The slices end where one decode of the whole context
+        // would split it, so the values are those of an uninterrupted decode.
+        let slice = self.limits().n_batch;
+        while !plan.full_hit && prepared.context.len() - plan.reused > slice {
+            self.seat_prefix(plan)?;
+            let end = plan.reused + slice;
+            self.decode_slice(&prepared.context[plan.reused..end], plan.reused, plan.slot)?;
+            self.cache.store(plan.slot, &prepared.context[..end], None);
+            self.cache.pin(plan.slot);
+            between(self);
+            if !self.cache_enabled {
+                // What the job let in decoded is kept by nobody: its cells are freed now.
+                self.clear_cache();
+            }
+            self.cache.unpin();
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            plan = self.make_room(&prepared.context, order)?;
+        }
         // The context's missing tokens are decoded in the first group's pass, not in one of their
         // own: an editor request that adds a few tokens to a cached file saves a whole pass over
         // the weights (BENCHMARKS.md, "The context in the candidates' decode").
@@ -221,9 +227,10 @@ impl<'m> Scorer<'m> {
         let mut partial = Partial {
             rows,
             done: 0,
+            decoded: 0,
             started,
             prompt_time: started.elapsed(),
-            cached_tokens: plan.reused,
+            cached_tokens,
         };
         while !partial.complete(prepared) {
             // Not while the context is seated but not yet decoded: the job in between could take
@@ -231,10 +238,10 @@ impl<'m> Scorer<'m> {
             if pending.is_none() {
                 between(self);
                 if cancelled() {
-                    return Err(EngineError::Internal(CANCELLED.into()));
+                    return Err(EngineError::Cancelled);
                 }
             }
-            self.advance(prepared, alpha, &mut partial, pending.take())?;
+            self.advance(prepared, alpha, order, &mut partial, pending.take())?;
         }
         partial.finish(prepared, alpha)
     }
@@ -247,14 +254,12 @@ impl<'m> Scorer<'m> {
         &mut self,
         prepared: &Prepared,
         alpha: Alpha,
+        order: &TreeOrder,
         partial: &mut Partial,
         seated: Option<SlotPlan>,
     ) -> Result<(), EngineError> {
-        let lens: Vec<usize> = prepared.candidates[partial.done..]
-            .iter()
-            .map(|c| c.tokens.len())
-            .collect();
-        if lens.is_empty() {
+        let rest = order.tail(partial.done);
+        if rest.is_empty() {
             return Ok(());
         }
         let (plan, lead) = match seated {
@@ -266,32 +271,39 @@ impl<'m> Scorer<'m> {
                 };
                 (plan, Some(lead))
             }
-            None => (self.seat_context(prepared, &lens)?, None),
+            None => (self.seat_context(prepared, &rest)?, None),
         };
         let limits = Limits {
             n_ctx: self.n_ctx() - self.cache.tokens_besides(plan.slot),
             ..self.limits()
         };
-        let groups = group_candidates(prepared.context.len(), &lens, limits)
+        let groups = group_candidates(prepared.context.len(), &rest, limits)
             .map_err(|overflow| self.overflow(overflow))?;
-        let group = groups.first().cloned().unwrap_or(0..lens.len());
-        let group = partial.done + group.start..partial.done + group.end;
+        let group = groups.first().cloned().unwrap_or(0..rest.len());
         let branch = Branch {
             request: 0,
             prepared,
             context_sequence: plan.slot as i32,
-            group: group.clone(),
+            group: &rest.order[group.clone()],
             alpha,
         };
         let mut rows = [std::mem::take(&mut partial.rows)];
-        let decoded = self.decode_branches(&[branch], self.cache.slot_count(), &mut rows, lead);
+        let mut decoded = [0];
+        let lead_row = self.decode_branches(
+            &[branch],
+            self.cache.slot_count(),
+            &mut rows,
+            &mut decoded,
+            lead,
+        );
         let [rows] = rows;
         partial.rows = rows;
-        if let Some((row, read)) = decoded? {
+        if let Some((row, read)) = lead_row? {
             self.cache.store(plan.slot, &prepared.context, Some(row));
             partial.prompt_time = read - partial.started;
         }
-        partial.done = group.end;
+        partial.done += group.len();
+        partial.decoded += decoded[0];
         if partial.complete(prepared) {
             self.keep_within_budget(plan.slot);
         }
@@ -299,14 +311,19 @@ impl<'m> Scorer<'m> {
     }
 
     /// Puts the context on a cache slot with the row after it: found there whole, or its
-    /// missing part decoded. Makes room for `lens` candidates beside it.
+    /// missing part decoded. Makes room for the candidates of `order` beside it.
     fn seat_context(
         &mut self,
         prepared: &Prepared,
-        lens: &[usize],
+        order: &TreeOrder,
     ) -> Result<SlotPlan, EngineError> {
         let context = &prepared.context;
-        let plan = self.make_room(context, lens)?;
+        if !self.caches() && !self.cache.plan(context).full_hit {
+            // Evicted by a job run in between, with the cache off: nothing else is worth keeping,
+            // and the context goes back into the cells a cold request decodes it into.
+            self.clear_cache();
+        }
+        let plan = self.make_room(context, order)?;
         if plan.full_hit {
             self.cache.touch(plan.slot);
             return Ok(plan);
@@ -318,11 +335,12 @@ impl<'m> Scorer<'m> {
     }
 
     /// Plans where the context goes and evicts cached contexts, least recently used first, until
-    /// the context and all candidates fit beside the rest in one group (or nothing is left to evict).
-    fn make_room(&mut self, context: &[Token], lens: &[usize]) -> Result<SlotPlan, EngineError> {
+    /// the context and all candidates (their tree) fit beside the rest in one group (or nothing
+    /// is left to evict).
+    fn make_room(&mut self, context: &[Token], order: &TreeOrder) -> Result<SlotPlan, EngineError> {
         let n_ctx = self.n_ctx();
-        let candidates = lens.iter().sum::<usize>();
-        let largest = context.len() + lens.iter().copied().max().unwrap_or(0);
+        let (candidates, _) = order.cost(0..order.len());
+        let largest = context.len() + order.lens.iter().copied().max().unwrap_or(0);
         let mut plan = self.cache.plan(context);
         loop {
             // A fork shares its prefix's cells with the slot it is copied from.
@@ -380,10 +398,46 @@ impl<'m> Scorer<'m> {
         }
     }
 
-    /// Empties the KV cache and forgets every cached context: the next request starts cold.
+    /// Empties the KV cache and forgets every cached context: the next request starts cold. A
+    /// pinned context (a long one half decoded by a job that let this one run) stays.
     pub fn clear_cache(&mut self) {
-        self.context.clear();
+        match self.cache.pinned() {
+            None => self.context.clear(),
+            Some(pinned) => {
+                for sequence in (0..=self.context.sequences()).filter(|&s| s != pinned) {
+                    // A whole sequence's removal cannot fail; were it to, the next decode would.
+                    let _ = self.context.remove(sequence as i32, 0);
+                }
+            }
+        }
         self.cache.clear();
+    }
+
+    /// The room a job run between the slices of a long context has beside it: the window less
+    /// the pinned context's tokens (the whole window when none is pinned).
+    pub(super) fn room_beside_pinned(&self) -> usize {
+        let pinned = self
+            .cache
+            .pinned()
+            .map_or(0, |slot| self.cache.tokens_in(slot));
+        self.n_ctx().saturating_sub(pinned)
+    }
+
+    /// A slot for a job that keeps nothing in the prefix cache (log-probabilities along a
+    /// sequence): never the pinned one.
+    pub(super) fn free_slot(&self) -> i32 {
+        i32::from(self.cache.pinned() == Some(0))
+    }
+
+    /// Decodes `tokens` on `slot` from position `start` on, computing no row.
+    fn decode_slice(
+        &mut self,
+        tokens: &[Token],
+        start: usize,
+        slot: usize,
+    ) -> Result<(), EngineError> {
+        let steps = along(tokens, start, slot as i32, |_| false);
+        self.context.decode(&steps, |_, _| Ok(()))
     }
 
     /// Decodes `tokens` on `slot` from position `start` on and returns the logits row after them.
@@ -405,37 +459,52 @@ impl<'m> Scorer<'m> {
         Ok(row)
     }
 
-    /// Decodes the candidates of `branches` together, each on its own sequence (from
-    /// `first_sequence` on) branched from its context's, and appends the rows each candidate needs
-    /// to `rows[branch.request][candidate]`.
+    /// Decodes the candidates of `branches` together, each branch's group as its prefix tree whose
+    /// leaves get their own sequences (from `first_sequence` on) branched from the context's, and
+    /// appends the rows each candidate needs to `rows[branch.request][candidate]` and the tokens
+    /// decoded to `decoded[branch.request]`.
     ///
     /// With a `lead` (one branch only), the lead's context tokens come first in the same pass, on
-    /// the context's sequence and every candidate's: the row after them gives each candidate of
+    /// the context's sequence and every leaf's: the row after them gives each candidate of
     /// `rows[0]` its first row, and is returned for the prefix cache with the time it was read.
     pub(super) fn decode_branches(
         &mut self,
         branches: &[Branch<'_>],
         first_sequence: usize,
         rows: &mut [Vec<Vec<RowValue>>],
+        decoded: &mut [usize],
         lead: Option<Lead<'_>>,
     ) -> Result<Option<(Vec<f32>, Instant)>, EngineError> {
-        // Every candidate token in order, with its branch, candidate and index in the candidate.
+        // Every node of every branch's tree in decode order, with its branch and node index.
         let mut steps = Vec::new();
         let mut owners = Vec::new();
+        let mut trees = Vec::with_capacity(branches.len());
         let mut sequence = first_sequence as i32;
         for (b, branch) in branches.iter().enumerate() {
             let start = branch.prepared.context.len();
-            for index in branch.group.clone() {
-                self.context
-                    .share(branch.context_sequence, sequence, None)?;
+            let candidates = branch.group.iter().map(|&index| {
                 let candidate = &branch.prepared.candidates[index];
-                let last = candidate.tokens.len() - 1;
-                // No row after a terminal token: its value is 0 by definition.
-                let wants = |t: usize| !(candidate.terminal && t == last);
-                steps.extend(along(&candidate.tokens, start, sequence, wants));
-                owners.extend((0..candidate.tokens.len()).map(|t| (b, index, t)));
-                sequence += 1;
+                (candidate.tokens.as_slice(), candidate.terminal)
+            });
+            let tree = Tree::new(candidates, self.prefix_tree);
+            for leaf in 0..tree.leaves() {
+                self.context
+                    .share(branch.context_sequence, sequence + leaf as i32, None)?;
             }
+            for (n, node) in tree.nodes().iter().enumerate() {
+                steps.push(Step {
+                    token: node.token,
+                    position: start + node.depth,
+                    sequence: sequence + node.leaves.start as i32,
+                    also: sequence + node.leaves.start as i32 + 1
+                        ..sequence + node.leaves.end as i32,
+                    wants_row: node.wants_row,
+                });
+                owners.push((b, n));
+            }
+            decoded[branch.request] += tree.nodes().len();
+            sequence += tree.leaves() as i32;
+            trees.push(tree);
         }
         let leading = lead.as_ref().map_or(0, |lead| lead.tokens.len());
         if let Some(lead) = &lead {
@@ -461,19 +530,26 @@ impl<'m> Scorer<'m> {
                 if !steps[i].wants_row {
                     continue;
                 }
+                let row = logits.row(i - chunk.start);
                 if i < leading {
-                    let row = logits.row(i - chunk.start);
                     rows[0] = first_rows(row, branches[0].prepared, branches[0].alpha)?;
                     lead_row = Some((row.to_vec(), Instant::now()));
                     continue;
                 }
-                let (b, index, t) = owners[i - leading];
+                let (b, n) = owners[i - leading];
                 let branch = &branches[b];
-                let candidate = &branch.prepared.candidates[index];
-                let next = candidate.tokens.get(t + 1).map(|token| token.id() as usize);
-                let row = reward::row_value(logits.row(i - chunk.start), next, branch.alpha)
-                    .ok_or_else(|| outside_row("a candidate token"))?;
-                rows[branch.request][index].push(row);
+                // One V for every candidate through the node; each reads its own next token.
+                let v = reward::soft_value(row, branch.alpha);
+                for read in trees[b].reads(n) {
+                    let q_next = match read.next {
+                        Some(token) => Some(
+                            logit(row, token).ok_or_else(|| outside_row("a candidate token"))?,
+                        ),
+                        None => None,
+                    };
+                    let index = branch.group[read.candidate];
+                    rows[branch.request][index].push(RowValue { v, q_next });
+                }
             }
             Ok(())
         })?;
@@ -565,8 +641,8 @@ pub(super) struct Branch<'a> {
     pub prepared: &'a Prepared,
     /// The sequence that holds the request's context.
     pub context_sequence: i32,
-    /// Which of its candidates.
-    pub group: std::ops::Range<usize>,
+    /// Which of its candidates, in their tree order.
+    pub group: &'a [usize],
     pub alpha: Alpha,
 }
 

@@ -4,10 +4,17 @@
 //! A llama.cpp context is not `Send`, so it is created on the worker thread and never leaves it.
 //! The model itself is shared (read-only) with whoever needs its tokenizer. The thread loads the
 //! model, creates the context, then runs jobs in the [`FairQueue`]'s order (round-robin between
-//! clients, each client's jobs in arrival order), and between the passes of a long job one job of
-//! another client per pass; with `batching` on, score jobs next in that order are scored together
-//! in one pass while they fit (continuous batching, see [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already queued still
-//! run, then the thread ends and the model is unloaded.
+//! clients, each client's jobs in arrival order), and between the passes of a long job (and the
+//! `n_batch` slices of a long context) one job of another client per pass; with `batching` on,
+//! score jobs next in that order are scored together in one pass while they fit (continuous
+//! batching, see [`Scorer::score_batch`]). Dropping the handle closes the queue: the jobs already
+//! queued still run, then the thread ends and the model is unloaded.
+//!
+//! A model with RPC workers is not loaded in this process: the thread drives a host process that
+//! holds it (`host.rs`) and supervises it ([`run_hosted`]): a lost worker fails the job under
+//! way and those queued with `rpc_worker_lost`, and the model is loaded again, with backoff, once
+//! every worker accepts connections. Such a model runs each job whole, in the queue's fair order:
+//! no continuous batching, no other client's job between two passes of one.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -15,68 +22,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::{Job, Layouts, LogprobsInput, Pending, Queued};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use super::host::{Host, HostError, Start, WorkerLayers};
+use super::job::{Job, LogprobsInput, Pending, Queued, SubmitError};
 use super::plan::PassBudget;
 use super::queue::{ClientId, FairQueue, Refused};
+use super::rpc::{self, RpcEndpoint};
 use super::{
-    ContextOptions, EngineError, Model, ModelOptions, PreparedRequest, RpcEndpoint, Scored, Scorer,
-    SequenceLogprobs,
+    EngineError, Model, ModelSettings, Pass, RpcWorkerLost, Scored, Scorer, SequenceLogprobs,
 };
-use crate::reward::Alpha;
 
-/// What a worker loads and how it sizes its context. `None` fields take [`ContextOptions::for_model`].
+/// What a worker loads and how.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerSettings {
     /// The GGUF file.
     pub path: PathBuf,
-    /// Layers offloaded to the GPU (with `rpc`: to the workers, 0 meaning all).
-    pub n_gpu_layers: u32,
-    /// ggml RPC workers that hold the offloaded layers.
-    pub rpc: Vec<RpcEndpoint>,
     /// A Jinja chat template that replaces the GGUF's; empty: none.
     pub chat_template: Option<String>,
-    /// Context window in tokens.
-    pub n_ctx: Option<u32>,
-    /// Tokens per decode.
-    pub n_batch: Option<u32>,
-    /// CPU threads.
-    pub n_threads: Option<u32>,
-    /// Candidates decoded side by side.
-    pub max_sequences: Option<u32>,
-    /// Recent contexts kept in the prefix cache.
-    pub cache_slots: Option<u32>,
-    /// Most tokens the prefix cache keeps besides the last request's context.
-    pub cache_tokens: Option<u32>,
-    /// Score queued requests together in one pass (continuous batching).
-    pub batching: bool,
+    /// How the model is run, merged once from every layer ([`ModelSettings::merged`]).
+    pub settings: ModelSettings,
     /// Jobs that may wait while one runs; a further one is refused ([`SubmitError::Full`]).
     pub queue_depth: usize,
-}
-
-impl WorkerSettings {
-    /// The context options for `model` with these overrides.
-    pub fn context_options(&self, model: &Model) -> ContextOptions {
-        let mut options = ContextOptions::for_model(model);
-        if let Some(n_ctx) = self.n_ctx {
-            options.n_ctx = n_ctx;
-        }
-        if let Some(n_batch) = self.n_batch {
-            options.n_batch = n_batch;
-        }
-        if let Some(n_threads) = self.n_threads {
-            options.n_threads = n_threads;
-        }
-        if let Some(max_sequences) = self.max_sequences {
-            options.max_sequences = max_sequences;
-        }
-        if let Some(cache_slots) = self.cache_slots {
-            options.cache_slots = cache_slots;
-        }
-        if let Some(cache_tokens) = self.cache_tokens {
-            options.cache_tokens = cache_tokens;
-        }
-        options
-    }
 }
 
 /// A loaded model as the server sees it.
@@ -88,6 +56,8 @@ pub struct LoadedModel {
     pub n_ctx: usize,
     /// Token texts and template source for `/tokenizer_info`.
     pub tokenizer: TokenizerInfo,
+    /// What each RPC worker holds of it; empty for a model on this machine alone.
+    pub rpc: Vec<WorkerLayers>,
 }
 
 /// What `/tokenizer_info` reports.
@@ -110,26 +80,9 @@ pub enum WorkerState {
     Ready(Arc<LoadedModel>),
     /// The model could not be loaded or its context created.
     Failed(String),
-}
-
-/// Why a job was not queued.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    /// The queue holds `depth` waiting jobs already.
-    #[error("the model's queue is full ({depth} requests waiting)")]
-    Full {
-        /// The queue's capacity.
-        depth: usize,
-    },
-    /// The model is still loading.
-    #[error("the model is still loading")]
-    Loading,
-    /// The model failed to load.
-    #[error("the model failed to load: {0}")]
-    Failed(String),
-    /// The worker has stopped.
-    #[error("the model has been unloaded")]
-    Stopped,
+    /// An RPC worker of the model is lost (or was never reached): requests fail with
+    /// `rpc_worker_lost` until the model is loaded again, which is tried with backoff.
+    Lost(RpcWorkerLost),
 }
 
 /// What the worker thread and its handle share.
@@ -138,12 +91,23 @@ pub(super) struct Shared {
     queue: FairQueue<Job>,
     running: AtomicUsize,
     batched: AtomicUsize,
-    pub(super) cancelled: AtomicUsize,
+    cancelled: AtomicUsize,
+    /// Woken whenever the worker takes a job off the queue: there is room for one more.
+    room: Notify,
+    /// What a load waits for (an RPC worker busy with another client), while it does.
+    waiting_on: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn set(&self, state: WorkerState) {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    fn set_waiting_on(&self, note: Option<String>) {
+        *self
+            .waiting_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = note;
     }
 }
 
@@ -179,11 +143,17 @@ impl Worker {
             running: AtomicUsize::new(0),
             batched: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
+            room: Notify::new(),
+            waiting_on: Mutex::new(None),
         });
         let thread_shared = Arc::clone(&shared);
+        let id = name.to_owned();
         std::thread::Builder::new()
             .name(format!("endorm-{name}"))
-            .spawn(move || run(settings, &thread_shared))
+            .spawn(move || match settings.settings.rpc.as_deref() {
+                Some([_, ..]) => run_hosted(&id, settings, &thread_shared),
+                _ => run(settings, &thread_shared),
+            })
             .map_err(|e| EngineError::Backend(format!("cannot start a worker thread: {e}")))?;
         Ok(Worker { shared, depth })
     }
@@ -192,6 +162,15 @@ impl Worker {
     pub fn state(&self) -> WorkerState {
         self.shared
             .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What the model's load waits for, while it waits (an RPC worker busy with another client).
+    pub fn waiting_on(&self) -> Option<String> {
+        self.shared
+            .waiting_on
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -217,22 +196,19 @@ impl Worker {
         self.shared.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Queues a score request for `client`.
+    /// Resolves once the worker takes a job off its queue (there is room for another). Enable it
+    /// before trying to queue, so a job taken in between still wakes the caller.
+    pub fn room(&self) -> Notified<'_> {
+        self.shared.room.notified()
+    }
+
+    /// Queues a pass of a request for `client`.
     pub fn score(
         &self,
         client: &ClientId,
-        request: PreparedRequest,
-    ) -> Result<Pending<PreparedRequest, Scored>, SubmitError> {
-        self.submit(client, request, Job::Score)
-    }
-
-    /// Queues layouts to score one after another, each labelled for its error.
-    pub fn score_each(
-        &self,
-        client: &ClientId,
-        layouts: Layouts,
-    ) -> Result<Pending<Layouts, Vec<Scored>>, SubmitError> {
-        self.submit(client, layouts, Job::ScoreEach)
+        pass: Pass,
+    ) -> Result<Pending<Pass, Vec<Scored>>, SubmitError> {
+        self.submit(client, pass, Job::Score)
     }
 
     /// Queues sequences for their log-probabilities.
@@ -254,6 +230,7 @@ impl Worker {
         match self.state() {
             WorkerState::Loading => return Err(SubmitError::Loading),
             WorkerState::Failed(reason) => return Err(SubmitError::Failed(reason)),
+            WorkerState::Lost(lost) => return Err(SubmitError::Lost(lost)),
             WorkerState::Ready(_) => {}
         }
         let (queued, pending) = Queued::new(input);
@@ -267,22 +244,27 @@ impl Worker {
 
 /// Drops the jobs still queued when the worker thread ends however it ends, so that their callers
 /// hear `Stopped` instead of waiting for ever (a closed channel did this before).
-struct DiscardOnExit<'a>(&'a FairQueue<Job>);
+struct DiscardOnExit<'a>(&'a Shared);
 
 impl Drop for DiscardOnExit<'_> {
     fn drop(&mut self) {
-        self.0.discard();
+        self.0.queue.discard();
+        // Whoever waits for room tries again and hears that the worker stopped.
+        self.0.room.notify_waiters();
     }
 }
 
 fn run(settings: WorkerSettings, shared: &Shared) {
-    let _discard = DiscardOnExit(&shared.queue);
-    let options = ModelOptions {
-        n_gpu_layers: settings.n_gpu_layers,
-        rpc: settings.rpc.clone(),
-        chat_template: settings.chat_template.clone(),
-        use_mmap: false,
-    };
+    let _discard = DiscardOnExit(shared);
+    let options = settings
+        .settings
+        .model_options(settings.chat_template.clone());
+    // Between the daemon's "listening" and "model ready": a large model takes a while to load.
+    tracing::info!(
+        path = %settings.path.display(),
+        mb = std::fs::metadata(&settings.path).map_or(0, |m| m.len() >> 20),
+        "loading model"
+    );
     let model = match Model::load(&settings.path, &options) {
         Ok(model) => Arc::new(model),
         Err(error) => {
@@ -290,7 +272,7 @@ fn run(settings: WorkerSettings, shared: &Shared) {
             return shared.set(WorkerState::Failed(error.to_string()));
         }
     };
-    let context_options = settings.context_options(&model);
+    let context_options = settings.settings.context_options(model.meta().n_ctx_train);
     let mut scorer = match Scorer::new(&model, context_options) {
         Ok(scorer) => scorer,
         Err(error) => {
@@ -302,16 +284,19 @@ fn run(settings: WorkerSettings, shared: &Shared) {
         model: Arc::clone(&model),
         n_ctx: scorer.n_ctx(),
         tokenizer: tokenizer_info(&model, &settings),
+        rpc: Vec::new(),
     };
     tracing::info!(
         path = %settings.path.display(),
         n_ctx = loaded.n_ctx,
         n_threads = context_options.n_threads,
         cpu = %model.meta().cpu,
+        placement = %model.meta().placement,
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));
     while let Some((client, job)) = shared.queue.pop() {
+        shared.room.notify_waiters();
         shared.running.fetch_add(1, Ordering::Relaxed);
         let mut turns = Turns {
             running: Some(client),
@@ -347,28 +332,14 @@ impl Turns<'_> {
         let ran = catch_unwind(AssertUnwindSafe(|| match job {
             // Jobs run in between are not batched: gathering would take the running client's.
             Job::Score(first) => {
-                let batch = if self.settings.batching && self.running.is_some() {
+                let batch = if self.settings.settings.batches() && self.running.is_some() {
                     gather(scorer, first, shared)
                 } else {
                     vec![first]
                 };
                 self.score_jobs(scorer, batch);
             }
-            Job::ScoreEach(job) => job.run(shared, |layouts| {
-                let mut scored = Vec::with_capacity(layouts.len());
-                for (label, prepared) in layouts {
-                    if !scored.is_empty() {
-                        self.between(scorer);
-                    }
-                    scored.push(
-                        scorer
-                            .score(prepared, Alpha::ONE)
-                            .map_err(|e| e.at(label.clone()))?,
-                    );
-                }
-                Ok(scored)
-            }),
-            Job::Logprobs(job) => job.run(shared, |input| {
+            Job::Logprobs(job) => job.run(&shared.cancelled, |input| {
                 let mut done = Vec::with_capacity(input.sequences.len());
                 for (label, tokens) in &input.sequences {
                     if !done.is_empty() {
@@ -401,7 +372,11 @@ impl Turns<'_> {
         if self.since.elapsed() < QUANTUM {
             return;
         }
-        if let Some(job) = self.shared.queue.pop_other(running) {
+        // Beside a long context half decoded (pinned), only a job that fits the rest of the window.
+        let room = scorer.room_beside_pinned();
+        let fits = |job: &Job| job.cells_at_once() <= room;
+        if let Some(job) = self.shared.queue.pop_other(running, fits) {
+            self.shared.room.notify_waiters();
             tracing::debug!(client = %running, "another client's job runs between two passes");
             let mut inner = Turns {
                 running: None,
@@ -414,38 +389,36 @@ impl Turns<'_> {
         }
     }
 
-    /// Scores the jobs still wanted, together when there are several. Should the pass fail, each
-    /// job is scored again alone, so one bad request cannot fail the others.
+    /// Scores the jobs still wanted, together when there are several (each then a pass of one
+    /// layout: [`gather`]). Should the shared pass fail, each job is scored again alone, so one
+    /// bad request cannot fail the others.
     fn score_jobs(&mut self, scorer: &mut Scorer<'_>, batch: Vec<ScoreJob>) {
         let shared = self.shared;
         let batch: Vec<ScoreJob> = batch
             .into_iter()
-            .filter(|job| job.is_wanted(shared))
+            .filter(|job| job.is_wanted(&shared.cancelled))
             .collect();
         let waited: Vec<Duration> = batch.iter().map(|job| job.queued.elapsed()).collect();
         let together = match batch.len() {
             0 => return,
             1 => None,
             _ => {
-                let requests: Vec<_> = batch
+                let requests: Option<Vec<_>> = batch
                     .iter()
-                    .map(|job| (&job.input.prepared, job.input.alpha))
+                    .map(|job| Some((job.input.single()?, job.input.alpha)))
                     .collect();
-                scorer.score_batch(&requests).ok()
+                requests.and_then(|requests| scorer.score_batch(&requests).ok())
             }
         };
         let mut together = together.map(Vec::into_iter);
         for (job, waited) in batch.into_iter().zip(waited) {
             let result = match together.as_mut().and_then(Iterator::next) {
-                Some(scored) => Ok(scored),
-                None => scorer.score_between(
-                    &job.input.prepared,
-                    job.input.alpha,
-                    &mut |scorer| self.between(scorer),
-                    &|| job.is_abandoned(),
-                ),
+                Some(scored) => Ok(vec![scored]),
+                None => self.run_pass(scorer, &job),
             };
-            if result.is_err() && job.is_abandoned() {
+            if matches!(result, Err(EngineError::Cancelled))
+                || (result.is_err() && job.is_abandoned())
+            {
                 shared.cancelled.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("client gone while its job ran: stopped between candidate groups");
                 continue;
@@ -453,27 +426,319 @@ impl Turns<'_> {
             job.send(result, waited);
         }
     }
+
+    /// Runs the layouts of a pass one after another, other clients' jobs between them and between
+    /// their candidate groups; stops at the next group once the job's client has left.
+    fn run_pass(
+        &mut self,
+        scorer: &mut Scorer<'_>,
+        job: &ScoreJob,
+    ) -> Result<Vec<Scored>, EngineError> {
+        let pass = &job.input;
+        let mut scored = Vec::with_capacity(pass.layouts.len());
+        for layout in &pass.layouts {
+            if !scored.is_empty() {
+                self.between(scorer);
+                if job.is_abandoned() {
+                    return Err(EngineError::Cancelled);
+                }
+            }
+            let result = scorer.score_between(
+                &layout.prepared,
+                pass.alpha,
+                &mut |scorer| self.between(scorer),
+                &|| job.is_abandoned(),
+            );
+            scored.push(result.map_err(|e| layout.label_error(e))?);
+        }
+        Ok(scored)
+    }
 }
 
-type ScoreJob = Queued<PreparedRequest, Scored>;
+type ScoreJob = Queued<Pass, Vec<Scored>>;
 
 /// Takes the score jobs next in the queue's fair order while they fit one pass beside `first`;
 /// the first job that does not join stays first in the queue and runs next.
 fn gather(scorer: &Scorer<'_>, first: ScoreJob, shared: &Shared) -> Vec<ScoreJob> {
     let mut budget = PassBudget::default();
-    if !scorer.batches() || !scorer.admit(&mut budget, &first.input.prepared) {
+    let admit = |budget: &mut PassBudget, job: &ScoreJob| {
+        job.input
+            .single()
+            .is_some_and(|prepared| scorer.admit(budget, prepared))
+    };
+    if !scorer.batches() || !admit(&mut budget, &first) {
         return vec![first];
     }
     let mut batch = vec![first];
-    let mut joins = |job: &Job| matches!(job, Job::Score(job) if scorer.admit(&mut budget, &job.input.prepared));
+    let mut joins = |job: &Job| matches!(job, Job::Score(job) if admit(&mut budget, job));
     // `pop_if` hands out only what `joins` took: a score job.
     while let Some(Job::Score(job)) = shared.queue.pop_if(&mut joins) {
+        shared.room.notify_waiters();
         batch.push(job);
     }
     if batch.len() > 1 {
         shared.batched.fetch_add(batch.len(), Ordering::Relaxed);
     }
     batch
+}
+
+/// How often an idle RPC model has its workers pinged (a worker killed while idle is found then).
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long a worker's port may take to accept the connection that checks it is there.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait before a lost model is loaded again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two loads of a model whose workers do not answer.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The thread of a model with RPC workers: starts its host process when every worker accepts
+/// connections, serves jobs through it, and when a worker is lost (the host ended) answers the
+/// job under way and every queued one `rpc_worker_lost`, then starts a new host after a backoff
+/// (1 s, doubling to 30 s; back to 1 s once a load succeeds). A load the workers cannot fix (a bad
+/// file, a template that does not compile) fails the model, as in one process.
+fn run_hosted(id: &str, settings: WorkerSettings, shared: &Shared) {
+    let _discard = DiscardOnExit(shared);
+    let workers = settings.settings.rpc.clone().unwrap_or_default();
+    let start = Start::new(
+        settings.path.clone(),
+        settings.chat_template.clone(),
+        &settings.settings,
+    );
+    let mut model: Option<Arc<Model>> = None;
+    let mut backoff = FIRST_BACKOFF;
+    while !shared.queue.is_closed() {
+        let down: Vec<String> = workers
+            .iter()
+            .filter_map(|w| {
+                let refused = rpc::probe(w, PROBE_TIMEOUT).err()?;
+                Some(rpc::unreachable_message(w, &refused))
+            })
+            .collect();
+        let seen = if down.is_empty() {
+            let started = Host::start(&start, &mut |note| shared.set_waiting_on(note), &|| {
+                shared.queue.is_closed()
+            });
+            let (host, ready) = match started {
+                Ok(started) => started,
+                Err(HostError::Failed(reason)) => {
+                    tracing::error!(model = %id, path = %settings.path.display(), %reason, "model not loaded");
+                    return shared.set(WorkerState::Failed(reason));
+                }
+                Err(HostError::Stopped) => break,
+                Err(error @ (HostError::Unreachable(_) | HostError::Gone(_))) => {
+                    lose(shared, id, &workers, error.to_string(), &mut backoff);
+                    continue;
+                }
+            };
+            let vocabulary = match &model {
+                Some(model) => Ok(Arc::clone(model)),
+                None => Model::load_vocabulary(
+                    &settings.path,
+                    &settings
+                        .settings
+                        .model_options(settings.chat_template.clone()),
+                    &ready.meta,
+                )
+                .map(Arc::new),
+            };
+            let vocabulary = match vocabulary {
+                Ok(vocabulary) => vocabulary,
+                Err(error) => {
+                    tracing::error!(model = %id, %error, "model not loaded");
+                    return shared.set(WorkerState::Failed(error.to_string()));
+                }
+            };
+            model = Some(Arc::clone(&vocabulary));
+            let names: Vec<&str> = workers.iter().map(RpcEndpoint::as_str).collect();
+            tracing::info!(
+                model = %id,
+                path = %settings.path.display(),
+                n_ctx = ready.n_ctx,
+                cpu = %vocabulary.meta().cpu,
+                workers = %names.join(","),
+                "model ready (in a process of its own: a lost RPC worker cannot end the daemon)"
+            );
+            shared.set(WorkerState::Ready(Arc::new(LoadedModel {
+                tokenizer: tokenizer_info(&vocabulary, &settings),
+                model: vocabulary,
+                n_ctx: ready.n_ctx,
+                rpc: ready.placement,
+            })));
+            backoff = FIRST_BACKOFF;
+            match serve_hosted(host, shared, id, &workers, backoff) {
+                Ok(()) => break,
+                Err(seen) => seen,
+            }
+        } else {
+            down.join("; ")
+        };
+        lose(shared, id, &workers, seen, &mut backoff);
+    }
+    tracing::info!(model = %id, path = %settings.path.display(), "model unloaded");
+}
+
+/// The model is lost: says so (state, log), answers what is queued and what comes in
+/// `rpc_worker_lost` until the backoff is over, and doubles the backoff.
+fn lose(shared: &Shared, id: &str, workers: &[RpcEndpoint], seen: String, backoff: &mut Duration) {
+    let lost = lost(id, workers, seen, *backoff);
+    tracing::warn!(model = %id, "{lost}");
+    shared.set_waiting_on(None);
+    shared.set(WorkerState::Lost(lost.clone()));
+    let deadline = Instant::now() + *backoff;
+    while Instant::now() < deadline && !shared.queue.is_closed() {
+        refuse_queued(shared, &lost);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    refuse_queued(shared, &lost);
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// Serves jobs through `host` until the queue closes (`Ok`) or the host is gone (what was seen):
+/// the job under way and those queued are then answered `rpc_worker_lost`.
+fn serve_hosted(
+    mut host: Host,
+    shared: &Shared,
+    id: &str,
+    workers: &[RpcEndpoint],
+    backoff: Duration,
+) -> Result<(), String> {
+    loop {
+        let job = match shared.queue.pop_within(PING_EVERY) {
+            Ok((_, job)) => job,
+            Err(true) => return Ok(()),
+            Err(false) => {
+                host.ping().map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        shared.room.notify_waiters();
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        let outcome = run_hosted_job(&mut host, job, shared);
+        shared.running.fetch_sub(1, Ordering::Relaxed);
+        if let Err((job, gone)) = outcome {
+            let lost = lost(id, workers, gone.to_string(), backoff);
+            refuse(job, &lost);
+            refuse_queued(shared, &lost);
+            return Err(gone.to_string());
+        }
+    }
+}
+
+/// Runs one job through the host, its layouts or sequences one after another (a client that left
+/// stops it between two); gives the job back, unanswered, when the host is gone.
+fn run_hosted_job(host: &mut Host, job: Job, shared: &Shared) -> Result<(), (Job, HostError)> {
+    match job {
+        Job::Score(job) => {
+            if !job.is_wanted(&shared.cancelled) {
+                return Ok(());
+            }
+            let waited = job.queued.elapsed();
+            let mut scored = Vec::with_capacity(job.input.layouts.len());
+            for index in 0..job.input.layouts.len() {
+                if job.is_abandoned() {
+                    shared.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let layout = &job.input.layouts[index];
+                match host.score(&layout.prepared, job.input.alpha) {
+                    Ok(Ok(values)) => scored.push(values),
+                    Ok(Err(error)) => {
+                        let error = layout.label_error(error);
+                        job.send(Err(error), waited);
+                        return Ok(());
+                    }
+                    Err(gone) => return Err((Job::Score(job), gone)),
+                }
+            }
+            job.send(Ok(scored), waited);
+        }
+        Job::Logprobs(job) => {
+            if !job.is_wanted(&shared.cancelled) {
+                return Ok(());
+            }
+            let waited = job.queued.elapsed();
+            let mut done = Vec::with_capacity(job.input.sequences.len());
+            for index in 0..job.input.sequences.len() {
+                if job.is_abandoned() {
+                    shared.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let (label, tokens) = &job.input.sequences[index];
+                match host.logprobs(tokens, job.input.top_k, job.input.greedy) {
+                    Ok(Ok(sequence)) => done.push(sequence),
+                    Ok(Err(error)) => {
+                        let error = error.at(label.clone());
+                        job.send(Err(error), waited);
+                        return Ok(());
+                    }
+                    Err(gone) => return Err((Job::Logprobs(job), gone)),
+                }
+            }
+            job.send(Ok(done), waited);
+        }
+    }
+    Ok(())
+}
+
+/// Which of `workers` is lost, as far as can be told now: those that refuse a connection (all of
+/// them when each accepts one: the host ended for a reason of its own, or a worker came back).
+fn lost(id: &str, workers: &[RpcEndpoint], seen: String, retry: Duration) -> RpcWorkerLost {
+    let down: Vec<(String, String)> = workers
+        .iter()
+        .filter_map(|w| {
+            let refused = rpc::probe(w, PROBE_TIMEOUT).err()?;
+            Some((w.to_string(), refused))
+        })
+        .collect();
+    let (workers, reason) = match down.first() {
+        None => (workers.iter().map(ToString::to_string).collect(), seen),
+        Some((_, first)) => {
+            let reason = if down.iter().all(|(_, refused)| refused == first) {
+                format!("it cannot be reached: {first}; is `endorm rpc-worker` running there?")
+            } else {
+                let each: Vec<String> = down.iter().map(|(w, e)| format!("{w}: {e}")).collect();
+                format!("cannot be reached: {}", each.join("; "))
+            };
+            let reason = match seen.contains("cannot be reached") {
+                true => reason,
+                false => format!("{reason}; {seen}"),
+            };
+            (down.into_iter().map(|(worker, _)| worker).collect(), reason)
+        }
+    };
+    RpcWorkerLost {
+        model: id.to_owned(),
+        workers,
+        reason,
+        retry_after: retry.as_secs().max(1),
+    }
+}
+
+/// Answers a job `rpc_worker_lost`.
+fn refuse(job: Job, lost: &RpcWorkerLost) {
+    let error = || EngineError::RpcWorkerLost(lost.clone());
+    match job {
+        Job::Score(job) => {
+            let waited = job.queued.elapsed();
+            job.send(Err(error()), waited);
+        }
+        Job::Logprobs(job) => {
+            let waited = job.queued.elapsed();
+            job.send(Err(error()), waited);
+        }
+    }
+}
+
+/// Answers every queued job `rpc_worker_lost` (they would wait for the reload otherwise).
+fn refuse_queued(shared: &Shared, lost: &RpcWorkerLost) {
+    let mut refused = false;
+    while let Some(job) = shared.queue.pop_if(|_| true) {
+        refuse(job, lost);
+        refused = true;
+    }
+    if refused {
+        shared.room.notify_waiters();
+    }
 }
 
 fn tokenizer_info(model: &Model, settings: &WorkerSettings) -> TokenizerInfo {

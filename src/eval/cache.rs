@@ -33,6 +33,10 @@ pub struct Fingerprint {
     pub principle: Option<String>,
     /// Bumped whenever a method's prompt or layout changes.
     pub methods_version: u32,
+    /// The KV cache's key and value types (`q8_0/q8_0`) when not the default f16 ones, which
+    /// caches written before this field scored with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_types: Option<String>,
 }
 
 /// The model a reference pass scored on, as the header names the model.
@@ -210,6 +214,7 @@ mod tests {
             data_hash: fnv1a(b"data"),
             principle: None,
             methods_version: 1,
+            kv_types: None,
         }
     }
 
@@ -272,6 +277,32 @@ mod tests {
             .unwrap();
         assert!(matches!(
             Cache::open(&path, &fingerprint("other"), None),
+            Err(EvalError::CacheMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn other_kv_types_are_refused_and_a_cache_from_before_them_is_f16() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        // A header written before the field: read as the default f16 KV cache.
+        let mut header = serde_json::to_value(Header {
+            endorm_eval_cache: fingerprint("m"),
+        })
+        .unwrap();
+        assert!(header["endorm_eval_cache"]["kv_types"].is_null());
+        header["endorm_eval_cache"]
+            .as_object_mut()
+            .unwrap()
+            .remove("kv_types");
+        std::fs::write(&path, format!("{header}\n")).unwrap();
+        Cache::open(&path, &fingerprint("m"), None).unwrap();
+        let q8 = Fingerprint {
+            kv_types: Some("q8_0/q8_0".into()),
+            ..fingerprint("m")
+        };
+        assert!(matches!(
+            Cache::open(&path, &q8, None),
             Err(EvalError::CacheMismatch { .. })
         ));
     }

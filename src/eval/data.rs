@@ -2,8 +2,10 @@
 //!
 //! * Preference: `{"id", "prompt", "chosen", "rejected"}`; `chosen` and `rejected` are each a
 //!   string or a list of strings (every chosen × rejected pair is compared, as in RM-Bench).
-//! * Ranking: `{"task_id", "prompt", "completions": [...], "passed": [...]}`: code completions of
-//!   `prompt` with their test results.
+//! * Ranking: `{"task_id", "prompt", "completions": [...], "passed": [...]}`: completions of
+//!   `prompt` with their labels (code and its tests, a math answer and its check). `"format":
+//!   "raw"` (the default: `prompt` is the text the completions continue, as for code) or `"chat"`
+//!   (`prompt` is the user's message and each completion the assistant's answer).
 //!
 //! An item without an id is named by its line number.
 
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::EvalError;
+use crate::api::Format;
 
 /// One preference item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +36,10 @@ pub struct PreferenceItem {
 pub struct RankingItem {
     /// The task's id.
     pub id: String,
-    /// The text every completion continues (scored as raw context).
+    /// The text every completion continues (`Raw`), or the user's message (`Chat`).
     pub prompt: String,
+    /// How the prompt and the completions are laid out.
+    pub format: Format,
     /// The completions.
     pub completions: Vec<String>,
     /// Whether each completion passed.
@@ -106,6 +111,7 @@ struct Line {
     rejected: Option<OneOrMany>,
     completions: Option<Vec<String>>,
     passed: Option<Vec<bool>>,
+    format: Option<Format>,
 }
 
 enum Item {
@@ -172,6 +178,9 @@ fn parse_line(line: &str, number: usize) -> Result<Item, String> {
     };
     let prompt = line.prompt.ok_or("missing `prompt`")?;
     match (line.chosen, line.rejected, line.completions, line.passed) {
+        (Some(_), Some(_), None, None) if line.format.is_some_and(|f| f != Format::Chat) => {
+            Err("preference items are scored in chat format: `format` can only be \"chat\"".into())
+        }
         (Some(chosen), Some(rejected), None, None) => {
             let (chosen, rejected) = (chosen.into_vec(), rejected.into_vec());
             if chosen.is_empty() || rejected.is_empty() {
@@ -198,6 +207,7 @@ fn parse_line(line: &str, number: usize) -> Result<Item, String> {
             Ok(Item::Ranking(RankingItem {
                 id,
                 prompt,
+                format: line.format.unwrap_or(Format::Raw),
                 completions,
                 passed,
             }))
@@ -232,7 +242,18 @@ mod tests {
         let Ok(Dataset::Ranking(items)) = parse(good) else {
             panic!("not a ranking file")
         };
-        assert_eq!(items[0].id, "t/0");
+        assert_eq!(
+            (items[0].id.as_str(), items[0].format),
+            ("t/0", Format::Raw)
+        );
+        let chat = r#"{"task_id": "m", "prompt": "2+2?", "format": "chat", "completions": ["4"], "passed": [true]}"#;
+        let Ok(Dataset::Ranking(items)) = parse(chat) else {
+            panic!("not a ranking file")
+        };
+        assert_eq!(items[0].format, Format::Chat);
+        let raw_preference =
+            r#"{"id": 1, "prompt": "p", "format": "raw", "chosen": "c", "rejected": "r"}"#;
+        assert!(parse(raw_preference).unwrap_err().1.contains("chat format"));
         let bad = r#"{"task_id": 1, "prompt": "x", "completions": ["a", "b"], "passed": [true]}"#;
         assert_eq!(parse(bad).unwrap_err().0, 1);
     }

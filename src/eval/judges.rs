@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::methods::{distinct, expand, ItemRef, Method, Scores};
+use crate::api::Format;
 use crate::engine::{EngineError, Model, Scorer, Token};
 
 /// The verifier judge's question for a preference item.
@@ -65,6 +66,7 @@ pub(super) fn verifier_scores(
         .enumerate()
         .map(|(i, c)| match item {
             ItemRef::Preference(p) => (i, verifier_prompt(&p.prompt, c)),
+            ItemRef::Ranking(r) if r.format == Format::Chat => (i, verifier_prompt(&r.prompt, c)),
             ItemRef::Ranking(r) => (i, verifier_code_prompt(&r.prompt, c)),
         })
         .collect();
@@ -117,14 +119,16 @@ pub(super) fn pairwise_scores(
             } else {
                 (0..n).map(|i| (i, (i + 1) % n)).collect()
             };
-            let prompt = match item {
-                ItemRef::Ranking(r) => r.prompt.clone(),
-                ItemRef::Preference(p) => p.prompt.clone(),
+            let (prompt, chat) = match item {
+                ItemRef::Ranking(r) => (r.prompt.clone(), r.format == Format::Chat),
+                ItemRef::Preference(p) => (p.prompt.clone(), true),
             };
-            (
-                pairs,
-                Box::new(move |a, b| pairwise_code_prompt(&prompt, a, b)),
-            )
+            let ask: AskPair = if chat {
+                Box::new(move |a, b| pairwise_prompt(&prompt, a, b))
+            } else {
+                Box::new(move |a, b| pairwise_code_prompt(&prompt, a, b))
+            };
+            (pairs, ask)
         }
     };
     // Preference pairs index `item.candidates()`; ranking pairs index the distinct completions.

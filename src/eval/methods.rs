@@ -7,15 +7,11 @@
 //! pairwise judge on preference items one margin per chosen × rejected pair (> 0: chosen wins).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::data::{PreferenceItem, RankingItem};
-use super::judges;
-use crate::api::{Contrast, Format, ScoreRequest};
-use crate::engine::{EngineError, PreparedRequest, Scored, Scorer};
-use crate::reward::{consensus, Aggregate, Aggregates, Alpha};
+use crate::reward::{Aggregate, Recipe};
 
 /// The weight of agreement in the reward plus consensus methods: fixed at 1 (the standardised
 /// reward and agreement count alike), not tuned.
@@ -32,6 +28,10 @@ pub enum Method {
     Logprob,
     /// `Σ log π / H`.
     LogprobMean,
+    /// `Σ r_t − b·H`, the length-controlled reward: `b` is the model's mean reward per token on a
+    /// fixed neutral text ([`super::passes::baseline_per_token`]), measured once per model, never
+    /// on the labels. Between the paper's sum (which favours short answers) and the mean.
+    EndoLengthControlled,
     /// The longer candidate (in characters) wins.
     Length,
     /// The shorter candidate wins (`-length`).
@@ -70,11 +70,12 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 24] = [
+    pub const ALL: [Method; 25] = [
         Method::Endo,
         Method::EndoMean,
         Method::Logprob,
         Method::LogprobMean,
+        Method::EndoLengthControlled,
         Method::Length,
         Method::Shorter,
         Method::Consensus,
@@ -99,10 +100,73 @@ impl Method {
 
     /// What `endorm eval` runs when no `--method` is given: the methods before the contrasts,
     /// so a run resumed from an older cache does not start passes it never asked for.
-    pub const DEFAULT: &'static [Method] = Method::ALL.split_at(13).0;
+    pub const DEFAULT: &'static [Method] = &[
+        Method::Endo,
+        Method::EndoMean,
+        Method::Logprob,
+        Method::LogprobMean,
+        Method::EndoLengthControlled,
+        Method::Length,
+        Method::Shorter,
+        Method::Consensus,
+        Method::WithConsensus(Aggregate::Endo),
+        Method::WithConsensus(Aggregate::EndoMean),
+        Method::WithConsensus(Aggregate::Logprob),
+        Method::WithConsensus(Aggregate::LogprobMean),
+        Method::JudgeVerifier,
+        Method::JudgePairwise,
+    ];
 
-    /// The model contrast's methods, which need a reference model: the last four.
-    pub const REFERENCE: &'static [Method] = Method::ALL.split_at(20).1;
+    /// The model contrast's methods, which need a reference model.
+    pub const REFERENCE: &'static [Method] = &[
+        Method::EndoReference,
+        Method::EndoMeanReference,
+        Method::LogprobReference,
+        Method::LogprobMeanReference,
+    ];
+
+    /// The terms of `/v1/score` this method's score is made of, for the methods that are a
+    /// request's score (the aggregates and their contrasts; not the reviewer term alone, the
+    /// baselines, consensus or the judges).
+    pub fn recipe(self) -> Option<Recipe> {
+        let plain = Recipe::plain;
+        let neutral = |aggregate| Recipe {
+            neutral: true,
+            ..plain(aggregate)
+        };
+        let reviewer = |aggregate| Recipe {
+            reviewer: true,
+            ..plain(aggregate)
+        };
+        let reference = |aggregate| Recipe {
+            reference: true,
+            ..plain(aggregate)
+        };
+        Some(match self {
+            Method::Endo => plain(Aggregate::Endo),
+            Method::EndoMean => plain(Aggregate::EndoMean),
+            Method::Logprob => plain(Aggregate::Logprob),
+            Method::LogprobMean => plain(Aggregate::LogprobMean),
+            Method::EndoNeutral => neutral(Aggregate::Endo),
+            Method::EndoMeanNeutral => neutral(Aggregate::EndoMean),
+            Method::LogprobNeutral => neutral(Aggregate::Logprob),
+            Method::LogprobMeanNeutral => neutral(Aggregate::LogprobMean),
+            Method::EndoReviewer => reviewer(Aggregate::Endo),
+            Method::EndoMeanReviewer => reviewer(Aggregate::EndoMean),
+            Method::EndoReference => reference(Aggregate::Endo),
+            Method::EndoMeanReference => reference(Aggregate::EndoMean),
+            Method::LogprobReference => reference(Aggregate::Logprob),
+            Method::LogprobMeanReference => reference(Aggregate::LogprobMean),
+            Method::EndoLengthControlled
+            | Method::Length
+            | Method::Shorter
+            | Method::Consensus
+            | Method::WithConsensus(_)
+            | Method::JudgeVerifier
+            | Method::JudgePairwise
+            | Method::Reviewer => return None,
+        })
+    }
 
     /// The name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -111,6 +175,7 @@ impl Method {
             Method::EndoMean => "endo_mean",
             Method::Logprob => "logprob",
             Method::LogprobMean => "logprob_mean",
+            Method::EndoLengthControlled => "endo_lc",
             Method::Length => "length",
             Method::Shorter => "-length",
             Method::Consensus => "consensus",
@@ -138,7 +203,11 @@ impl Method {
     /// plus consensus, whose agreement costs next to nothing).
     pub fn pass(self) -> Pass {
         match self {
-            Method::Endo | Method::EndoMean | Method::Logprob | Method::LogprobMean => Pass::Reward,
+            Method::Endo
+            | Method::EndoMean
+            | Method::Logprob
+            | Method::LogprobMean
+            | Method::EndoLengthControlled => Pass::Reward,
             Method::WithConsensus(_) => Pass::Reward,
             Method::Length | Method::Shorter => Pass::Length,
             Method::Consensus => Pass::Consensus,
@@ -310,47 +379,6 @@ impl ItemRef<'_> {
     }
 }
 
-/// Settings every pass shares.
-#[derive(Debug, Clone, Default)]
-pub struct PassOptions {
-    /// Principle (system message) for the reward on chat-format (preference) items.
-    pub principle: Option<String>,
-}
-
-/// Runs `pass` on one item. Input errors (e.g. an item longer than the context) come back as
-/// `Err` for the caller to record; the caller decides which errors stop the run.
-///
-/// Identical candidates of an item (sampled code completions repeat often) are scored once and
-/// share the score: the model would give them the same score anyway.
-///
-/// `reward` is the reward pass's scores of the item, which the neutral, reviewer and reference
-/// passes combine with their own layouts (they do not score the candidates after the prompt
-/// again); `reference` scores the reference pass.
-pub fn run_pass(
-    scorer: &mut Scorer<'_>,
-    reference: Option<&mut Scorer<'_>>,
-    pass: Pass,
-    item: ItemRef<'_>,
-    options: &PassOptions,
-    reward: Option<&PassScores>,
-) -> Result<PassScores, EngineError> {
-    let started = Instant::now();
-    let (scores, tokens) = match pass {
-        Pass::Length => (length_scores(item), 0),
-        Pass::Consensus => (consensus_scores(item), 0),
-        Pass::Reward | Pass::Neutral | Pass::Reviewer | Pass::Reference => {
-            reward_scores(scorer, reference, pass, item, options, reward)?
-        }
-        Pass::Verifier => judges::verifier_scores(scorer, item)?,
-        Pass::Pairwise => judges::pairwise_scores(scorer, item)?,
-    };
-    Ok(PassScores {
-        scores,
-        tokens,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
 /// The distinct texts of `texts` in first-seen order, and for each text the index of its
 /// distinct copy.
 pub fn distinct<'a>(texts: &[&'a str]) -> (Vec<&'a str>, Vec<usize>) {
@@ -372,240 +400,38 @@ pub(super) fn expand(values: &[f64], index: &[usize]) -> Vec<f64> {
     index.iter().map(|&i| values[i]).collect()
 }
 
-/// Candidate length in characters (Unicode scalar values): `length` and its negation `-length`.
-pub fn length_scores(item: ItemRef<'_>) -> BTreeMap<String, Scores> {
-    let lengths: Vec<f64> = item
-        .candidates()
-        .iter()
-        .map(|c| c.chars().count() as f64)
-        .collect();
-    BTreeMap::from([
-        (
-            Method::Length.name().to_owned(),
-            Scores::Candidates(lengths.clone()),
-        ),
-        (
-            Method::Shorter.name().to_owned(),
-            Scores::Candidates(lengths.iter().map(|l| -l).collect()),
-        ),
-    ])
-}
-
-/// Each candidate's agreement with the item's other candidates, all of them as given (copies
-/// included): `consensus`.
-pub fn consensus_scores(item: ItemRef<'_>) -> BTreeMap<String, Scores> {
-    BTreeMap::from([(
-        Method::Consensus.name().to_owned(),
-        Scores::Candidates(consensus::agreement(&item.candidates())),
-    )])
-}
-
-/// The scores of `method` on one item from the scores its passes computed (`pass` looks a pass's
-/// scores up): a pass's own method is read as stored; the reward plus consensus is combined here,
-/// so it needs no pass of its own and no cache record. `None` when a pass is missing or failed.
-pub fn method_scores<'a>(
-    method: Method,
-    pass: impl Fn(Pass) -> Option<&'a PassScores>,
-) -> Option<Scores> {
-    let get = |method: Method| pass(method.pass())?.scores.get(method.name());
-    match method {
-        Method::WithConsensus(aggregate) => {
-            let Scores::Candidates(reward) = get(Method::of_aggregate(aggregate))? else {
-                return None;
-            };
-            let Scores::Candidates(agreement) = get(Method::Consensus)? else {
-                return None;
-            };
-            (reward.len() == agreement.len()).then(|| {
-                Scores::Candidates(consensus::combine(reward, agreement, CONSENSUS_WEIGHT))
-            })
-        }
-        _ => get(method).cloned(),
-    }
-}
-
-/// endorm's reward: preference items in chat format (the prompt as the user's message, each
-/// response an assistant turn, with the principle if given); ranking items in raw format (the
-/// prompt is the context, each completion its continuation, not terminal). One scoring pass gives
-/// all four aggregates; the neutral and reviewer passes add their extra layouts (a `/v1/score`
-/// request with `contrast: "neutral"` or `reviewer: true`) and give their methods; the reference
-/// pass scores the request's own layout on the reference model, as the daemon's
-/// `reference_model` does (same check of the tokens). An empty candidate has nothing to score: it
-/// gets the empty sums, 0.
-fn reward_scores(
-    scorer: &mut Scorer<'_>,
-    reference: Option<&mut Scorer<'_>>,
-    pass: Pass,
-    item: ItemRef<'_>,
-    options: &PassOptions,
-    reward: Option<&PassScores>,
-) -> Result<(BTreeMap<String, Scores>, usize), EngineError> {
-    // The methods the pass stores (the reward plus consensus ones are combined later, from
-    // these records, and have none of their own).
-    let methods: Vec<Method> = Method::ALL
-        .into_iter()
-        .filter(|m| m.pass() == pass && m.passes() == [pass])
-        .collect();
-    let (candidates, index) = distinct(&item.candidates());
-    let nonempty: Vec<usize> = (0..candidates.len())
-        .filter(|&i| !candidates[i].is_empty())
-        .collect();
-    let mut values = vec![vec![0.0; methods.len()]; candidates.len()];
-    let mut tokens = 0;
-    if !nonempty.is_empty() {
-        let (format, prompt, principle) = match item {
-            ItemRef::Preference(item) => (Format::Chat, &item.prompt, options.principle.clone()),
-            ItemRef::Ranking(item) => (Format::Raw, &item.prompt, None),
-        };
-        let request = ScoreRequest {
-            format: Some(format),
-            prompt: Some(prompt.clone()),
-            principle,
-            candidates: nonempty.iter().map(|&i| candidates[i].to_owned()).collect(),
-            contrast: (pass == Pass::Neutral).then_some(Contrast::Neutral),
-            reviewer: pass == Pass::Reviewer,
-            ..ScoreRequest::default()
-        };
-        let prepared = PreparedRequest::new(scorer.model(), &request, None)?;
-        let sums = |scored: &Scored, k: usize| Aggregates::of(&scored.candidates[k], Alpha::ONE);
-        // The candidates after the prompt: scored here by the reward pass, read back from its
-        // record by the others.
-        let main: Vec<Aggregates> = match pass {
-            Pass::Reward => {
-                let scored = scorer.score(&prepared.prepared, Alpha::ONE)?;
-                tokens += prepared.prepared.tokens();
-                (0..nonempty.len()).map(|k| sums(&scored, k)).collect()
-            }
-            _ => {
-                let reward = reward.ok_or_else(|| missing("the reward pass's record"))?;
-                let first = |i: usize| index.iter().position(|&d| d == i).unwrap_or(0);
-                nonempty
-                    .iter()
-                    .map(|&i| recorded_sums(reward, first(i)))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| missing("the reward pass's scores of a candidate"))?
-            }
-        };
-        let neutral = match &prepared.neutral {
-            Some(layout) => {
-                tokens += layout.tokens();
-                Some(scorer.score(layout, Alpha::ONE)?)
-            }
-            None => None,
-        };
-        let reviewer = match &prepared.reviewer {
-            Some(layouts) => {
-                tokens += layouts.iter().map(|l| l.tokens()).sum::<usize>();
-                let scored = layouts.iter().map(|l| scorer.score(l, Alpha::ONE));
-                Some(scored.collect::<Result<Vec<_>, _>>()?)
-            }
-            None => None,
-        };
-        let reference = match (pass, reference) {
-            (Pass::Reference, Some(reference)) => {
-                let other =
-                    prepared.reference_pass(scorer.model(), reference.model(), &request, None)?;
-                tokens += other.tokens();
-                Some(reference.score(&other.prepared, Alpha::ONE)?)
-            }
-            (Pass::Reference, None) => return Err(missing("the reference model")),
-            _ => None,
-        };
-        for (k, &i) in nonempty.iter().enumerate() {
-            let layouts = Layouts {
-                neutral: neutral.as_ref().map(|n| sums(n, k)),
-                reviewer: reviewer.as_ref().map(|r| sums(&r[k], 0)),
-                reference: reference.as_ref().map(|r| sums(r, k)),
-            };
-            values[i] = methods
-                .iter()
-                .map(|&method| method_value(method, &main[k], &layouts))
-                .collect::<Option<_>>()
-                .ok_or_else(|| missing("a layout of the pass"))?;
-        }
-    }
-    let scores = methods
-        .iter()
-        .enumerate()
-        .map(|(k, method)| {
-            let distinct_scores: Vec<f64> = values.iter().map(|v| v[k]).collect();
-            (
-                method.name().to_owned(),
-                Scores::Candidates(expand(&distinct_scores, &index)),
-            )
-        })
-        .collect();
-    Ok((scores, tokens))
-}
-
-fn missing(what: &str) -> EngineError {
-    EngineError::Internal(format!("{what} is missing"))
-}
-
-/// The four aggregates of candidate `i` as the reward pass recorded them.
-fn recorded_sums(reward: &PassScores, i: usize) -> Option<Aggregates> {
-    let get = |method: Method| match reward.scores.get(method.name())? {
-        Scores::Candidates(values) => values.get(i).copied(),
-        Scores::Pairs(_) => None,
-    };
-    Some(Aggregates {
-        endo: get(Method::Endo)?,
-        endo_mean: get(Method::EndoMean)?,
-        logprob: get(Method::Logprob)?,
-        logprob_mean: get(Method::LogprobMean)?,
-    })
-}
-
-/// One candidate's sums in the layouts a pass adds to the reward pass's.
-#[derive(Debug, Clone, Copy, Default)]
-struct Layouts {
-    /// After the neutral context.
-    neutral: Option<Aggregates>,
-    /// The instruction after the candidate.
-    reviewer: Option<Aggregates>,
-    /// The same tokens on the reference model.
-    reference: Option<Aggregates>,
-}
-
-/// A reward method's value from the sums of its pass's layouts (`None`: a layout it needs is
-/// missing). The reviewer term is `Σ log π` of the instruction, per instruction token beside a
-/// `*_mean` aggregate.
-fn method_value(method: Method, main: &Aggregates, layouts: &Layouts) -> Option<f64> {
-    let Layouts {
-        neutral,
-        reviewer,
-        reference,
-    } = *layouts;
-    Some(match method {
-        Method::Endo => main.endo,
-        Method::EndoMean => main.endo_mean,
-        Method::Logprob => main.logprob,
-        Method::LogprobMean => main.logprob_mean,
-        Method::EndoNeutral => main.endo - neutral?.endo,
-        Method::EndoMeanNeutral => main.endo_mean - neutral?.endo_mean,
-        Method::LogprobNeutral => main.logprob - neutral?.logprob,
-        Method::LogprobMeanNeutral => main.logprob_mean - neutral?.logprob_mean,
-        Method::Reviewer => reviewer?.logprob,
-        Method::EndoReviewer => main.endo + reviewer?.logprob,
-        Method::EndoMeanReviewer => main.endo_mean + reviewer?.logprob_mean,
-        Method::EndoReference => main.endo - reference?.endo,
-        Method::EndoMeanReference => main.endo_mean - reference?.endo_mean,
-        Method::LogprobReference => main.logprob - reference?.logprob,
-        Method::LogprobMeanReference => main.logprob_mean - reference?.logprob_mean,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_methods_name_is_its_recipes() {
+        for method in Method::ALL {
+            if let Some(recipe) = method.recipe() {
+                assert_eq!(recipe.name(), method.name());
+            }
+        }
+        assert_eq!(
+            Method::ALL.iter().filter(|m| m.recipe().is_some()).count(),
+            14
+        );
+    }
+
+    #[test]
+    fn the_default_and_reference_lists_partition_the_methods_before_and_after_the_contrasts() {
+        let position = |m: &Method| Method::ALL.iter().position(|x| x == m);
+        assert!(Method::DEFAULT.iter().all(|m| position(m) < Some(14)));
+        assert_eq!(Method::DEFAULT.len(), 14);
+        assert!(Method::REFERENCE.iter().all(|m| position(m) >= Some(21)));
+        assert_eq!(Method::REFERENCE.len(), 4);
+    }
 
     #[test]
     fn method_names_round_trip() {
         for method in Method::ALL {
             assert_eq!(method.name().parse::<Method>(), Ok(method));
         }
-        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise, endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer, endo-reference, endo_mean-reference, logprob-reference, logprob_mean-reference".into()));
+        assert_eq!("judge_verifier".parse::<Method>(), Err("unknown method `judge_verifier`; known: endo, endo_mean, logprob, logprob_mean, endo_lc, length, -length, consensus, endo+consensus, endo_mean+consensus, logprob+consensus, logprob_mean+consensus, judge-verifier, judge-pairwise, endo-neutral, endo_mean-neutral, logprob-neutral, logprob_mean-neutral, reviewer, endo+reviewer, endo_mean+reviewer, endo-reference, endo_mean-reference, logprob-reference, logprob_mean-reference".into()));
         assert_eq!("endo-mean".parse::<Method>(), Ok(Method::EndoMean));
         assert_eq!(
             "logprob-mean-reference".parse::<Method>(),
@@ -630,156 +456,6 @@ mod tests {
         assert_eq!(
             "endo-mean+consensus".parse::<Method>(),
             Ok(Method::WithConsensus(Aggregate::EndoMean))
-        );
-    }
-
-    #[test]
-    fn contrast_methods_combine_their_layouts_with_the_reward_passs_record() {
-        let reward = PassScores {
-            scores: [
-                ("endo", [4.0, 8.0]),
-                ("endo_mean", [2.0, 2.0]),
-                ("logprob", [-6.0, -12.0]),
-                ("logprob_mean", [-3.0, -3.0]),
-            ]
-            .into_iter()
-            .map(|(m, v)| (m.to_owned(), Scores::Candidates(v.to_vec())))
-            .collect(),
-            tokens: 0,
-            seconds: 0.0,
-        };
-        let main = recorded_sums(&reward, 1).unwrap();
-        assert_eq!((main.endo, main.logprob_mean), (8.0, -3.0));
-        assert!(recorded_sums(&reward, 2).is_none());
-        let neutral = Aggregates {
-            endo: 5.0,
-            endo_mean: 1.25,
-            logprob: -20.0,
-            logprob_mean: -5.0,
-        };
-        let reviewer = Aggregates {
-            logprob: -9.0,
-            logprob_mean: -1.5,
-            ..neutral
-        };
-        let reference = Aggregates {
-            endo: 10.0,
-            endo_mean: 2.5,
-            logprob: -4.0,
-            logprob_mean: -1.0,
-        };
-        let layouts = Layouts {
-            neutral: Some(neutral),
-            reviewer: Some(reviewer),
-            reference: Some(reference),
-        };
-        let value = |m| method_value(m, &main, &layouts);
-        assert_eq!(value(Method::EndoNeutral), Some(3.0));
-        assert_eq!(value(Method::EndoMeanNeutral), Some(0.75));
-        assert_eq!(value(Method::LogprobNeutral), Some(8.0));
-        assert_eq!(value(Method::LogprobMeanNeutral), Some(2.0));
-        assert_eq!(value(Method::Reviewer), Some(-9.0));
-        assert_eq!(value(Method::EndoReviewer), Some(-1.0));
-        assert_eq!(value(Method::EndoMeanReviewer), Some(0.5));
-        // The model minus the reference: 8 − 10, 2 − 2.5, −12 − (−4), −3 − (−1).
-        assert_eq!(value(Method::EndoReference), Some(-2.0));
-        assert_eq!(value(Method::EndoMeanReference), Some(-0.5));
-        assert_eq!(value(Method::LogprobReference), Some(-8.0));
-        assert_eq!(value(Method::LogprobMeanReference), Some(-2.0));
-        let without = |layouts: Layouts| {
-            Method::ALL
-                .into_iter()
-                .filter(|&m| method_value(m, &main, &layouts).is_none())
-                .count()
-        };
-        assert_eq!(
-            without(Layouts {
-                reviewer: None,
-                ..layouts
-            }),
-            without(layouts) + 3
-        );
-        assert_eq!(
-            without(Layouts {
-                reference: None,
-                ..layouts
-            }),
-            without(layouts) + 4
-        );
-        assert_eq!(value(Method::Length), None);
-        for method in Method::ALL {
-            assert_eq!(
-                method.pass().needs().is_some(),
-                matches!(
-                    method.pass(),
-                    Pass::Neutral | Pass::Reviewer | Pass::Reference
-                )
-            );
-        }
-    }
-
-    #[test]
-    fn length_counts_characters_both_ways() {
-        let item = PreferenceItem {
-            id: "x".into(),
-            prompt: "p".into(),
-            chosen: vec!["héllo".into()],
-            rejected: vec!["hi".into()],
-        };
-        let scores = length_scores(ItemRef::Preference(&item));
-        assert_eq!(scores["length"], Scores::Candidates(vec![5.0, 2.0]));
-        assert_eq!(scores["-length"], Scores::Candidates(vec![-5.0, -2.0]));
-    }
-
-    #[test]
-    fn consensus_counts_copies_and_combines_with_the_cached_reward() {
-        let item = RankingItem {
-            id: "t".into(),
-            prompt: "p".into(),
-            completions: vec!["x".into(), "x".into(), "y".into()],
-            passed: vec![true, true, false],
-        };
-        let agreement = consensus_scores(ItemRef::Ranking(&item));
-        assert_eq!(
-            agreement["consensus"],
-            Scores::Candidates(vec![0.5, 0.5, 0.0])
-        );
-        let consensus_pass = PassScores {
-            scores: agreement,
-            tokens: 0,
-            seconds: 0.0,
-        };
-        // The reward prefers the odd one out, agreement its copies: with weight 1 they cancel.
-        let reward_pass = PassScores {
-            scores: BTreeMap::from([("endo".to_owned(), Scores::Candidates(vec![1.0, 1.0, 1.5]))]),
-            tokens: 9,
-            seconds: 1.0,
-        };
-        let lookup = |pass: Pass| match pass {
-            Pass::Reward => Some(&reward_pass),
-            Pass::Consensus => Some(&consensus_pass),
-            _ => None,
-        };
-        let Some(Scores::Candidates(combined)) =
-            method_scores(Method::WithConsensus(Aggregate::Endo), lookup)
-        else {
-            panic!("no combined scores");
-        };
-        // z(reward) = (−1/√2, −1/√2, √2), z(agreement) = (1/√2, 1/√2, −√2): exact opposites.
-        assert!(combined.iter().all(|s| s.abs() < 1e-12), "{combined:?}");
-        assert_eq!(
-            method_scores(Method::Endo, lookup),
-            Some(Scores::Candidates(vec![1.0, 1.0, 1.5]))
-        );
-        // A method whose reward aggregate was not scored, or without the consensus pass: none.
-        assert_eq!(
-            method_scores(Method::WithConsensus(Aggregate::Logprob), lookup),
-            None
-        );
-        let reward_only = |pass: Pass| (pass == Pass::Reward).then_some(&reward_pass);
-        assert_eq!(
-            method_scores(Method::WithConsensus(Aggregate::Endo), reward_only),
-            None
         );
     }
 

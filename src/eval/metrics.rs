@@ -175,6 +175,55 @@ pub fn auc(scores: &[f64], passed: &[bool]) -> Option<f64> {
     Some(total / (pass.len() * fail.len()) as f64)
 }
 
+/// One ranking task's passing × failing pairs split by length: the mean outcome (passing wins 1,
+/// tie ½) of the pairs whose passing completion is longer (in characters), and of those where it is
+/// shorter; `None` for a group without pairs. Pairs of equal length are in neither.
+pub fn task_length_split(scores: &[f64], passed: &[bool], lengths: &[usize]) -> TaskLengthSplit {
+    let (mut longer, mut shorter) = (Vec::new(), Vec::new());
+    for p in (0..scores.len()).filter(|&i| passed[i]) {
+        for f in (0..scores.len()).filter(|&i| !passed[i]) {
+            let outcome = pair_outcome(scores[p], scores[f]);
+            match lengths[p].cmp(&lengths[f]) {
+                std::cmp::Ordering::Greater => longer.push(outcome),
+                std::cmp::Ordering::Less => shorter.push(outcome),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+    }
+    TaskLengthSplit {
+        longer: mean_of(&longer),
+        shorter: mean_of(&shorter),
+    }
+}
+
+/// See [`task_length_split`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskLengthSplit {
+    /// Mean outcome of the pairs whose passing completion is longer.
+    pub longer: Option<f64>,
+    /// Mean outcome of the pairs whose passing completion is shorter.
+    pub shorter: Option<f64>,
+}
+
+/// The [`LengthSplit`] of a ranking file, over tasks (pairs within a task are not independent):
+/// `chosen_longer` and `chosen_shorter` are the means over the tasks that have such pairs, and
+/// `balanced` the mean over the tasks that have both of their mean, each with a bootstrap interval
+/// over tasks. The same reading as a preference file's: 0.5 for any rule that looks only at
+/// length.
+pub fn ranking_length_split(tasks: &[TaskLengthSplit], resamples: usize, seed: u64) -> LengthSplit {
+    let longer: Vec<f64> = tasks.iter().filter_map(|t| t.longer).collect();
+    let shorter: Vec<f64> = tasks.iter().filter_map(|t| t.shorter).collect();
+    let balanced: Vec<f64> = tasks
+        .iter()
+        .filter_map(|t| Some(0.5 * (t.longer? + t.shorter?)))
+        .collect();
+    LengthSplit {
+        chosen_longer: bootstrap_mean(&longer, resamples, seed),
+        chosen_shorter: bootstrap_mean(&shorter, resamples, seed),
+        balanced: bootstrap_mean(&balanced, resamples, seed),
+    }
+}
+
 /// Resamples for [`bootstrap_mean`].
 pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 
@@ -333,5 +382,41 @@ mod tests {
         let flat = bootstrap_mean(&[0.3; 5], 100, 1).unwrap();
         assert!(close(flat.lo, 0.3) && close(flat.hi, 0.3));
         assert_eq!(bootstrap_mean(&[], 100, 1), None);
+    }
+
+    #[test]
+    fn a_ranking_tasks_pairs_split_by_the_passing_ones_length() {
+        // Passing 0 (long) and 1 (short); failing 2 (middle). The longer score wins.
+        let split = task_length_split(&[3.0, 1.0, 2.0], &[true, true, false], &[30, 10, 20]);
+        assert_eq!(
+            split,
+            TaskLengthSplit {
+                longer: Some(1.0),
+                shorter: Some(0.0)
+            }
+        );
+        // Length alone is at chance when both groups exist, over tasks.
+        let by_length = [
+            split,
+            TaskLengthSplit {
+                longer: None,
+                shorter: Some(1.0),
+            },
+        ];
+        let summary = ranking_length_split(&by_length, 100, 1);
+        assert_eq!(summary.balanced.map(|e| (e.value, e.n)), Some((0.5, 1)));
+        assert_eq!(
+            summary.chosen_shorter.map(|e| (e.value, e.n)),
+            Some((0.5, 2))
+        );
+        assert_eq!(summary.chosen_longer.map(|e| e.n), Some(1));
+        // A task without both labels has no pairs.
+        assert_eq!(
+            task_length_split(&[1.0, 2.0], &[true, true], &[1, 2]),
+            TaskLengthSplit {
+                longer: None,
+                shorter: None
+            }
+        );
     }
 }

@@ -3,18 +3,23 @@
 //!
 //! * [`data`] reads preference files (chosen vs. rejected) and ranking files (code completions
 //!   with test results).
-//! * [`methods`] scores items: endorm's four aggregates, the length baselines and the candidates'
-//!   consensus (alone and added to each aggregate), the contrasts (neutral context, reviewer,
-//!   reference model); [`judges`] the verifier and pairwise judges.
+//! * [`methods`] names what is compared: endorm's four aggregates, the length baselines and the
+//!   candidates' consensus (alone and added to each aggregate), the contrasts (neutral context,
+//!   reviewer, reference model: each a [`crate::reward::Recipe`], as `/v1/score` combines it), the
+//!   judges; [`passes`] scores an item for them, [`judges`] with the verifier and pairwise judges.
 //! * [`metrics`] turns scores into accuracy, ranked pass@1 and AUC with 95% intervals.
 //! * [`cache`] keeps per-item scores next to the report, so long runs resume.
 //! * [`plot`] draws the report as SVG figures (`--plot DIR`).
+//! * [`map`] puts the reports of several files (domains) side by side: each method's
+//!   length-balanced accuracy per domain and its average.
 
 pub mod cache;
 pub mod data;
 pub mod judges;
+pub mod map;
 pub mod methods;
 pub mod metrics;
+pub mod passes;
 pub mod plot;
 
 use std::collections::BTreeSet;
@@ -24,14 +29,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineError, Scorer};
+use crate::engine::{EngineError, KvType, Scorer};
 use cache::{Cache, Fingerprint, Outcome, Record, ReferenceModel};
 use data::Dataset;
-use methods::{ItemRef, Method, Pass, PassOptions, Scores};
+use methods::{ItemRef, Method, Pass, Scores};
 use metrics::{Estimate, BOOTSTRAP_RESAMPLES};
+use passes::PassOptions;
 
 /// Bumped whenever a method's prompt, layout or score changes, so older cached scores are refused.
-pub const METHODS_VERSION: u32 = 1;
+pub const METHODS_VERSION: u32 = 2;
 
 /// Seed of the bootstrap intervals (fixed: the same scores give the same report).
 const BOOTSTRAP_SEED: u64 = 0x656e_646f_726d;
@@ -168,6 +174,9 @@ pub struct Report {
     pub items: usize,
     /// The principle used for the reward, if any.
     pub principle: Option<String>,
+    /// The model's mean reward per token on the neutral text: the `b` of `endo_lc = endo − b·H`.
+    #[serde(default)]
+    pub baseline_per_token: f64,
     /// Ranking files: the random baseline (mean pass rate over tasks), bootstrap 95% interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_pass_at_1: Option<Estimate>,
@@ -227,6 +236,10 @@ pub fn run(
         data_hash: cache::fnv1a(&bytes),
         principle: config.principle.clone(),
         methods_version: METHODS_VERSION,
+        kv_types: match scorer.kv_types() {
+            (KvType::F16, KvType::F16) => None,
+            (k, v) => Some(format!("{k}/{v}")),
+        },
     };
     let mut cache = match &config.cache {
         Some(path) => Cache::open(path, &fingerprint, reference_model.as_ref())?,
@@ -243,8 +256,10 @@ pub fn run(
         Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
         Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
     };
+    let baseline = passes::baseline_per_token(scorer)?;
     let options = PassOptions {
         principle: config.principle.clone(),
+        baseline: Some(baseline),
     };
     let model_passes = passes.iter().filter(|p| p.uses_model()).count();
     let progress = crate::progress::bar(
@@ -280,8 +295,7 @@ pub fn run(
                 _ => None,
             };
             let reference = reference.as_mut().map(|r| &mut *r.scorer);
-            let outcome = match methods::run_pass(scorer, reference, pass, *item, &options, needed)
-            {
+            let outcome = match passes::run_pass(scorer, reference, pass, *item, &options, needed) {
                 Ok(scores) => Outcome::Scored(scores),
                 Err(e) if e.is_input_error() => Outcome::Error(e.to_string()),
                 Err(e) => {
@@ -324,12 +338,15 @@ pub fn run(
         kind: dataset.kind().into(),
         items: dataset.len(),
         principle: config.principle.clone(),
+        baseline_per_token: baseline,
         random_pass_at_1,
         methods,
         intervals: match &dataset {
             Dataset::Preference(_) => "accuracy: Wilson score interval, 95%, n = items".into(),
             Dataset::Ranking(_) => format!(
-                "percentile bootstrap over tasks, 95%, {BOOTSTRAP_RESAMPLES} resamples, fixed seed"
+                "percentile bootstrap over tasks, 95%, {BOOTSTRAP_RESAMPLES} resamples, fixed seed; \
+                 length-balanced: passing × failing pairs of a task, the mean of the passing-longer \
+                 and passing-shorter groups, over tasks that have both"
             ),
         },
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -348,7 +365,7 @@ pub fn run(
 
 /// The scores of `method` on `item`, from the passes in `cache`; `None` when the item failed.
 fn item_scores(method: Method, item: &ItemRef<'_>, cache: &Cache) -> Option<Scores> {
-    methods::method_scores(method, |pass| match cache.get(pass, item.id()) {
+    passes::method_scores(method, |pass| match cache.get(pass, item.id()) {
         Some(Outcome::Scored(scores)) => Some(scores),
         _ => None,
     })
@@ -508,6 +525,7 @@ fn method_report(
         Dataset::Ranking(tasks) => {
             let mut pass_at_1 = Vec::new();
             let mut auc = Vec::new();
+            let mut by_length = Vec::new();
             for (task, scores) in tasks.iter().zip(&per_item) {
                 let Some(Scores::Candidates(scores)) = scores else {
                     continue;
@@ -517,7 +535,15 @@ fn method_report(
                 }
                 pass_at_1.extend(metrics::ranked_pass_at_1(scores, &task.passed));
                 auc.extend(metrics::auc(scores, &task.passed));
+                let lengths: Vec<usize> =
+                    task.completions.iter().map(|c| c.chars().count()).collect();
+                by_length.push(metrics::task_length_split(scores, &task.passed, &lengths));
             }
+            report.length = Some(metrics::ranking_length_split(
+                &by_length,
+                BOOTSTRAP_RESAMPLES,
+                BOOTSTRAP_SEED,
+            ));
             report.pass_at_1 =
                 metrics::bootstrap_mean(&pass_at_1, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
             report.auc = metrics::bootstrap_mean(&auc, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
@@ -569,7 +595,7 @@ impl Report {
             None => "-".into(),
         };
         let metric_names: &[&str] = if self.kind == "ranking" {
-            &["pass@1", "AUC"]
+            &["pass@1", "AUC", "length-balanced"]
         } else {
             &["accuracy", "length-balanced"]
         };
@@ -589,23 +615,25 @@ impl Report {
         if let Some(random) = &self.random_pass_at_1 {
             let _ = writeln!(
                 out,
-                "{:<width$}  {:<22}  {:<22}",
+                "{:<width$}  {:<22}  {:<22}  {:<22}",
                 "random",
                 interval(&Some(*random)),
+                "0.500",
                 "0.500"
             );
         }
         for m in &self.methods {
             let _ = write!(out, "{:<width$}", m.method);
+            let balanced = m.length.and_then(|l| l.balanced);
             if self.kind == "ranking" {
                 let _ = write!(
                     out,
-                    "  {:<22}  {:<22}",
+                    "  {:<22}  {:<22}  {:<22}",
                     interval(&m.pass_at_1),
-                    interval(&m.auc)
+                    interval(&m.auc),
+                    interval(&balanced)
                 );
             } else {
-                let balanced = m.length.and_then(|l| l.balanced);
                 let _ = write!(
                     out,
                     "  {:<22}  {:<22}",
@@ -620,6 +648,11 @@ impl Report {
             );
         }
         let _ = writeln!(out, "95% intervals: {}", self.intervals);
+        let _ = writeln!(
+            out,
+            "endo_lc baseline: {:.4} reward per token on the neutral text",
+            self.baseline_per_token
+        );
         let _ = write!(
             out,
             "wall time {:.1} s ({} item passes resumed from the cache)",

@@ -11,7 +11,8 @@
 //!   pairs; mass right of 0 is won.
 //!
 //! The curves and histograms are computed here from per-item scores by pure functions; drawing is
-//! the only part that touches plotters.
+//! the only part that touches plotters. [`write_lines`], a plain line chart on linear or log
+//! axes, also draws `endorm bench --sweep`'s figures.
 
 use std::path::{Path, PathBuf};
 
@@ -195,6 +196,107 @@ pub fn write(dir: &Path, figures: &Figures) -> Result<Vec<PathBuf>, PlotError> {
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One line of a [`write_lines`] chart: its legend and its points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The legend.
+    pub name: String,
+    /// `(x, y)` in data units, in drawing order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// An axis of a [`write_lines`] chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// Its title.
+    pub title: String,
+    /// Logarithmic (every value must be above 0).
+    pub log: bool,
+}
+
+/// A line chart of `series` over `x` and `y`, each line with dots at its points, written to `path`.
+/// A log axis is drawn as the base-10 logarithm of the data with its ticks labelled in data units.
+pub fn write_lines(
+    path: &Path,
+    title: &str,
+    x: &Axis,
+    y: &Axis,
+    series: &[Series],
+) -> Result<(), PlotError> {
+    draw_lines(path, title, x, y, series).map_err(|e| PlotError {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn draw_lines(path: &Path, title: &str, x: &Axis, y: &Axis, series: &[Series]) -> DrawResult {
+    let scale = |log: bool, v: f64| if log { v.log10() } else { v };
+    let range = |log: bool, values: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            let v = scale(log, v);
+            (lo.min(v), hi.max(v))
+        });
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.05).max(if log { 0.05 } else { 1e-9 });
+        let lo = if log || lo < 0.0 { lo - pad } else { 0.0 };
+        lo..hi + pad
+    };
+    let points = || series.iter().flat_map(|s| s.points.iter().copied());
+    let x_range = range(x.log, &mut points().map(|p| p.0));
+    let y_range = range(y.log, &mut points().map(|p| p.1));
+    let label = |log: bool| {
+        move |v: &f64| {
+            let v = if log { 10f64.powf(*v) } else { *v };
+            if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
+                format!("{v:.0e}")
+            } else if v.fract().abs() < 1e-9 || v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        }
+    };
+    let root = SVGBackend::new(path, (720, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_range, y_range)?;
+    let (x_label, y_label) = (label(x.log), label(y.log));
+    chart
+        .configure_mesh()
+        .x_desc(x.title.as_str())
+        .y_desc(y.title.as_str())
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .draw()?;
+    for (index, line) in series.iter().enumerate() {
+        let c = colour(index);
+        let scaled: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .map(|&(px, py)| (scale(x.log, px), scale(y.log, py)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(scaled.iter().copied(), c.stroke_width(2)))?
+            .label(line.name.as_str())
+            .legend(move |(px, py)| {
+                PathElement::new(vec![(px, py), (px + 20, py)], c.stroke_width(2))
+            });
+        chart.draw_series(scaled.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
 
 fn draw_roc(path: &Path, figures: &Figures) -> DrawResult {
     let root = SVGBackend::new(path, (720, 640)).into_drawing_area();

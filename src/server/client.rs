@@ -53,7 +53,11 @@ pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Result<ClientId, ApiE
 /// The client an `X-Endorm-Client` value names (`None`: not visible ASCII); 400 when it names none.
 fn named(value: Option<&str>) -> Result<ClientId, ApiError> {
     match value.map(str::trim) {
-        Some(name) if !name.is_empty() && name.len() <= MAX_NAME => {
+        Some(name)
+            if !name.is_empty()
+                && name.len() <= MAX_NAME
+                && name.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             Ok(ClientId::Named(name.into()))
         }
         _ => Err(ApiError::bad_request(
@@ -125,7 +129,8 @@ mod tests {
             client_of(with(Some(" editor "))).await.unwrap(),
             ClientId::Named("editor".into())
         );
-        for bad in ["", "  ", &"x".repeat(MAX_NAME + 1)] {
+        // Visible ASCII only, as documented: no inner space or tab (HTTP allows both in a value).
+        for bad in ["", "  ", &"x".repeat(MAX_NAME + 1), "my editor", "a\tb"] {
             let error = client_of(with(Some(bad))).await.unwrap_err();
             assert_eq!(error.status.as_u16(), 400, "{bad:?}");
             assert_eq!(error.body.error.code, "invalid_client");

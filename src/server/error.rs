@@ -21,15 +21,14 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status`; the body's `type` follows from it.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        let kind = match status.as_u16() {
-            401 => "authentication_error",
-            404 => "not_found_error",
-            500..=599 => "server_error",
-            _ => "invalid_request_error",
-        };
+        let mut message = message.into();
+        // The daemon's own failures name its files; the client gets their names only.
+        if status.is_server_error() {
+            message = without_directories(&message);
+        }
         ApiError {
             status,
-            body: ErrorBody::new(kind, code, message.into()),
+            body: ErrorBody::for_status(status.as_u16(), code, message),
             retry_after: None,
         }
     }
@@ -58,27 +57,15 @@ impl ApiError {
     }
 }
 
-/// The HTTP side of an engine error: its status, code and (following from the status) type.
-/// Every variant is listed, so a new one needs a decision here.
+/// The HTTP side of an engine error: the status and code the engine names for it
+/// ([`EngineError::status_and_code`]), the type following from the status.
 impl From<&EngineError> for ApiError {
     fn from(error: &EngineError) -> Self {
-        let (status, code) = match error.root() {
-            EngineError::Load { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_load_failed"),
-            EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "backend_error"),
-            EngineError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            EngineError::InvalidToken { .. } => (StatusCode::BAD_REQUEST, "invalid_token"),
-            EngineError::NoChatTemplate => (StatusCode::BAD_REQUEST, "no_chat_template"),
-            EngineError::Template(_) => (StatusCode::BAD_REQUEST, "chat_template_error"),
-            EngineError::ContextOverflow { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
-            }
-            EngineError::Decode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "decode_failed"),
-            EngineError::NotFinite(_) => (StatusCode::INTERNAL_SERVER_ERROR, "scores_not_finite"),
-            EngineError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-            // `root` never returns an item: the status and code are those of what went wrong.
-            EngineError::Item { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
-        };
-        ApiError::new(status, code, error.to_string())
+        let (status, code) = error.status_and_code();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut api = ApiError::new(status, code, error.to_string());
+        api.retry_after = error.retry_after();
+        api
     }
 }
 
@@ -103,13 +90,55 @@ impl From<SubmitError> for ApiError {
                 error.to_string(),
             ),
             SubmitError::Stopped => ApiError::unavailable("model_unloaded", error.to_string(), 1),
+            SubmitError::Lost(lost) => EngineError::RpcWorkerLost(lost).into(),
         }
     }
 }
 
+/// `message` with every absolute path (`/…`, `~/…`) cut to its last component. Error bodies and
+/// `/health` go to clients, over TCP perhaps to other hosts, and a path tells them the daemon's
+/// user and layout; the log keeps the whole path.
+pub fn without_directories(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(['/', '~']) {
+        let before = rest[..at].chars().next_back().or(out.chars().next_back());
+        let starts_path = before.is_none_or(|c| c.is_whitespace() || "\"'(`=".contains(c))
+            && (rest[at..].starts_with('/') || rest[at..].starts_with("~/"));
+        if !starts_path {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let path = &rest[at..];
+        let end = path
+            .find(|c: char| c.is_whitespace() || "\"'`,;)".contains(c))
+            .unwrap_or(path.len());
+        // A trailing `:` ends the path (`/m.gguf: no such file`), and a trailing `.` a sentence.
+        let whole = path[..end].trim_end_matches([':', '.']);
+        let name = whole.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        out.push_str(if name.is_empty() || name == "~" {
+            "…"
+        } else {
+            name
+        });
+        rest = &path[whole.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let close = self.status == StatusCode::REQUEST_TIMEOUT;
         let mut response = (self.status, Json(self.body)).into_response();
+        if close {
+            // The request was cut off: whatever the client sends next is not a request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -117,11 +146,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// The error body the daemon answers for `error` (the offline scorer writes the same one).
-pub(crate) fn engine_error_body(error: &EngineError) -> ErrorBody {
-    ApiError::from(error).body
 }
 
 #[cfg(test)]
@@ -186,14 +210,81 @@ mod tests {
                 "server_error",
                 "decode_failed",
             ),
+            (
+                EngineError::NotFinite("x".into()),
+                500,
+                "server_error",
+                "scores_not_finite",
+            ),
+            (
+                EngineError::Internal("x".into()),
+                500,
+                "server_error",
+                "internal_error",
+            ),
+            (
+                EngineError::Cancelled,
+                499,
+                "invalid_request_error",
+                "client_closed_request",
+            ),
+            (
+                EngineError::NoChatTemplate.at("query[2]"),
+                400,
+                "invalid_request_error",
+                "no_chat_template",
+            ),
         ] {
             let api = ApiError::from(&error);
             assert_eq!(api.status.as_u16(), status, "{error}");
             assert_eq!(api.body.error.kind, kind, "{error}");
             assert_eq!(api.body.error.code, code, "{error}");
-            assert_eq!(api.body.error.message, error.to_string());
+            assert_eq!(
+                api.body.error.message,
+                without_directories(&error.to_string())
+            );
             assert_eq!(api.retry_after, None);
+            // The offline scorer writes the same body (with whole paths: its file is local).
+            let offline = error.body().error;
+            assert_eq!(
+                (offline.kind, offline.code),
+                (api.body.error.kind.clone(), api.body.error.code.clone())
+            );
         }
+    }
+
+    #[test]
+    fn server_errors_name_files_not_directories() {
+        for (message, shown) in [
+            (
+                "cannot load model /tmp/.tmp4Cfqtz/missing.gguf: no such file",
+                "cannot load model missing.gguf: no such file",
+            ),
+            (
+                "the config /home/ann/.config/endorm/config.toml is not valid: x",
+                "the config config.toml is not valid: x",
+            ),
+            ("(~/models/a.gguf)", "(a.gguf)"),
+            ("path = \"/etc/endorm/m.gguf\".", "path = \"m.gguf\"."),
+            (
+                "10/20 layers, a/b test, http://x",
+                "10/20 layers, a/b test, http://x",
+            ),
+            ("root /", "root …"),
+        ] {
+            assert_eq!(without_directories(message), shown, "{message}");
+        }
+        let load = ApiError::from(&EngineError::Load {
+            path: PathBuf::from("/srv/models/m.gguf"),
+            reason: "no such file".into(),
+        });
+        assert_eq!(
+            load.body.error.message,
+            "cannot load model m.gguf: no such file"
+        );
+        // A client's own mistake is shown as it was sent.
+        let bad = ApiError::bad_request("invalid_request", "no file /a/b");
+        assert_eq!(bad.body.error.message, "no file /a/b");
     }
 
     #[test]
@@ -209,5 +300,28 @@ mod tests {
         let failed = ApiError::from(SubmitError::Failed("no such file".into()));
         assert_eq!((failed.status.as_u16(), failed.retry_after), (500, None));
         assert_eq!(failed.body.error.code, "model_load_failed");
+    }
+
+    #[test]
+    fn a_lost_rpc_worker_is_503_naming_it_with_retry_after() {
+        let lost = crate::engine::RpcWorkerLost {
+            model: "big".into(),
+            workers: vec!["10.0.0.2:50052".into()],
+            reason: "it cannot be reached: Connection refused".into(),
+            retry_after: 4,
+        };
+        let queued = ApiError::from(SubmitError::Lost(lost.clone()));
+        let running = ApiError::from(EngineError::RpcWorkerLost(lost).at("query[1]"));
+        for api in [queued, running] {
+            assert_eq!((api.status.as_u16(), api.retry_after), (503, Some(4)));
+            assert_eq!(api.body.error.code, "rpc_worker_lost");
+            assert_eq!(api.body.error.kind, "server_error");
+            let message = &api.body.error.message;
+            assert!(
+                message.contains("model big: the RPC worker 10.0.0.2:50052 is lost")
+                    && message.contains("next try in 4 s"),
+                "{message}"
+            );
+        }
     }
 }

@@ -136,9 +136,23 @@ struct Watched<T> {
     lingering: Option<Instant>,
     /// The JSON answer written instead of hyper's empty one, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
+    /// Nothing has been read from the connection yet.
+    fresh: bool,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+/// The connection preface of an HTTP/2 client (RFC 9113, 3.4) as it starts.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// The answer to an HTTP/2 client: the server's preface (an empty SETTINGS frame), then GOAWAY
+/// with `HTTP_1_1_REQUIRED` (0xd), which tells it to use HTTP/1.1 (curl retries on it).
+const H2_GOAWAY: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
+    0, 0, 0, 0, // last stream id 0
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -146,6 +160,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if std::mem::take(&mut self.fresh) && buf.filled()[before..].starts_with(H2_PREFACE) {
+            // hyper would close without a word: say "HTTP/1.1 required" in HTTP/2's own terms
+            // (26 bytes go out at once on a fresh socket), and end the connection.
+            tracing::info!("an HTTP/2 client: answered GOAWAY HTTP_1_1_REQUIRED");
+            let _ = Pin::new(&mut self.io).poll_write(cx, &H2_GOAWAY);
+            buf.set_filled(before);
+            return Poll::Ready(Ok(()));
+        }
         if matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
             && self.state.in_flight.load(Ordering::SeqCst) == 0
@@ -291,6 +313,7 @@ async fn connection<I>(
         state: Arc::clone(&state),
         lingering: None,
         replacing: None,
+        fresh: true,
     });
     let service = {
         let state = Arc::clone(&state);
@@ -432,6 +455,7 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, max_connections: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ClientId;
 
     #[test]
     fn hypers_bodiless_error_answer_gets_the_json_error_body() {
@@ -455,6 +479,33 @@ mod tests {
         for response in [&json[..], ok, with_body] {
             assert_eq!(protocol_error(response), None);
         }
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_is_told_to_use_http11() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(connection(
+            server,
+            ConnClient(ClientId::Connection(1)),
+            Router::new(),
+            ConnLimits {
+                header: Duration::from_secs(5),
+                idle: Duration::from_secs(5),
+                max_connections: 1,
+            },
+            Arc::new(Drain::default()),
+        ));
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+            .await
+            .expect("the connection ends")
+            .expect("read");
+        assert_eq!(answer, H2_GOAWAY);
+        served.await.expect("served");
     }
 
     #[test]

@@ -195,5 +195,6 @@ pub fn state_name(state: &WorkerState) -> &'static str {
         WorkerState::Loading => "loading",
         WorkerState::Ready(_) => "ready",
         WorkerState::Failed(_) => "failed",
+        WorkerState::Lost(_) => "degraded",
     }
 }

@@ -62,16 +62,26 @@ pub async fn log_request(State(app): State<Arc<App>>, request: Request, next: Ne
         .copied()
         .unwrap_or_default();
     let status = response.status().as_u16();
-    tracing::info!(
-        request_id = id,
-        %method,
-        route,
-        status,
-        client,
-        tokens = tokens.tokens,
-        ms = format_args!("{:.1}", seconds * 1e3),
-        "request"
-    );
+    macro_rules! log_line {
+        ($level:ident) => {
+            tracing::$level!(
+                request_id = id,
+                %method,
+                route,
+                status,
+                client,
+                tokens = tokens.tokens,
+                ms = format_args!("{:.1}", seconds * 1e3),
+                "request"
+            )
+        };
+    }
+    // Health checks poll (every few seconds, from every editor): logged at debug, counted alike.
+    if route == "/health" {
+        log_line!(debug);
+    } else {
+        log_line!(info);
+    }
     app.metrics.record(
         &route,
         status,
@@ -119,9 +129,14 @@ impl Drop for Abandoned {
     }
 }
 
-/// The bearer token every TCP request must carry.
+/// The bearer token every TCP request must carry, and where it comes from (for the 401).
 #[derive(Clone)]
-pub struct Token(pub Arc<str>);
+pub struct Token {
+    /// The token.
+    pub token: Arc<str>,
+    /// Where a client finds it: "the token file PATH", "--token or ENDORM_TOKEN".
+    pub source: Arc<str>,
+}
 
 /// Refuses a request without `Authorization: Bearer <token>` (401).
 pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
@@ -131,15 +146,18 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.0.as_bytes()) => {
+        Some(given) if constant_time_eq(given.as_bytes(), token.token.as_bytes()) => {
             next.run(request).await
         }
         _ => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "TCP requests need `Authorization: Bearer TOKEN`, with the token from the daemon's \
-                 token file (or the Unix socket, which needs none)",
+                format!(
+                    "TCP requests need `Authorization: Bearer TOKEN` with the daemon's token, from \
+                     {} (the Unix socket needs none)",
+                    token.source
+                ),
             )
             .into_response();
             response

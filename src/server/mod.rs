@@ -4,7 +4,8 @@
 //! * [`socket`] — the socket's permissions, stale sockets, a second instance ([`crate::paths`]:
 //!   where it lives).
 //! * [`registry`] — the served models, each with a worker thread ([`crate::engine::Worker`]).
-//! * [`routes`] — one module per family of routes; [`jobs`] runs their work on a worker.
+//! * [`routes`] — one module per family of routes; [`dispatch`] runs their work on a worker;
+//!   [`shutdown`] — the daemon's stop and grace period, one handle.
 //! * [`reload`] — the config file watch; [`middleware`] — request log, metrics, token.
 //! * [`listen`] — the accept loop: connection cap, header/body/idle timeouts, requests in flight
 //!   for shutdown (docs/RELIABILITY.md); [`client`] — who a request comes from, for the fair queue.
@@ -13,14 +14,15 @@
 
 mod body;
 mod client;
+mod dispatch;
 mod error;
-mod jobs;
 mod listen;
 mod metrics;
 mod middleware;
 mod registry;
 mod reload;
 mod routes;
+mod shutdown;
 pub mod socket;
 #[cfg(test)]
 mod tests;
@@ -34,14 +36,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::watch;
 
+use crate::catalog;
 use crate::config::{check_listen, Auth, Config, ConfigError, Overrides};
+use crate::engine::WorkerState;
 use crate::paths;
-pub(crate) use error::engine_error_body;
 use metrics::Metrics;
 use middleware::Token;
 use registry::Registry;
+use shutdown::Shutdown;
 
 /// Why the daemon could not start (or stopped).
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,10 @@ pub enum ServerError {
     /// The server failed while running.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// At start-up not one model could be loaded: a daemon that can only answer 500 is stopped,
+    /// with each model's reason and the fix.
+    #[error("{0}")]
+    NoModel(String),
     /// The grace period after SIGTERM/SIGINT ran out with requests in flight (answered 503 where
     /// they still waited for their turn).
     #[error("stopped with {unfinished} requests unfinished at the end of shutdown_grace_secs")]
@@ -102,8 +109,10 @@ pub struct ServeOptions {
     pub socket: Option<PathBuf>,
     /// `--listen`, over the config.
     pub listen: Option<SocketAddr>,
-    /// `--token` (or `ENDORM_TOKEN`), over the token file.
+    /// `--token` (or `ENDORM_TOKEN`, or the contents of `--token-file`), over the token file.
     pub token: Option<String>,
+    /// `--token-file`, where `token` was read from (named in the 401 answer).
+    pub token_file: Option<PathBuf>,
     /// Shut down when standard input closes (for a parent process that owns the daemon).
     pub exit_on_eof: bool,
 }
@@ -117,6 +126,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The config the daemon started with (for settings read at start only).
     pub started: Config,
+    /// The daemon's stop and grace period.
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl App {
@@ -126,6 +137,7 @@ impl App {
             registry: Registry::start(&config, overrides),
             metrics: Arc::new(Metrics::default()),
             started: config,
+            shutdown: Arc::new(Shutdown::default()),
         }
     }
 }
@@ -155,11 +167,39 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
         check_listen(address, config.server.allow_remote).map_err(ServerError::Listen)?;
     }
     let unix = socket::bind(&socket_path)?;
+    let ours = socket::Identity::of(&socket_path);
+    // The socket is this daemon's now: a lens address beside it is a stopped daemon's.
+    remove_lens_files(&socket_path);
     let result = serve_on(unix, &socket_path, listen, config, options).await;
-    if let Err(error) = std::fs::remove_file(&socket_path) {
-        tracing::warn!(path = %socket_path.display(), %error, "cannot remove the socket");
-    }
+    remove_lens_files(&socket_path);
+    socket::remove_if_ours(&socket_path, ours);
     result
+}
+
+/// Removes the files `endorm open` reads and writes beside the socket, if there are any.
+fn remove_lens_files(socket_path: &Path) {
+    for path in [
+        paths::lens_url_file(socket_path),
+        paths::lens_open_file(socket_path),
+    ] {
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove the lens's address");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Logs the lens's address on the TCP listener at `address`, token included, as Jupyter hands out
+/// its own, and writes it beside the socket for `endorm open`.
+fn announce_lens(socket_path: &Path, address: SocketAddr, token: Option<&Token>) {
+    let url = crate::web::url(address, token.map(|t| &*t.token));
+    tracing::info!(%url, "the lens: open this address in a browser (`endorm open` does)");
+    let path = paths::lens_url_file(socket_path);
+    if let Err(error) = socket::write_private(&path, &format!("{url}\n")) {
+        tracing::warn!(path = %path.display(), %error, "cannot write the lens's address for `endorm open`");
+    }
 }
 
 async fn serve_on(
@@ -172,7 +212,13 @@ async fn serve_on(
     let tcp = match listen {
         Some(address) => {
             let token = match config.server.auth {
-                Auth::Token => Some(Token(tcp_token(&options, &config)?.into())),
+                Auth::Token => {
+                    let (token, source) = tcp_token(&options, &config)?;
+                    Some(Token {
+                        token: token.into(),
+                        source: source.into(),
+                    })
+                }
                 Auth::None => {
                     tracing::warn!(%address, "[server] auth = \"none\": TCP requests need no token; anyone who can connect can use the daemon");
                     None
@@ -190,40 +236,52 @@ async fn serve_on(
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let limits = listen::ConnLimits::of(&config.server);
+    // Bound already (connections wait in its backlog): said before the models start loading, so
+    // the log reads listening, loading, ready.
+    tracing::info!(socket = %socket_path.display(), "listening");
     let app = Arc::new(App::new(config, options.overrides.clone()));
     let _watch = options
         .config
         .as_deref()
         .and_then(|path| reload::watch(path, Arc::clone(&app)));
 
-    let (stop, stopped) = watch::channel(false);
-    spawn_signal_handler(stop.clone());
+    let shutdown = Arc::clone(&app.shutdown);
+    spawn_signal_handler(Arc::clone(&app), options.config.clone());
     if options.exit_on_eof {
-        spawn_eof_watch(stop);
+        spawn_eof_watch(Arc::clone(&shutdown));
     }
     let drain = Arc::new(listen::Drain::default());
-    tracing::info!(socket = %socket_path.display(), "listening");
     let mut loops = vec![tokio::spawn(listen::accept_loop(
         unix,
         router(Arc::clone(&app), None),
         limits,
         Arc::clone(&drain),
-        stopped.clone(),
+        shutdown.stopping(),
         "unix",
     ))];
     if let Some((listener, token)) = tcp {
-        tracing::info!(address = %listener.local_addr()?, token = token.is_some(), "listening on TCP");
+        let address = listener.local_addr()?;
+        tracing::info!(%address, token = token.is_some(), "listening on TCP");
+        if app.started.server.web {
+            announce_lens(socket_path, address, token.as_ref());
+        }
         loops.push(tokio::spawn(listen::accept_loop(
             listener,
             router(Arc::clone(&app), token),
             limits,
             Arc::clone(&drain),
-            stopped.clone(),
+            shutdown.stopping(),
             "tcp",
         )));
     }
-    let mut stopped = stopped;
-    let _ = stopped.wait_for(|&stop| stop).await;
+    // Stopped by a signal, or by start-up finding nothing it can serve.
+    let no_model = tokio::select! {
+        () = shutdown.stopped() => None,
+        failure = startup_failure(&app) => Some(failure),
+    };
+    if no_model.is_some() {
+        shutdown.stop();
+    }
     drain.stop();
     tracing::info!(
         grace_secs = grace.as_secs(),
@@ -243,9 +301,9 @@ async fn serve_on(
     } else {
         let left = drain.in_flight();
         // Requests still waiting for their job answer 503 now; a moment for them to be written.
-        jobs::end_grace();
+        shutdown.end_grace();
         let _ = tokio::time::timeout(Duration::from_secs(2), drain.idle()).await;
-        let refused = jobs::refused_at_shutdown();
+        let refused = shutdown.refused();
         let cut = drain.in_flight();
         tracing::warn!(
             grace_secs = grace.as_secs(),
@@ -262,16 +320,75 @@ async fn serve_on(
         let _ = tokio::time::timeout(Duration::from_secs(3), flushed).await;
         tasks.abort_all();
     }
+    if let Some(failure) = no_model {
+        return Err(ServerError::NoModel(failure));
+    }
     if outcome.is_ok() {
         tracing::info!("stopped: every request in flight finished");
     }
     outcome
 }
 
-/// The TCP token: `--token`/`ENDORM_TOKEN`, else the token file (created if missing).
-fn tcp_token(options: &ServeOptions, config: &Config) -> Result<String, ServerError> {
+/// Resolves, with what to tell the user, once the models of the start have finished loading and not
+/// one of them could (a missing file, a corrupt one); pends for ever when one did, or when one waits
+/// for an RPC worker that is not reachable yet (it is loaded again with backoff, `Lost`). A model
+/// that fails later, on a reload, never stops the daemon: the last good one serves.
+async fn startup_failure(app: &App) -> String {
+    let failures = loop {
+        let snapshot = app.registry.snapshot();
+        let states: Vec<_> = snapshot.models.values().map(|e| (e, e.state())).collect();
+        if states
+            .iter()
+            .any(|(_, s)| matches!(s, WorkerState::Loading))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        if states
+            .iter()
+            .any(|(_, s)| matches!(s, WorkerState::Ready(_) | WorkerState::Lost(_)))
+        {
+            return std::future::pending().await;
+        }
+        break states
+            .into_iter()
+            .map(|(entry, state)| {
+                let reason = match state {
+                    WorkerState::Failed(reason) => reason,
+                    _ => String::new(),
+                };
+                (
+                    entry.id().to_owned(),
+                    entry.spec.worker.path.clone(),
+                    reason,
+                )
+            })
+            .collect::<Vec<_>>();
+    };
+    let mut message = String::from("no model could be loaded, so there is nothing to serve");
+    let mut fixes = Vec::new();
+    for (id, path, reason) in &failures {
+        message.push_str(&format!("\n  model {id} ({}): {reason}", path.display()));
+        if !path.exists() {
+            if let Some(entry) = catalog::of_path(path) {
+                fixes.push(format!("`{}` installs {}", entry.pull_hint(), entry.name));
+            }
+        }
+    }
+    fixes.push("`endorm serve --model PATH` serves another GGUF file".to_owned());
+    message.push_str(&format!("\nfix: {}", fixes.join("; ")));
+    message
+}
+
+/// The TCP token: `--token-file`'s or `--token`/`ENDORM_TOKEN`, else the token file (created if
+/// missing); and where a client finds it.
+fn tcp_token(options: &ServeOptions, config: &Config) -> Result<(String, String), ServerError> {
     if let Some(token) = options.token.clone().filter(|t| !t.is_empty()) {
-        return Ok(token);
+        let source = match &options.token_file {
+            Some(path) => format!("the token file {}", path.display()),
+            None => "the daemon's --token or $ENDORM_TOKEN".to_owned(),
+        };
+        return Ok((token, source));
     }
     let path = config
         .server
@@ -283,28 +400,47 @@ fn tcp_token(options: &ServeOptions, config: &Config) -> Result<String, ServerEr
         })?;
     let token = socket::token_from_file(&path)?;
     tracing::info!(path = %path.display(), "TCP bearer token is in this file");
-    Ok(token)
+    Ok((token, format!("the token file {}", path.display())))
 }
 
-fn spawn_signal_handler(stop: watch::Sender<bool>) {
+/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads the config file (as a change to it would),
+/// and is otherwise harmless: the daemon keeps serving (systemd's `ExecReload`, `kill -HUP`).
+fn spawn_signal_handler(app: Arc<App>, config: Option<PathBuf>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM");
+                    break;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT");
+                    break;
+                }
+                _ = hup.recv() => match config.as_deref().filter(|p| p.exists()) {
+                    Some(path) => {
+                        tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                        let (app, path) = (Arc::clone(&app), path.to_owned());
+                        let _ = tokio::task::spawn_blocking(move || reload::reload(&path, &app)).await;
+                    }
+                    None => tracing::info!("SIGHUP: no config file to reload; serving on as before"),
+                },
+            }
         }
-        let _ = stop.send(true);
+        app.shutdown.stop();
     });
 }
 
-fn spawn_eof_watch(stop: watch::Sender<bool>) {
+fn spawn_eof_watch(shutdown: Arc<Shutdown>) {
     let spawned = std::thread::Builder::new()
         .name("endorm-stdin".into())
         .spawn(move || {
@@ -313,14 +449,16 @@ fn spawn_eof_watch(stop: watch::Sender<bool>) {
             let mut stdin = std::io::stdin();
             while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
             tracing::info!("standard input closed");
-            let _ = stop.send(true);
+            shutdown.stop();
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot watch standard input");
     }
 }
 
-/// Every route of API.md. `token`: require it (the TCP listener).
+/// Every route of API.md ([`crate::api::openapi::ROUTES`] lists them; a test keeps the two
+/// equal), and the lens's page unless `[server] web = false`. `token`: require it for the API
+/// (the TCP listener).
 pub fn router(app: Arc<App>, token: Option<Token>) -> Router {
     use routes::{completions, info, rerank, reward, score, tokenize};
     let mut router = Router::new()
@@ -337,11 +475,17 @@ pub fn router(app: Arc<App>, token: Option<Token>) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/tokenizer_info", get(tokenize::tokenizer_info))
+        .route("/openapi.json", get(info::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(Arc::clone(&app));
     if let Some(token) = token {
         router = router.layer(from_fn_with_state(token, middleware::require_token));
+    }
+    // The lens's files are static and reveal nothing: merged after the token's layer, they need
+    // none (the API calls the page makes do).
+    if app.started.server.web {
+        router = router.merge(routes::page::router());
     }
     router
         .layer(axum::middleware::from_fn(body::check_head))

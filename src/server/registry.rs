@@ -79,6 +79,28 @@ pub struct Snapshot {
     pub config_error: Option<String>,
     /// Reloaded models still loading; the entry in `models` serves until they are ready.
     pub pending: BTreeMap<String, Arc<ModelEntry>>,
+    /// Models a reload removed that serve on until the models it added have loaded.
+    pub handover: Option<Handover>,
+}
+
+/// A reload that removed ready models while the models it added were still loading (the first
+/// `[models.X]` of a config replaces the built-in default model): the removed ones, and the default
+/// model, serve on until the new ones are done loading, so requests never find nothing serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The removed models still serving (in `models`).
+    pub retiring: Vec<String>,
+    /// The new default model, once the new models are loaded.
+    pub default_model: Option<String>,
+}
+
+impl Handover {
+    /// Whether the models `models` waits for are done loading (ready or failed).
+    fn done(models: &BTreeMap<String, Arc<ModelEntry>>) -> bool {
+        !models
+            .values()
+            .any(|entry| matches!(entry.state(), WorkerState::Loading))
+    }
 }
 
 /// The served models and limits; reloads replace the snapshot.
@@ -105,6 +127,7 @@ impl Registry {
                 limits: Limits::from(&config.server),
                 config_error: None,
                 pending: BTreeMap::new(),
+                handover: None,
             })),
             overrides,
         }
@@ -119,7 +142,8 @@ impl Registry {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let current = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         let loaded = |entry: &Arc<ModelEntry>| !matches!(entry.state(), WorkerState::Loading);
-        if current.pending.values().any(loaded) {
+        let handed_over = current.handover.is_some() && Handover::done(&current.models);
+        if current.pending.values().any(loaded) || handed_over {
             self.promote_loaded();
             return Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         }
@@ -136,10 +160,15 @@ impl Registry {
             .iter()
             .map(|(id, entry)| (id.clone(), Arc::clone(entry)))
             .partition(|(_, entry)| !matches!(entry.state(), WorkerState::Loading));
-        if done.is_empty() {
+        let handover = current
+            .handover
+            .clone()
+            .filter(|_| Handover::done(&current.models));
+        if done.is_empty() && handover.is_none() {
             return;
         }
         let mut models = current.models.clone();
+        let mut default_model = current.default_model.clone();
         let mut errors: Vec<String> = current.config_error.iter().cloned().collect();
         for (id, entry) in done {
             match entry.state() {
@@ -159,12 +188,37 @@ impl Registry {
                 }
             }
         }
+        let mut still = current.handover.clone().filter(|_| handover.is_none());
+        if let Some(handover) = handover {
+            let ready = |id: &String| {
+                models
+                    .get(id)
+                    .is_some_and(|e| matches!(e.state(), WorkerState::Ready(_)))
+            };
+            let added = models.keys().filter(|id| !handover.retiring.contains(id));
+            if added.clone().any(ready) {
+                for id in &handover.retiring {
+                    models.remove(id);
+                }
+                tracing::info!(removed = ?handover.retiring, "the new models are loaded; the removed ones unload");
+                default_model = handover.default_model;
+            } else {
+                // Not one new model loaded: the models before serve on, as after a failed reload.
+                tracing::error!(kept = ?handover.retiring, "no model the config added could be loaded; the models before keep serving");
+                errors.push(format!(
+                    "no model the config added could be loaded; {} keep serving",
+                    handover.retiring.join(", ")
+                ));
+            }
+            still = None;
+        }
         *current = Arc::new(Snapshot {
             models,
-            default_model: current.default_model.clone(),
+            default_model,
             limits: current.limits,
             config_error: (!errors.is_empty()).then(|| errors.join("; ")),
             pending,
+            handover: still,
         });
     }
 
@@ -174,7 +228,7 @@ impl Registry {
     pub fn apply(&self, config: &Config) -> Vec<String> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         let specs = config.model_specs(&self.overrides);
-        let default_model = config.default_model_id(&specs, self.overrides.model.as_deref());
+        let default_model = reloaded_default(config, &specs, &self.overrides, &current);
         let mut changes = Vec::new();
         let mut models = BTreeMap::new();
         let mut pending = BTreeMap::new();
@@ -182,7 +236,13 @@ impl Registry {
             let waiting = current.pending.get(&spec.id).filter(|p| p.spec == spec);
             let entry = match current.models.get(&spec.id) {
                 Some(old) if old.spec == spec => Arc::clone(old),
-                Some(old) if matches!(old.state(), WorkerState::Ready(_)) => {
+                // An RPC model's workers serve one process at a time: the new one could not load
+                // while the old one holds them, so the old one goes first (no overlap).
+                Some(old)
+                    if matches!(old.state(), WorkerState::Ready(_))
+                        && !uses_rpc(&old.spec)
+                        && !uses_rpc(&spec) =>
+                {
                     let fresh = match waiting {
                         Some(fresh) => Arc::clone(fresh),
                         None => {
@@ -204,15 +264,50 @@ impl Registry {
             };
             models.insert(entry.id().to_owned(), entry);
         }
-        for id in current.models.keys().filter(|id| !models.contains_key(*id)) {
-            changes.push(format!("removed {id}"));
+        // A removed model that is ready serves on while the models that replace it load.
+        let loading = models
+            .values()
+            .any(|entry| matches!(entry.state(), WorkerState::Loading));
+        let mut retiring = Vec::new();
+        for (id, old) in &current.models {
+            if models.contains_key(id) {
+                continue;
+            }
+            if loading && matches!(old.state(), WorkerState::Ready(_)) {
+                changes.push(format!("removing {id} once the new models are loaded"));
+                retiring.push(id.clone());
+            } else {
+                changes.push(format!("removed {id}"));
+            }
         }
+        for id in &retiring {
+            models.insert(id.clone(), Arc::clone(&current.models[id]));
+        }
+        let handover = (!retiring.is_empty()).then(|| Handover {
+            retiring,
+            default_model: default_model.clone(),
+        });
+        // Requests without `model` stay with the default model until the handover, if it is ready.
+        let ready = |id: &&String| {
+            models
+                .get(*id)
+                .is_some_and(|e| matches!(e.state(), WorkerState::Ready(_)))
+        };
+        let default_model = match &handover {
+            Some(_) => current
+                .default_model
+                .clone()
+                .filter(|id| ready(&id))
+                .or(default_model),
+            None => default_model,
+        };
         *current = Arc::new(Snapshot {
             models,
             default_model,
             limits: Limits::from(&config.server),
             config_error: None,
             pending,
+            handover,
         });
         changes
     }
@@ -226,9 +321,42 @@ impl Registry {
             limits: current.limits,
             config_error: error,
             pending: current.pending.clone(),
+            handover: current.handover.clone(),
         };
         *current = Arc::new(snapshot);
     }
+}
+
+/// Whether the model's layers go to RPC workers (it runs in a host process of its own).
+fn uses_rpc(spec: &ModelSpec) -> bool {
+    spec.worker
+        .settings
+        .rpc
+        .as_ref()
+        .is_some_and(|workers| !workers.is_empty())
+}
+
+/// The default model after a reload: `--model`'s or the config's `default_model` when served,
+/// else the one that was the default, while it is still served (a model added by the reload,
+/// even one alphabetically first, does not take over — it may not even load), else the config's
+/// choice among what is served.
+fn reloaded_default(
+    config: &Config,
+    specs: &[ModelSpec],
+    overrides: &Overrides,
+    current: &Snapshot,
+) -> Option<String> {
+    let served = |id: &String| specs.iter().any(|s| &s.id == id);
+    let chosen = config.default_model_id(specs, overrides.model.as_deref());
+    let explicit = overrides
+        .model
+        .as_deref()
+        .map(crate::paths::model_id)
+        .or_else(|| config.server.default_model.clone())
+        .filter(served);
+    explicit
+        .or_else(|| current.default_model.clone().filter(served))
+        .or(chosen)
 }
 
 /// What `/health` says about a reload of `id` that failed while its previous load kept serving.
@@ -260,5 +388,37 @@ impl Snapshot {
                 format!("model {id:?} is not served; served: {}", served.join(", ")),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("/etc/endorm/config.toml")).expect("config")
+    }
+
+    fn default(registry: &Registry) -> Option<String> {
+        registry.snapshot().default_model.clone()
+    }
+
+    #[test]
+    fn a_model_added_by_a_reload_does_not_take_the_default() {
+        let m = "[models.m]\npath = \"/nowhere/m.gguf\"\n";
+        let a = "[models.a]\npath = \"/nowhere/a.gguf\"\n";
+        let registry = Registry::start(&config(m), Overrides::default());
+        assert_eq!(default(&registry).as_deref(), Some("m"));
+        // `a` comes first alphabetically, and would have been the default of a fresh start.
+        registry.apply(&config(&format!("{a}{m}")));
+        assert_eq!(default(&registry).as_deref(), Some("m"));
+        // A default the config names is taken.
+        registry.apply(&config(&format!("[server]\ndefault_model = \"a\"\n{a}{m}")));
+        assert_eq!(default(&registry).as_deref(), Some("a"));
+        // The default removed: the config's choice among what is served.
+        registry.apply(&config(m));
+        assert_eq!(default(&registry).as_deref(), Some("m"));
     }
 }

@@ -142,8 +142,11 @@ pub fn reload(path: &Path, app: &App) {
         Ok(config) => {
             if config.server.socket != app.started.server.socket
                 || config.server.listen != app.started.server.listen
+                || config.server.web != app.started.server.web
             {
-                tracing::warn!("[server] socket and listen changes take effect at the next start");
+                tracing::warn!(
+                    "[server] socket, listen and web changes take effect at the next start"
+                );
             }
             let changes = app.registry.apply(&config);
             app.metrics.reload(true);

@@ -93,6 +93,43 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> {
         .map_err(|e| fail(format!("cannot listen: {e}")))
 }
 
+/// Which file a socket path names (device and inode), so that a stopping daemon removes its own
+/// socket and not one another daemon bound there since (a user removed the file and started a
+/// second daemon on the path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    /// The file at `path` now, if there is one.
+    pub fn of(path: &Path) -> Option<Identity> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// Removes the socket at `path` if it is still the one this daemon bound (`ours`): a socket
+/// another daemon bound there since is left alone.
+pub fn remove_if_ours(path: &Path, ours: Option<Identity>) {
+    let now = Identity::of(path);
+    if now.is_none() {
+        return;
+    }
+    if now != ours {
+        tracing::warn!(path = %path.display(), "the socket path holds another daemon's socket now: left in place");
+        return;
+    }
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), %error, "cannot remove the socket");
+    }
+}
+
 /// Binds the socket in `detour` (0700, so nobody else can reach it), makes it 0600 there, then
 /// hard-links it to `path`: the socket appears at `path` already 0600, and an entry that another
 /// process put at `path` meanwhile is never replaced.
@@ -262,7 +299,46 @@ pub fn check_token(token: &str) -> Result<(), String> {
             token.len()
         ));
     }
+    let distinct = token
+        .bytes()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let bits = entropy_bits(token);
+    if bits < MIN_TOKEN_BITS || distinct < MIN_TOKEN_DISTINCT {
+        return Err(format!(
+            "the TCP token repeats itself too much to be hard to guess ({distinct} different \
+             characters, about {bits:.0} bits; at least {MIN_TOKEN_DISTINCT} and \
+             {MIN_TOKEN_BITS:.0} are needed): make one with `openssl rand -hex 32`, or leave the \
+             token out to have one created in the token file"
+        ));
+    }
     Ok(())
+}
+
+/// The least information a token's characters must carry (their empirical entropy times its
+/// length): a random hex token of 32 characters has about 120 bits; `aaaa…` has none.
+const MIN_TOKEN_BITS: f64 = 64.0;
+
+/// The fewest different characters a token must use: a random hex token of 32 characters uses
+/// about 14; a short pattern repeated to any length uses only its own.
+const MIN_TOKEN_DISTINCT: usize = 8;
+
+/// The token's length times the entropy of its character frequencies, in bits: a cheap bound
+/// that refuses one letter repeated, or two in turn, whatever the length.
+fn entropy_bits(token: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for byte in token.bytes() {
+        *counts.entry(byte).or_insert(0usize) += 1;
+    }
+    let n = token.len() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * n
 }
 
 /// The TCP bearer token: read from `path`, or, when the file is missing or empty, a new random one
@@ -303,6 +379,19 @@ pub fn token_from_file(path: &Path) -> Result<String, ServerError> {
             read_token(path)?.ok_or_else(|| fail("it was emptied while endorm wrote it".into()))
         }
     }
+}
+
+/// Writes `text` to `path` through a new 0600 file renamed over it: the file is never readable by
+/// other users, nor seen half-written.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let (temp, mut file) = create_beside(path)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 /// The token in `path`, checked; `None` when the file is missing or empty.

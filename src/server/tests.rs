@@ -25,10 +25,15 @@ const MAX_BODY: usize = 1024;
 
 /// An app serving one model whose file is missing, once its worker has given up on it.
 fn app() -> (Arc<App>, PathBuf) {
+    app_with("")
+}
+
+/// [`app`] with more `[server]` settings.
+fn app_with(server: &str) -> (Arc<App>, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.gguf");
     let text = format!(
-        "[server]\nmax_body_bytes = {MAX_BODY}\nmax_candidates = 4\n\n[models.{BROKEN}]\npath = {:?}\n",
+        "[server]\nmax_body_bytes = {MAX_BODY}\nmax_candidates = 4\n{server}\n[models.{BROKEN}]\npath = {:?}\n",
         missing.to_str().unwrap()
     );
     let config = Config::parse(&text, &dir.path().join("config.toml")).expect("config");
@@ -109,8 +114,11 @@ async fn post(app: &Arc<App>, path: &str, body: impl Into<Body>) -> Answer {
     send(router(Arc::clone(app), None), request).await
 }
 
+/// What a client reads of a model file that is missing: its name, not where the daemon keeps it.
 fn load_failure(missing: &Path) -> String {
-    format!("cannot load model {}: no such file", missing.display())
+    let name = missing.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert!(!name.is_empty() && missing.is_absolute());
+    format!("cannot load model {name}: no such file")
 }
 
 #[tokio::test]
@@ -244,7 +252,13 @@ async fn a_body_over_max_body_bytes_is_413() {
 #[tokio::test]
 async fn tcp_needs_the_bearer_token() {
     let (app, _) = app();
-    let tcp = || router(Arc::clone(&app), Some(Token("s3cret".into())));
+    let tcp = || {
+        let token = Token {
+            token: "s3cret".into(),
+            source: "the token file /run/t/token".into(),
+        };
+        router(Arc::clone(&app), Some(token))
+    };
     let health = |authorization: Option<&str>| {
         let mut request = Request::get("/health");
         if let Some(value) = authorization {
@@ -261,6 +275,7 @@ async fn tcp_needs_the_bearer_token() {
         let answer = send(tcp(), health(authorization)).await;
         let message = answer.error(401, "invalid_token");
         assert!(message.contains("Authorization: Bearer TOKEN"), "{message}");
+        assert!(message.contains("the token file /run/t/token"), "{message}");
         assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer");
     }
     // Checked before routing: an unknown route without the token is 401 too.
@@ -493,4 +508,132 @@ async fn an_unknown_reference_model_is_404_like_an_unknown_model() {
         message,
         format!("model \"gpt-9\" is not served; served: {BROKEN}")
     );
+}
+
+#[tokio::test]
+async fn every_route_of_the_api_table_is_routed_with_its_method() {
+    use crate::api::openapi::{Method as RouteMethod, ROUTES};
+    let (app, _) = app();
+    for route in ROUTES {
+        let answer = match route.method {
+            RouteMethod::Get => get(&app, route.path).await,
+            RouteMethod::Post => post(&app, route.path, "{}").await,
+        };
+        assert_ne!(answer.status, StatusCode::NOT_FOUND, "{}", route.path);
+        assert_ne!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{}",
+            route.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_json_is_the_checked_in_document() {
+    let (app, _) = app();
+    let answer = get(&app, "/openapi.json").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
+    let served = String::from_utf8(answer.body).expect("UTF-8");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    if std::env::var_os("ENDORM_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &served).expect("write docs/openapi.json");
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == served,
+        "docs/openapi.json is not what the wire types give: if the change is meant, regenerate it \
+         with `ENDORM_UPDATE_OPENAPI=1 cargo test --release --lib openapi` and commit it"
+    );
+    let document: Value = serde_json::from_str(&served).expect("JSON");
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/v1/score"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn the_lens_is_served_without_a_token_with_its_policy() {
+    let (app, _) = app();
+    let tcp = || {
+        router(
+            Arc::clone(&app),
+            Some(Token {
+                token: "s3cret".into(),
+                source: "the token file /run/t/token".into(),
+            }),
+        )
+    };
+    for router in [tcp(), router(Arc::clone(&app), None)] {
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        let answer = send(router, request).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, crate::web::PAGE.body);
+        assert_eq!(
+            answer.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            answer.headers[header::CONTENT_SECURITY_POLICY],
+            crate::web::CONTENT_SECURITY_POLICY
+        );
+        assert_eq!(answer.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(answer.headers[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(answer.headers[header::CACHE_CONTROL], "no-cache");
+        assert!(answer.headers.contains_key("x-request-id"), "logged");
+    }
+    for asset in crate::web::ASSETS {
+        let request = Request::get(format!("/web/{}", asset.name))
+            .body(Body::empty())
+            .unwrap();
+        let answer = send(tcp(), request).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", asset.name);
+        assert_eq!(answer.headers[header::CONTENT_TYPE], asset.content_type);
+        assert_eq!(answer.body, asset.body);
+        // Asked again with its ETag: 304, no body.
+        let etag = answer.headers[header::ETAG].clone();
+        let request = Request::get(format!("/web/{}", asset.name))
+            .header(header::IF_NONE_MATCH, etag)
+            .body(Body::empty())
+            .unwrap();
+        let again = send(tcp(), request).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{}", asset.name);
+        assert!(again.body.is_empty());
+    }
+    // Only the page's own files: nothing else is found (a name that is no file needs no token).
+    for path in [
+        "/web/nothing.js",
+        "/web/",
+        "/web/../Cargo.toml",
+        "/web/%2e%2e/Cargo.toml",
+    ] {
+        get(&app, path).await.error(404, "unknown_route");
+    }
+    let request = Request::get("/web/nothing.js").body(Body::empty()).unwrap();
+    send(tcp(), request).await.error(404, "unknown_route");
+    // What the page calls still needs the token; the page changes nothing.
+    let request = Request::get("/v1/models").body(Body::empty()).unwrap();
+    send(tcp(), request).await.error(401, "invalid_token");
+    let request = Request::post("/").body(Body::empty()).unwrap();
+    assert_eq!(
+        send(tcp(), request).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn web_false_serves_no_page() {
+    let (app, _) = app_with("web = false");
+    for path in ["/", "/web/app.js", "/web/style.css"] {
+        get(&app, path).await.error(404, "unknown_route");
+        // On TCP like any unknown route: 401 without the token, 404 with it.
+        let tcp = router(
+            Arc::clone(&app),
+            Some(Token {
+                token: "s3cret".into(),
+                source: "the token file /run/t/token".into(),
+            }),
+        );
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        send(tcp, request).await.error(401, "invalid_token");
+    }
 }

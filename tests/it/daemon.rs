@@ -83,6 +83,16 @@ fn health_and_models_describe_the_served_model() {
         endorm::engine::cpu_kernels().unwrap(),
         "{meta}"
     );
+    // No GPU layers asked for: every layer and the KV cache on the CPU (device:: covers a GPU).
+    assert_eq!(
+        (&meta["device"], &meta["gpu_layers"], &meta["kv_cache"]),
+        (&json!("CPU"), &json!(0), &json!("CPU")),
+        "{meta}"
+    );
+    assert_eq!(
+        meta["n_layers"], 31,
+        "SmolLM2-135M's 30 blocks and its output layer"
+    );
 }
 
 #[test]
@@ -869,13 +879,36 @@ fn the_curl_examples_of_the_docs_run() {
     let root = env!("CARGO_MANIFEST_DIR");
     let doc = std::fs::read_to_string(format!("{root}/docs/SERVER.md")).expect("docs/SERVER.md")
         + &std::fs::read_to_string(format!("{root}/README.md")).unwrap_or_default();
-    let examples: Vec<String> = doc
+    let blocks: Vec<&str> = doc
         .split("```sh\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
-        .filter(|block| block.contains("curl") && block.contains("--unix-socket"))
-        .map(str::to_owned)
         .collect();
+    let examples: Vec<String> = blocks
+        .iter()
+        .filter(|block| block.contains("curl") && block.contains("--unix-socket"))
+        .map(|block| block.to_string())
+        .collect();
+    // How the docs set SOCK, run as written with `endorm` on PATH: it must find the daemon's socket
+    // (here named by ENDORM_SOCKET; first_hour::config_path_... covers the other ways).
+    let set_sock: Vec<&str> = blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .filter(|line| line.starts_with("SOCK="))
+        .collect();
+    assert!(
+        set_sock.len() >= 2 && set_sock.iter().all(|l| *l == set_sock[0]),
+        "{set_sock:?}"
+    );
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_endorm"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     assert!(
         examples.len() >= 10,
         "found {} curl examples",
@@ -883,12 +916,30 @@ fn the_curl_examples_of_the_docs_run() {
     );
     let mut routes_seen = Vec::new();
     for example in &examples {
+        let script = format!("{}\n{example}", set_sock[0]);
         let output = std::process::Command::new("bash")
-            .args(["-euo", "pipefail", "-c", example])
-            .env("SOCK", &d.socket)
+            .args(["-euo", "pipefail", "-c", &script])
+            .env("PATH", &path)
+            .env("ENDORM_SOCKET", &d.socket)
+            .env_remove("SOCK")
             .output()
             .expect("bash");
         let stdout = String::from_utf8_lossy(&output.stdout);
+        if example.contains("curl exits 22") {
+            // The error example: curl fails, and still prints the daemon's error body, as shown.
+            assert_eq!(output.status.code(), Some(22), "{example}\n{stdout}");
+            let body: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+            let shown = example
+                .lines()
+                .find_map(|l| l.strip_prefix("# {"))
+                .map(|l| format!("{{{l}"))
+                .expect("the example shows its answer");
+            assert_eq!(
+                body,
+                serde_json::from_str::<serde_json::Value>(&shown).unwrap()
+            );
+            continue;
+        }
         assert!(
             output.status.success(),
             "example failed:\n{example}\nstdout: {stdout}\nstderr: {}",

@@ -156,6 +156,31 @@ fn serve_takes_the_per_model_flags_over_the_config() {
     }
 }
 
+/// GPU layers asked of a build without a GPU backend: served from the CPU, said once, not
+/// claimed (llama.cpp's own log says the layers were offloaded). device:: covers a GPU build.
+#[cfg(not(any(feature = "cuda", feature = "metal", feature = "vulkan")))]
+#[test]
+fn gpu_layers_without_a_gpu_backend_serve_from_the_cpu_with_one_warning() {
+    let daemon = Daemon::start(&model_section("m"), &["--n-gpu-layers", "99"]);
+    let meta = daemon.get("/v1/models").json()["data"][0]["meta"].clone();
+    assert_eq!(
+        (&meta["device"], &meta["gpu_layers"], &meta["kv_cache"]),
+        (&Value::from("CPU"), &Value::from(0), &Value::from("CPU")),
+        "{meta}"
+    );
+    let log = daemon.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("every layer runs on the CPU"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("--features cuda, metal or vulkan"),
+        "{log}"
+    );
+    assert!(log.contains("placement=31/31 layers on CPU"), "{log}");
+}
+
 #[test]
 fn the_socket_is_the_flag_then_endorm_socket_then_the_config() {
     let dir = scratch();
@@ -164,13 +189,13 @@ fn the_socket_is_the_flag_then_endorm_socket_then_the_config() {
         dir.path().join("env.sock"),
         dir.path().join("config.sock"),
     );
-    // A model file that does not exist: the daemon answers without loading anything.
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nsocket = {:?}\n[models.m]\npath = \"/nonexistent/m.gguf\"\n",
-            configured.display().to_string()
+            "[server]\nsocket = {:?}\n{}",
+            configured.display().to_string(),
+            model_section("m")
         ),
     )
     .unwrap();
@@ -213,12 +238,17 @@ fn hot_reload_picks_up_a_config_whose_directory_did_not_exist_at_start() {
     let home = dir.path().join("config-home");
     let config = home.join("endorm").join("config.toml");
     let socket = dir.path().join("s.sock");
+    // The real model under another name (a daemon with no model it can load stops at once).
+    let first = dir.path().join("first.gguf");
+    std::os::unix::fs::symlink(support::model_path(), &first).unwrap();
     let mut daemon = Bare::start(
         &[
             "--socket",
             socket.to_str().unwrap(),
             "--model",
-            "/nonexistent/first.gguf",
+            first.to_str().unwrap(),
+            "--threads",
+            "2",
         ],
         &[("XDG_CONFIG_HOME", &home)],
         dir.path(),

@@ -82,6 +82,9 @@ fn a_trickling_body_is_answered_408() {
     let (status, body) = parse(&raw);
     assert_eq!(status, 408, "{body}");
     assert_eq!(error_code(&body), "body_timeout");
+    // The rest of that body is no request: the daemon says it closes the connection.
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 }
 
 #[test]
@@ -333,17 +336,10 @@ fn kill_9_then_restart_reclaims_the_socket() {
     assert_eq!(second.get("/health").status, 200);
 }
 
-#[test]
-fn a_client_that_leaves_stops_its_running_score_between_candidate_groups() {
-    let daemon = Daemon::start(&model_section("m"), &[]);
-    // 48 candidates: three groups of max_sequences = 16 after one long context.
-    let candidates: Vec<String> = (0..48)
-        .map(|i| format!(" answer {i}: {}", long_text(30)))
-        .collect();
-    let body =
-        json!({"format": "raw", "prompt": long_text(450), "candidates": candidates}).to_string();
+/// Sends a `/v1/score` of `body`, disconnects once it runs, and waits for the job to be stopped.
+fn leave_while_it_runs(daemon: &Daemon, body: &str) {
     {
-        let mut stream = connect(&daemon);
+        let mut stream = connect(daemon);
         write!(
             stream,
             "POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -357,6 +353,18 @@ fn a_client_that_leaves_stops_its_running_score_between_candidate_groups() {
     daemon.wait_for("the running job to be stopped", |d| {
         metric_or_zero(d, "endorm_jobs_cancelled_total") >= 1.0
     });
+}
+
+#[test]
+fn a_client_that_leaves_stops_its_running_score_between_candidate_groups() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    // 48 candidates: three groups of max_sequences = 16 after one long context.
+    let candidates: Vec<String> = (0..48)
+        .map(|i| format!(" answer {i}: {}", long_text(30)))
+        .collect();
+    let body =
+        json!({"format": "raw", "prompt": long_text(450), "candidates": candidates}).to_string();
+    leave_while_it_runs(&daemon, &body);
     assert!(daemon.log_text().contains("client gone while its job ran"));
     assert_eq!(
         metric_or_zero(
@@ -365,6 +373,19 @@ fn a_client_that_leaves_stops_its_running_score_between_candidate_groups() {
         ),
         1.0
     );
+    let small = json!({"prompt": "Hi", "candidates": ["Hello!"]});
+    assert_eq!(daemon.post("/v1/score", &small).status, 200);
+}
+
+#[test]
+fn a_client_that_leaves_stops_its_long_contexts_decode_between_slices() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    // One candidate: the job has one group, so it can only stop between the slices of its
+    // ~1,900-token context (four of n_batch = 512).
+    let body =
+        json!({"format": "raw", "prompt": long_text(650), "candidates": [" w1"]}).to_string();
+    leave_while_it_runs(&daemon, &body);
+    assert!(daemon.log_text().contains("client gone while its job ran"));
     let small = json!({"prompt": "Hi", "candidates": ["Hello!"]});
     assert_eq!(daemon.post("/v1/score", &small).status, 200);
 }

@@ -387,7 +387,7 @@ fn reference_methods_are_zero_against_the_same_model_and_refuse_another_tokenize
     let qwen = endorm::paths::model_dir()
         .map(|dir| dir.join("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"))
         .filter(|path| path.is_file())
-        .expect("Qwen2.5-Coder-0.5B is missing: scripts/fetch-model qwen2.5-coder-0.5b");
+        .expect("Qwen2.5-Coder-0.5B is missing: endorm pull qwen2.5-coder-0.5b");
     let refused = eval(Some(&qwen));
     assert!(!refused.status.success());
     assert!(
@@ -407,4 +407,65 @@ fn reference_methods_are_zero_against_the_same_model_and_refuse_another_tokenize
         std::fs::read_to_string(eval::cache_path(&report)).unwrap(),
         cache
     );
+}
+
+/// A ranking item in chat format is scored as `/v1/score` scores the prompt as the user's message
+/// and each completion as the answer; `endo_lc` is that `endo` less the report's baseline per token
+/// times the answer's tokens (`n_tokens` of the same request).
+#[test]
+fn chat_ranking_items_score_as_chat_requests_and_endo_lc_subtracts_the_baseline_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("math.jsonl");
+    let prompt = "What is 2 + 3? Answer with the number.";
+    let completions = ["5", "The answer is 5, because 2 + 3 = 5.", "It is 7."];
+    let item = serde_json::json!({"task_id": "m", "format": "chat", "prompt": prompt,
+        "completions": completions, "passed": [true, true, false]});
+    std::fs::write(&file, format!("{item}\n")).unwrap();
+    let cache = eval::cache_path(&dir.path().join("report.json"));
+    let mut scorer = common::scorer(common::options());
+    let config = EvalConfig {
+        data: file,
+        cache: Some(cache.clone()),
+        ..config("", &[Method::Endo, Method::EndoLengthControlled])
+    };
+    let report = eval::run(&mut scorer, None, &config).unwrap();
+    assert_eq!(report.kind, "ranking");
+    let b = report.baseline_per_token;
+    assert!(b.is_finite() && b != 0.0, "baseline {b}");
+    let length = method(&report, "endo").length.unwrap();
+    assert!(
+        length.balanced.is_some(),
+        "a task with both labels and lengths: {length:?}"
+    );
+    let record: serde_json::Value = std::fs::read_to_string(&cache)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|r| r["pass"] == "reward")
+        .unwrap();
+    let request = ScoreRequest {
+        format: Some(Format::Chat),
+        prompt: Some(prompt.into()),
+        candidates: completions.iter().map(|c| c.to_string()).collect(),
+        ..ScoreRequest::default()
+    };
+    let expected = common::scorer(common::options())
+        .score_request("test", &request, None)
+        .unwrap();
+    let scores = &record["scored"]["scores"];
+    for (i, want) in expected.results.iter().enumerate() {
+        let endo = scores["endo"]["candidates"][i].as_f64().unwrap();
+        let lc = scores["endo_lc"]["candidates"][i].as_f64().unwrap();
+        assert!(
+            (endo - want.endo).abs() < 1e-4,
+            "{i}: {endo} vs {}",
+            want.endo
+        );
+        let n = want.n_tokens as f64;
+        assert!(
+            (lc - (endo - b * n)).abs() < 1e-6,
+            "{i}: {lc} vs {endo} − {b}·{n}"
+        );
+    }
 }

@@ -174,13 +174,12 @@ fn scores(response: &Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn another_clients_request_runs_between_the_candidate_groups_of_a_big_one() {
-    let daemon = Daemon::start(&model_section("m"), &[]);
-    let big = big(4);
+/// Client `batch` sends `big`; once it runs, client `editor` sends one small request. Returns the
+/// order the two answers came in, with their statuses, and the big request's response.
+fn small_while_big_runs(daemon: &Daemon, big: &Value) -> (Vec<(&'static str, u16)>, Response) {
     let (sender, order) = mpsc::channel();
     let interleaved = std::thread::scope(|scope| {
-        let (big_sender, daemon, big) = (sender.clone(), &daemon, &big);
+        let (big_sender, daemon, big) = (sender.clone(), daemon, big);
         let first = scope.spawn(move || {
             let response = post_as(daemon, big, &[("X-Endorm-Client", "batch")]);
             big_sender.send(("big", response.status)).unwrap();
@@ -195,6 +194,14 @@ fn another_clients_request_runs_between_the_candidate_groups_of_a_big_one() {
     });
     drop(sender);
     let order: Vec<_> = order.iter().collect();
+    (order, interleaved)
+}
+
+#[test]
+fn another_clients_request_runs_between_the_candidate_groups_of_a_big_one() {
+    let daemon = Daemon::start(&model_section("m"), &[]);
+    let big = big(4);
+    let (order, interleaved) = small_while_big_runs(&daemon, &big);
     // Before jobs were split into passes, the big one ran to its end first.
     assert_eq!(order, [("small", 200), ("big", 200)]);
     // The pass in between emptied the cache (cache_slots = 0): the big request's context was
@@ -236,4 +243,24 @@ fn a_full_queue_still_takes_the_request_of_a_client_with_none_queued() {
         statuses
     });
     assert_eq!(statuses, [200, 200, 200, 503, 200]);
+}
+
+#[test]
+fn another_clients_request_runs_between_the_slices_of_a_long_contexts_decode() {
+    // The layout-invariant KV cache, so that the values can be compared bit for bit (with the
+    // default f16 one they move within llama.cpp's layout noise: README, "Numerics").
+    let config = format!(
+        "{}type_k = \"q8_0\"\ntype_v = \"q8_0\"\n",
+        model_section("m")
+    );
+    let daemon = Daemon::start(&config, &[]);
+    // ~1,900 tokens of context (four slices of n_batch = 512) and one candidate: one group, so
+    // before the slices the small request waited for the whole context.
+    let big = json!({"format": "raw", "prompt": long_text(650), "candidates": [" w1 w2"]});
+    let (order, interleaved) = small_while_big_runs(&daemon, &big);
+    assert_eq!(order, [("small", 200), ("big", 200)]);
+    // The slices end where one decode of the context would split it, and the small request's
+    // tokens went to cells of their own: the values are those of an uninterrupted run.
+    let alone = daemon.ok("/v1/score", &big);
+    assert_eq!(scores(&interleaved.json()), scores(&alone));
 }

@@ -125,14 +125,28 @@ fn a_corrupt_gguf_shows_its_cause_in_health() {
         &model_path().display().to_string(),
         &broken.display().to_string(),
     );
-    let daemon = Daemon::spawn(&config, &[]);
+    // Beside a model that loads: the daemon serves on, and /health names the cause.
+    let daemon = Daemon::spawn(&format!("{config}\n{}", model_section("ok")), &[]);
     daemon.wait_for("the model to fail", |d| {
         d.try_get("/health")
             .is_some_and(|r| r.json()["models"][0]["state"] == "failed")
     });
     let health = daemon.get("/health").json();
+    assert_eq!(health["models"][0]["id"], "m", "{health}");
     let error = health["models"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("more than a file"), "{health}");
+
+    // Alone, it stops `serve` at start-up, with the cause and the fix.
+    let mut alone = Daemon::spawn(&config, &[]);
+    let status = alone.wait_exit(60);
+    assert!(!status.success());
+    let log = alone.log_text();
+    assert!(
+        log.contains("no model could be loaded") && log.contains("more than a file"),
+        "{log}"
+    );
+    assert!(log.contains("--model PATH"), "{log}");
+    assert!(!alone.socket.exists(), "the socket is removed: {log}");
 }
 
 #[test]
@@ -161,12 +175,14 @@ fn an_alpha_that_overflows_the_scores_is_refused() {
             alpha: Some(alpha),
             ..ScoreRequest::default()
         };
-        let error =
-            endorm::engine::PreparedRequest::new(common::model(), &request, None).unwrap_err();
+        let error = endorm::engine::PreparedRequest::new(common::model(), None, &request, None)
+            .unwrap_err();
         assert!(error.is_input_error(), "{error}");
         assert!(
             error.to_string().contains("`alpha` must be from"),
             "{error}"
         );
+        // A number as a person writes it, not 309 digits.
+        assert!(error.to_string().len() < 100, "{error}");
     }
 }

@@ -453,3 +453,150 @@ fn a_real_full_disk_on_a_tmpfs_when_mounting_is_allowed() {
     assert_eq!(assert_whole_and_unique(&output).len(), 6);
     drop(disk);
 }
+
+#[test]
+fn two_runs_of_one_shard_cannot_write_one_output_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("part.jsonl"));
+    std::fs::write(&input, many_lines(30)).unwrap();
+    let shard = ["--shard", "2/3", "--resume"];
+    let mut command = endorm();
+    score_args(&mut command, &input, &output, &shard);
+    let mut first = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start endorm score");
+    // The output is created and locked before the model loads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !output.exists() {
+        assert!(std::time::Instant::now() < deadline, "no output");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let second = score(&input, &output, &shard);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("is being written by another run")
+            && stderr.contains(&format!("pid {}", first.id())),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused at once, before loading the model: {:?}",
+        started.elapsed()
+    );
+    let status = first.wait().expect("wait");
+    assert!(status.success(), "the first run failed");
+    // The first run's output is whole: lines 2, 5, ..., 29 of the input, once each.
+    let ids: Vec<u64> = assert_whole_and_unique(&output)
+        .iter()
+        .map(|line| line["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, (0..30).filter(|i| i % 3 == 2).collect::<Vec<_>>());
+}
+
+/// `endorm verify` or `endorm merge` with `args`.
+fn run_endorm(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    endorm().args(args).output().expect("run endorm")
+}
+
+#[test]
+fn merge_and_verify_take_complete_shards_and_refuse_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.jsonl");
+    // Seven lines, one of them a bad request (an error line) and one without an id.
+    let mut text = many_lines(6);
+    text.push_str(&format!("{BAD}\n"));
+    text.push_str(r#"{"prompt": "Say yes.", "candidates": ["Yes.", "No."]}"#);
+    text.push('\n');
+    std::fs::write(&input, &text).unwrap();
+    let parts: Vec<std::path::PathBuf> =
+        (0..3).map(|i| d.join(format!("part-{i}.jsonl"))).collect();
+    for (i, part) in parts.iter().enumerate() {
+        score(&input, part, &["--shard", &format!("{i}/3"), "--resume"]);
+    }
+    let whole = d.join("whole.jsonl");
+    score(&input, &whole, &[]);
+
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let mut verify: Vec<&std::ffi::OsStr> = vec![os("verify"), os("--input"), input.as_os_str()];
+    verify.extend(parts.iter().map(|p| p.as_os_str()));
+    let verified = run_endorm(&verify);
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{report}");
+    assert!(
+        report.contains("8 input ids; 8 with exactly one output line (1 of them error lines)")
+            && report.contains("complete"),
+        "{report}"
+    );
+
+    let merged = d.join("merged.jsonl");
+    let mut merge: Vec<&std::ffi::OsStr> = vec![
+        os("merge"),
+        os("--input"),
+        input.as_os_str(),
+        os("--output"),
+        merged.as_os_str(),
+    ];
+    merge.extend(parts.iter().map(|p| p.as_os_str()));
+    let done = run_endorm(&merge);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // The merge is the unsharded run line for line, but for timings and the cache's count.
+    let strip = |mut line: Value| {
+        line.as_object_mut().unwrap().remove("timings");
+        if let Some(usage) = line.get_mut("usage").and_then(Value::as_object_mut) {
+            usage.remove("cached_tokens");
+        }
+        line
+    };
+    let merged_lines: Vec<Value> = lines(&merged).into_iter().map(strip).collect();
+    let whole_lines: Vec<Value> = lines(&whole).into_iter().map(strip).collect();
+    assert_eq!(merged_lines, whole_lines);
+
+    // Broken: a line lost from part 1, a line of part 0 twice, a line cut short in part 2.
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let part0 = read(&parts[0]);
+    let first_line = part0.lines().next().unwrap().to_owned();
+    std::fs::write(&parts[0], format!("{part0}{first_line}\n")).unwrap();
+    let part1 = read(&parts[1]);
+    let (_, rest) = part1.split_once('\n').unwrap();
+    let lost_id =
+        serde_json::from_str::<Value>(part1.lines().next().unwrap()).unwrap()["id"].to_string();
+    std::fs::write(&parts[1], rest).unwrap();
+    let part2 = read(&parts[2]);
+    std::fs::write(&parts[2], format!("{part2}{{\"id\": 99, \"res")).unwrap();
+
+    let verified = run_endorm(&verify);
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(verified.status.code(), Some(1), "{report}");
+    let dup_id = serde_json::from_str::<Value>(&first_line).unwrap()["id"].to_string();
+    assert!(
+        report.contains(&format!("missing: 1 ids: {lost_id}")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("duplicate: id {dup_id} on ")),
+        "{report}"
+    );
+    assert!(
+        report.contains("bad line: ") && report.contains("cut short"),
+        "{report}"
+    );
+    assert!(report.contains("not complete"), "{report}");
+
+    let refused_output = d.join("refused.jsonl");
+    merge[4] = refused_output.as_os_str();
+    let refused = run_endorm(&merge);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing written"), "{stderr}");
+    assert!(!refused_output.exists());
+}

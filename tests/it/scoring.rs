@@ -1,14 +1,14 @@
 //! The scorer on the real default model: scoring candidates together equals scoring them alone,
-//! whatever the batch and grouping limits, and bad input is an error that leaves the scorer usable.
+//! bit for bit, whatever the batch and grouping limits and the prefix tree, and bad input is an
+//! error that leaves the scorer usable.
 
 use crate::common;
 
 use endorm::api::{Format, Message, ScoreRequest, ScoreResponse};
 use endorm::engine::{
-    prepare, ContextOptions, EngineError, Model, ModelOptions, Passes, PreparedRequest, Scorer,
+    prepare, ContextOptions, EngineError, KvType, Model, ModelOptions, Passes, PreparedRequest,
+    Scorer,
 };
-
-const TOLERANCE: f64 = 1e-3;
 
 fn chat(prompt: &str, candidates: &[&str]) -> ScoreRequest {
     ScoreRequest {
@@ -30,30 +30,27 @@ fn score(scorer: &mut Scorer<'_>, request: &ScoreRequest) -> Result<ScoreRespons
     scorer.score_request("test", request, None)
 }
 
-fn assert_same_values(a: &ScoreResponse, b: &ScoreResponse, what: &str) {
+/// Bit for bit: every per-token value and aggregate of every candidate equal (README, "Numerics").
+fn assert_identical(a: &ScoreResponse, b: &ScoreResponse, what: &str) {
     assert_eq!(a.results.len(), b.results.len(), "{what}");
-    for (x, y) in a.results.iter().zip(&b.results) {
-        assert_eq!(x.n_tokens, y.n_tokens, "{what}");
-        assert!(
-            (x.endo - y.endo).abs() < TOLERANCE,
-            "{what}: endo {} vs {}",
-            x.endo,
-            y.endo
+    for (i, (x, y)) in a.results.iter().zip(&b.results).enumerate() {
+        assert_eq!(
+            (x.endo, x.endo_mean, x.logprob, x.logprob_mean, x.n_tokens),
+            (y.endo, y.endo_mean, y.logprob, y.logprob_mean, y.n_tokens),
+            "{what}: candidate {i}"
         );
-        assert!(
-            (x.logprob - y.logprob).abs() < TOLERANCE,
-            "{what}: logprob {} vs {}",
-            x.logprob,
-            y.logprob
-        );
-        for (s, t) in x.tokens.iter().flatten().zip(y.tokens.iter().flatten()) {
-            assert_eq!(s.id, t.id, "{what}");
-            assert!(
-                (s.reward - t.reward).abs() < TOLERANCE,
-                "{what}: token {:?}",
-                s.text
-            );
-        }
+        assert!(x.tokens.is_some(), "{what}: ask for return_tokens");
+        assert_eq!(x.tokens, y.tokens, "{what}: candidate {i}'s tokens");
+    }
+}
+
+/// The scorer options with llama.cpp's CPU attention allowed to tile large decodes (f16 keys and
+/// values: endorm's default), whose values depend on the layout.
+fn tiling(options: ContextOptions) -> ContextOptions {
+    ContextOptions {
+        type_k: KvType::F16,
+        type_v: KvType::F16,
+        ..options
     }
 }
 
@@ -109,7 +106,7 @@ fn mixed_requests() -> Vec<ScoreRequest> {
 
 #[test]
 fn candidates_scored_together_equal_candidates_scored_alone() {
-    let mut scorer = common::scorer(common::options());
+    let mut scorer = common::scorer(common::invariant());
     for request in mixed_requests() {
         let together = score(&mut scorer, &request).unwrap();
         for (i, candidate) in request.candidates.iter().enumerate() {
@@ -120,7 +117,7 @@ fn candidates_scored_together_equal_candidates_scored_alone() {
             let alone = score(&mut scorer, &alone_request).unwrap();
             let mut expected = together.clone();
             expected.results = vec![together.results[i].clone()];
-            assert_same_values(&alone, &expected, &format!("candidate {i} alone"));
+            assert_identical(&alone, &expected, &format!("candidate {i} alone"));
         }
     }
 }
@@ -134,12 +131,17 @@ fn requests_batched_into_one_pass_get_the_values_of_each_alone() {
     for request in &mut requests {
         request.return_tokens = true;
     }
-    // n_batch at most 63 keeps llama.cpp's attention on one kernel (ContextOptions::n_batch);
-    for n_batch in [63] {
-        let options = ContextOptions {
-            n_batch,
-            ..common::options()
-        };
+    // q8_0 keys and values keep llama.cpp's attention on its row-by-row kernel; with f16 ones
+    // n_batch at most 63 does (README, "Numerics").
+    let exact = [
+        common::invariant(),
+        ContextOptions {
+            n_batch: 63,
+            ..tiling(common::invariant())
+        },
+    ];
+    for options in exact {
+        let n_batch = (options.n_batch, options.type_k);
         let mut scorer = common::scorer(options);
         let alone: Vec<ScoreResponse> = requests
             .iter()
@@ -148,7 +150,7 @@ fn requests_batched_into_one_pass_get_the_values_of_each_alone() {
         let model = scorer.model();
         let prepared: Vec<PreparedRequest> = requests
             .iter()
-            .map(|request| PreparedRequest::new(model, request, None).unwrap())
+            .map(|request| PreparedRequest::new(model, None, request, None).unwrap())
             .collect();
         for pass in [vec![0, 1, 2], vec![2, 1, 0, 4], vec![3, 0, 4, 2]] {
             let together: Vec<_> = pass
@@ -159,10 +161,16 @@ fn requests_batched_into_one_pass_get_the_values_of_each_alone() {
             let scored = scorer.score_batch(&together).unwrap();
             for (&i, scored) in pass.iter().zip(&scored) {
                 let got = prepared[i]
-                    .respond(model, "test", &requests[i], &Passes::main(scored.clone()))
+                    .respond(
+                        model,
+                        "test",
+                        &requests[i],
+                        &Passes::main_only(scored.clone()),
+                        None,
+                    )
                     .unwrap();
-                let what = format!("request {i} in pass {pass:?}, n_batch {n_batch}");
-                assert_same_values(&got, &alone[i], &what);
+                let what = format!("request {i} in pass {pass:?}, {n_batch:?}");
+                assert_identical(&got, &alone[i], &what);
             }
         }
     }
@@ -179,19 +187,153 @@ fn tiny_batches_and_few_sequences_give_the_same_values() {
         max_sequences: 2,
         cache_slots: 1,
         cache_tokens: 0,
+        prefix_tree: true,
+        type_k: KvType::Q8_0,
+        type_v: KvType::Q8_0,
     };
-    let mut roomy = common::scorer(common::options());
+    let mut roomy = common::scorer(common::invariant());
     let mut cramped = common::scorer(cramped);
     for request in mixed_requests() {
         let expected = score(&mut roomy, &request).unwrap();
         let got = score(&mut cramped, &request).unwrap();
-        assert_same_values(&got, &expected, "cramped context");
+        assert_identical(&got, &expected, "cramped context");
+    }
+}
+
+const MEAN: &str =
+    "def mean(values):\n    \"\"\"Return the arithmetic mean of a list of numbers.\"\"\"\n";
+
+/// Best-of-n samples of one function: openings shared at several depths, a copy, and a prefix of
+/// another sample.
+const SAMPLES: [&str; 8] = [
+    "    return sum(values) / len(values)\n",
+    "    return sum(values) / max(len(values), 1)\n",
+    "    if not values:\n        return 0\n    return sum(values) / len(values)\n",
+    "    if not values:\n        raise ValueError('empty')\n    return sum(values) / len(values)\n",
+    "    total = 0\n    for v in values:\n        total += v\n    return total / len(values)\n",
+    "    total = 0\n    for value in values:\n        total += value\n    return total / len(values)\n",
+    "    return sum(values) / len(values)\n",
+    "    return sum(values)",
+];
+
+/// `request` with only the candidates at `order`, in that order.
+fn pick(request: &ScoreRequest, order: &[usize]) -> ScoreRequest {
+    ScoreRequest {
+        candidates: order
+            .iter()
+            .map(|&i| request.candidates[i].clone())
+            .collect(),
+        ..request.clone()
     }
 }
 
 #[test]
+fn a_candidate_alone_equals_it_in_any_group_of_the_prefix_tree_bit_for_bit() {
+    let code = raw(MEAN, &SAMPLES);
+    // Chat replies end with the template's end-of-turn token, scored with no row after it.
+    let chat = chat(
+        "Name a fruit.",
+        &[
+            "Apple.",
+            "Apple pie.",
+            "Apple.",
+            "A pear.",
+            "Apple pie is not a fruit.",
+        ],
+    );
+    let mut scorer = common::scorer(common::invariant());
+    // Two sequences and 160 cells: the tree is cut into several groups.
+    let mut cramped = common::scorer(ContextOptions {
+        n_ctx: 160,
+        max_sequences: 2,
+        ..common::invariant()
+    });
+    for request in [code, chat] {
+        let n = request.candidates.len();
+        let alone: Vec<ScoreResponse> = (0..n)
+            .map(|i| score(&mut scorer, &pick(&request, &[i])).unwrap())
+            .collect();
+        let all: Vec<usize> = (0..n).collect();
+        let reversed: Vec<usize> = (0..n).rev().collect();
+        for order in [
+            all.clone(),
+            reversed,
+            vec![3, 0, 2],
+            vec![n - 1, 0],
+            vec![1, 2],
+        ] {
+            let group = pick(&request, &order);
+            for (name, scorer) in [("one group", &mut scorer), ("cramped", &mut cramped)] {
+                let together = score(scorer, &group).unwrap();
+                for (k, &i) in order.iter().enumerate() {
+                    let mut got = together.clone();
+                    got.results = vec![together.results[k].clone()];
+                    let what = format!("{name}: candidate {i} in {order:?}");
+                    assert_identical(&got, &alone[i], &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_beginnings_are_decoded_once_and_counted_in_usage() {
+    let model = common::model();
+    let request = raw(MEAN, &SAMPLES);
+    let prepared = prepare::score_request(model, &request, None).unwrap();
+    // The tree's nodes: every distinct beginning of a candidate.
+    let beginnings: std::collections::HashSet<&[endorm::engine::Token]> = prepared
+        .candidates
+        .iter()
+        .flat_map(|c| (1..=c.tokens.len()).map(move |t| &c.tokens[..t]))
+        .collect();
+    let candidate_tokens = prepared.candidate_tokens();
+    let mut scorer = common::scorer(common::invariant());
+    let passes = scorer.decodes();
+    let tree = score(&mut scorer, &request).unwrap();
+    let tree_passes = scorer.decodes() - passes;
+    let usage = tree.usage;
+    assert_eq!(usage.candidate_tokens, candidate_tokens);
+    assert_eq!(
+        usage.decoded_candidate_tokens,
+        beginnings.len(),
+        "{usage:?}"
+    );
+    assert_eq!(
+        usage.shared_candidate_tokens,
+        candidate_tokens - beginnings.len()
+    );
+    assert!(
+        usage.shared_candidate_tokens > candidate_tokens / 4,
+        "{usage:?}"
+    );
+
+    // Off: every token decoded, the same values.
+    let mut off = common::scorer(ContextOptions {
+        prefix_tree: false,
+        ..common::invariant()
+    });
+    let full = score(&mut off, &request).unwrap();
+    assert_eq!(full.usage.decoded_candidate_tokens, candidate_tokens);
+    assert_eq!(full.usage.shared_candidate_tokens, 0);
+    assert_identical(&tree, &full, "the tree on and off");
+
+    // Candidates that share nothing are laid out as without the tree: the same decodes.
+    let distinct = raw(MEAN, &["    pass\n", " # TODO\n", "\treturn None\n"]);
+    let passes = scorer.decodes();
+    let on = score(&mut scorer, &distinct).unwrap();
+    let on_passes = scorer.decodes() - passes;
+    let passes = off.decodes();
+    let apart = score(&mut off, &distinct).unwrap();
+    assert_eq!(on.usage.shared_candidate_tokens, 0, "{:?}", on.usage);
+    assert_eq!(on_passes, off.decodes() - passes);
+    assert_identical(&on, &apart, "nothing shared");
+    assert!(tree_passes >= 1);
+}
+
+#[test]
 fn results_are_ranked_best_first() {
-    let mut scorer = common::scorer(common::options());
+    let mut scorer = common::scorer(common::invariant());
     let response = score(
         &mut scorer,
         &chat("What is 2 + 2?", &["4", "The answer is 4.", "Fish."]),
@@ -214,7 +356,7 @@ fn results_are_ranked_best_first() {
 fn oversized_input_is_an_error_and_the_scorer_goes_on() {
     let small = ContextOptions {
         n_ctx: 256,
-        ..common::options()
+        ..common::invariant()
     };
     let mut scorer = common::scorer(small);
     let long_prompt = "word ".repeat(400);
@@ -230,8 +372,8 @@ fn oversized_input_is_an_error_and_the_scorer_goes_on() {
     // The same scorer still answers, with the values of a fresh one.
     let request = raw("The sky is", &[" blue", " green"]);
     let after = score(&mut scorer, &request).unwrap();
-    let fresh = score(&mut common::scorer(common::options()), &request).unwrap();
-    assert_same_values(&after, &fresh, "after errors");
+    let fresh = score(&mut common::scorer(common::invariant()), &request).unwrap();
+    assert_identical(&after, &fresh, "after errors");
 }
 
 #[test]
@@ -280,7 +422,7 @@ fn malformed_requests_are_input_errors() {
             "`{err}` should mention `{needle}`"
         );
     }
-    let mut scorer = common::scorer(common::options());
+    let mut scorer = common::scorer(common::invariant());
     for alpha in [0.0, -1.0, f64::NAN] {
         let request = ScoreRequest {
             alpha: Some(alpha),
@@ -339,7 +481,7 @@ fn special_token_text_in_a_candidate_is_plain_text() {
 
 #[test]
 fn unicode_and_emoji_survive_token_by_token() {
-    let mut scorer = common::scorer(common::options());
+    let mut scorer = common::scorer(common::invariant());
     let candidates = [
         "Ça va très bien 😀👍🏽",
         "日本語のテキスト",
@@ -390,16 +532,17 @@ fn file_prefix(name: &str, n: usize) -> String {
 
 #[test]
 fn prefix_cache_hits_give_the_values_of_a_cold_request_within_llama_cpp_noise() {
-    editor_session(common::options(), assert_within_noise);
+    editor_session(tiling(common::invariant()), assert_within_noise);
 }
 
 #[test]
-fn prefix_cache_hits_equal_cold_requests_when_decodes_stay_on_one_kernel() {
+fn prefix_cache_hits_equal_cold_requests_bit_for_bit() {
+    editor_session(common::invariant(), assert_identical);
     let options = ContextOptions {
         n_batch: 63,
-        ..common::options()
+        ..tiling(common::invariant())
     };
-    editor_session(options, assert_same_values);
+    editor_session(options, assert_identical);
 }
 
 /// An editor's requests through the prefix cache, each compared with `same` to a cold request.
@@ -424,7 +567,7 @@ fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreRespon
     assert_eq!(response.usage.cached_tokens, 0);
     let again = score(&mut warm, &first).unwrap();
     assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens);
-    assert_same_values(
+    assert_identical(
         &again,
         &response,
         "full hit: the kept row, the same candidate layout",
@@ -448,7 +591,7 @@ fn editor_session(options: ContextOptions, same: fn(&ScoreResponse, &ScoreRespon
     same(&response, &cold(&typed), "extended context");
     // The same request again, a full hit, decodes the candidates alone and in the same decodes.
     let again = score(&mut warm, &typed).unwrap();
-    assert_same_values(&again, &response, "the extension again, as a full hit");
+    assert_identical(&again, &response, "the extension again, as a full hit");
     // One more character: (nearly) a one-token extension.
     let typed = raw(
         &(file_prefix("a", 8) + "def next_one(y):\n    r"),
@@ -493,7 +636,7 @@ fn an_editor_extension_shares_the_candidates_first_decode_and_repeats_as_a_full_
     // holds their rows); the typed tokens join it.
     let mut warm = common::scorer(ContextOptions {
         cache_slots: 4,
-        ..common::options()
+        ..common::invariant()
     });
     let candidates: Vec<String> = (0..5)
         .map(|i| format!("    total = sum(x * {i} for x in values if x > {i})\n    return total\n"))
@@ -514,7 +657,7 @@ fn an_editor_extension_shares_the_candidates_first_decode_and_repeats_as_a_full_
         warm.decodes() - passes,
         "the typed tokens got no decode of their own: as many passes as the full hit's"
     );
-    assert_same_values(&again, &response, "the extension again, as a full hit");
+    assert_identical(&again, &response, "the extension again, as a full hit");
 }
 
 #[test]
@@ -523,7 +666,7 @@ fn a_full_window_evicts_cached_contexts_without_changing_values() {
     let tight = ContextOptions {
         n_ctx: 512,
         cache_slots: 3,
-        ..common::options()
+        ..common::invariant()
     };
     let mut warm = common::scorer(tight);
     let candidates = ["    return 1\n", "    pass\n"];
@@ -559,12 +702,11 @@ fn probes_read_by_the_two_level_layout_are_the_questions_log_probabilities() {
         .collect();
     let probe = |text: &str| model.tokenize(text, false, false).unwrap()[0];
     let probes = [probe("A"), probe("B")];
-    // Few sequences, so the stems come in several waves; under 64 tokens a decode, so every layout
-    // runs the same kernels and the values are equal, not close (ContextOptions::n_batch).
+    // Few sequences, so the stems come in several waves; q8_0 keys and values keep every layout on
+    // the same attention kernel, so the values are equal, not close (README, "Numerics").
     let mut scorer = common::scorer(ContextOptions {
         max_sequences: 3,
-        n_batch: 63,
-        ..common::options()
+        ..common::invariant()
     });
     let grouped = scorer.probe(&questions, &probes).unwrap();
     let apart: Vec<(usize, String)> = questions

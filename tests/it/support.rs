@@ -312,3 +312,84 @@ impl Drop for Daemon {
 pub fn long_text(words: usize) -> String {
     (0..words).map(|i| format!("w{} ", i % 97)).collect()
 }
+
+/// A copy of the GGUF at `source` in `dir` with every value of the F32 tensor `name` set to NaN
+/// (a damaged model file whose logits come out NaN). Reads just enough of GGUF to find the tensor:
+/// the header, the metadata (for `general.alignment`) and the tensor descriptions.
+pub fn poisoned_gguf(source: &std::path::Path, dir: &std::path::Path, name: &str) -> PathBuf {
+    let bytes = std::fs::read(source).expect("read the model");
+    let mut at = 4 + 4;
+    let u32_at = |at: &mut usize| {
+        let v = u32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap());
+        *at += 4;
+        v
+    };
+    let u64_at = |at: &mut usize| {
+        let v = u64::from_le_bytes(bytes[*at..*at + 8].try_into().unwrap());
+        *at += 8;
+        v
+    };
+    let string_at = |at: &mut usize| {
+        let len = u64_at(at) as usize;
+        let s = String::from_utf8_lossy(&bytes[*at..*at + len]).into_owned();
+        *at += len;
+        s
+    };
+    // Sizes of GGUF's scalar value types; 8 is a string, 9 an array.
+    fn scalar(kind: u32) -> usize {
+        match kind {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            other => panic!("GGUF value type {other} is not a scalar"),
+        }
+    }
+    let tensors = u64_at(&mut at);
+    let kvs = u64_at(&mut at);
+    let mut alignment = 32u64;
+    for _ in 0..kvs {
+        let key = string_at(&mut at);
+        let kind = u32_at(&mut at);
+        match kind {
+            8 => {
+                string_at(&mut at);
+            }
+            9 => {
+                let item = u32_at(&mut at);
+                let count = u64_at(&mut at);
+                for _ in 0..count {
+                    if item == 8 {
+                        string_at(&mut at);
+                    } else {
+                        at += scalar(item);
+                    }
+                }
+            }
+            4 if key == "general.alignment" => alignment = u64::from(u32_at(&mut at)),
+            kind => at += scalar(kind),
+        }
+    }
+    let mut found = None;
+    for _ in 0..tensors {
+        let tensor = string_at(&mut at);
+        let dims = u32_at(&mut at);
+        let elements: u64 = (0..dims).map(|_| u64_at(&mut at)).product();
+        let kind = u32_at(&mut at);
+        let offset = u64_at(&mut at);
+        if tensor == name {
+            assert_eq!(kind, 0, "{name} is not F32");
+            found = Some((offset, elements));
+        }
+    }
+    let (offset, elements) = found.unwrap_or_else(|| panic!("no tensor {name}"));
+    let data = (at as u64).div_ceil(alignment) * alignment;
+    let mut poisoned = bytes.clone();
+    let start = (data + offset) as usize;
+    for i in 0..elements as usize {
+        poisoned[start + 4 * i..start + 4 * i + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let path = dir.join("poisoned.gguf");
+    std::fs::write(&path, poisoned).expect("write the poisoned model");
+    path
+}

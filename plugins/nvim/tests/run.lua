@@ -84,7 +84,7 @@ if vim.fn.executable(bin) ~= 1 then
   return exit(2)
 end
 if vim.fn.filereadable(model) ~= 1 then
-  log('FATAL: no model at %s (set ENDORM_MODEL; scripts/fetch-model downloads the default)', model)
+  log('FATAL: no model at %s (set ENDORM_MODEL; endorm pull downloads the default)', model)
   return exit(2)
 end
 
@@ -127,12 +127,14 @@ local function stop_daemon()
       end, 20)
     end
   end
-  pcall(os.remove, cfg)
-  pcall(uv.fs_rmdir, tmp)
+  vim.fn.delete(tmp, 'rf') -- this run's own directory: socket, config, the tests' files
 end
 
 local endorm = require('endorm')
 local client = require('endorm.client')
+-- Record every field the plugin sends and reads (checked against docs/openapi.json at the end).
+local wire = dofile(root .. '/tests/wire.lua')
+wire.install(client)
 local http = require('endorm.http')
 local sorter = require('endorm.sorter')
 local text = require('endorm.text')
@@ -141,6 +143,7 @@ endorm.setup(base_opts)
 
 local v = vim.version()
 log('endorm.nvim tests: nvim %d.%d.%d, daemon %s (pid %d), model %s', v.major, v.minor, v.patch, bin, pid, model)
+wire.paused = true -- the harness's own requests are not the plugin's
 local healthy = vim.wait(120000, function()
   if exited then
     return true
@@ -148,6 +151,7 @@ local healthy = vim.wait(120000, function()
   local err, h = client.wait(client.health, 2000, { timeout_ms = 2000 })
   return not err and h.status == 'ok'
 end, 100)
+wire.paused = false
 if exited or not healthy then
   log('FATAL: endorm serve %s:\n%s', exited and ('exited ' .. tostring(exit_code)) or 'not healthy in 120 s',
     table.concat(serve_log))
@@ -167,7 +171,9 @@ end
 
 local function score_sync(prompt, candidates, extra)
   local req = vim.tbl_extend('force', { format = 'raw', prompt = prompt, candidates = candidates }, extra or {})
+  wire.paused = true -- the test's oracle, not the plugin
   local err, data = client.wait(client.score, 60000, req, {})
+  wire.paused = false
   T.ok(not err, 'score failed: ' .. (err and err.message or ''))
   return data
 end
@@ -413,6 +419,149 @@ test('completion: a daemon that is down warns once and keeps the order', functio
   endorm.setup(base_opts)
 end)
 
+-- ---------------------------------------------------------------- Neovim's own menu
+-- The order the daemon gives `words` as continuations of PROMPT (each after its space).
+local function daemon_order(words)
+  local cands = vim.tbl_map(function(w)
+    return ' ' .. w
+  end, words)
+  local data = score_sync(PROMPT:sub(1, -2), cands, { aggregate = 'endo_mean' })
+  return vim.tbl_map(function(i)
+    return words[i + 1]
+  end, data.order)
+end
+
+local MENU = { 'banana', 'Paris', 'mostly' }
+
+test('native.rank: items (strings and dicts) best first by the real scores; budget 0 keeps them', function()
+  endorm.setup(vim.tbl_deep_extend('force', base_opts, { completion = { budget_ms = 30000 } }))
+  completion_buffer(PROMPT)
+  local native = require('endorm.native')
+  local want = daemon_order(MENU)
+  T.eq(want[1], 'Paris', 'Paris ranks first on this model')
+  local col = #PROMPT + 1
+  T.eq(native.rank(col, MENU), want)
+  local dicts = vim.tbl_map(function(w)
+    return { word = w, menu = '[fixture]' }
+  end, MENU)
+  T.eq(vim.tbl_map(function(d)
+    return d.word
+  end, native.rank(col, dicts)), want, 'dict items, from the cache')
+  endorm.setup(vim.tbl_deep_extend('force', base_opts, { completion = { budget_ms = 0 } }))
+  T.eq(native.rank(col, MENU), MENU, 'budget 0: the source order')
+  endorm.setup(vim.tbl_deep_extend('force', base_opts, { completion = { budget_ms = 30000, max_items = 1 } }))
+  T.eq(native.rank(col, { 'banana', 'Paris' }), { 'banana', 'Paris' }, 'only max_items ranked')
+  T.eq(native.wrap(native.wrap('syntaxcomplete#Complete')), native.wrap('syntaxcomplete#Complete'))
+  endorm.setup(base_opts)
+end)
+
+-- A real Neovim with its terminal UI, in tmux: keys typed with send-keys, the menu read with
+-- complete_info() over the child's RPC socket (--listen) and from the screen (capture-pane).
+-- The completion source is a fixture (fixed items); the order must be the daemon's.
+test('native menu in a real nvim (tmux): omnifunc, completefunc and complete() show items best first', function()
+  if vim.fn.executable('tmux') ~= 1 then
+    T.ok(vim.env.ENDORM_REQUIRE_ALL ~= '1', 'tmux is not installed (apt-get install tmux)')
+    return 'skip', 'tmux is not installed'
+  end
+  local want = daemon_order(MENU)
+  local dir = tmp .. '/tui'
+  vim.fn.mkdir(dir, 'p')
+  local init = dir .. '/init.lua'
+  local file = dir .. '/quiz.txt'
+  vim.fn.writefile({ PROMPT }, file)
+  vim.fn.writefile({
+    ('vim.opt.runtimepath:prepend(%q)'):format(root),
+    "vim.cmd('runtime plugin/endorm.lua')",
+    ('require("endorm").setup({ socket = %q, completion = { budget_ms = 30000 } })'):format(sock),
+    "local native = require('endorm.native')",
+    '-- the completion source: fixed items, completing the keyword before the cursor',
+    'local function items(findstart)',
+    '  if findstart == 1 then',
+    "    return vim.fn.match(vim.api.nvim_get_current_line():sub(1, vim.fn.col('.') - 1), [[\\k*$]])",
+    '  end',
+    ('  return %s'):format(vim.inspect(MENU)),
+    'end',
+    'vim.o.omnifunc = native.wrap(items)',
+    'vim.cmd([[function! EndormFixture(findstart, base)',
+    [[  return a:findstart ? match(getline('.')[: col('.') - 2], '\k*$') : ]] .. vim.fn.string(MENU),
+    'endfunction]])',
+    "vim.o.completefunc = native.wrap('EndormFixture')",
+    "vim.keymap.set('i', '<F5>', function() native.complete(vim.fn.col('.'), " .. vim.inspect(MENU) .. ') end)',
+  }, init)
+  local server = 'endorm-test-' .. uv.os_getpid()
+  local addr = dir .. '/nvim.sock'
+  local function tmux(...)
+    local out = vim.fn.system(vim.list_extend({ 'tmux', '-L', server }, { ... }))
+    T.ok(vim.v.shell_error == 0, 'tmux ' .. table.concat({ ... }, ' ') .. ': ' .. out)
+    return out
+  end
+  local chan
+  local ok, err = pcall(function()
+    tmux('new-session', '-d', '-s', 'menu', '-x', '80', '-y', '16', 'env', 'TERM=xterm-256color', vim.v.progpath,
+      '-u', init, '-i', 'NONE', '-n', '--listen', addr, file)
+    T.wait(20000, function()
+      return uv.fs_stat(addr) ~= nil
+    end, 'the child nvim to listen')
+    chan = vim.fn.sockconnect('pipe', addr, { rpc = true })
+    local function info()
+      return vim.rpcrequest(chan, 'nvim_call_function', 'complete_info', { { 'pum_visible', 'items', 'mode' } })
+    end
+    local function menu(keys, mode)
+      tmux('send-keys', '-t', 'menu', unpack(keys))
+      local got
+      T.wait(30000, function()
+        got = info()
+        return got.pum_visible == 1 and #got.items > 0
+      end, 'the popup menu after ' .. table.concat(keys, ' '))
+      T.eq(got.mode, mode, 'completion mode')
+      local words = vim.tbl_map(function(i)
+        return i.word
+      end, got.items)
+      T.eq(words, want, mode .. ': complete_info() items in the daemon order')
+      -- The default 'completeopt' inserts the first item: the best one.
+      T.eq(vim.rpcrequest(chan, 'nvim_get_current_line'), PROMPT .. want[1], mode .. ': inserted word')
+      -- The menu as drawn on the terminal: one row per item, in the same order.
+      local screen
+      T.wait(5000, function()
+        screen = tmux('capture-pane', '-p', '-t', 'menu')
+        return screen:find(want[#want], 1, true) ~= nil
+      end, 'the menu on the screen')
+      local rows = {}
+      for i, row in ipairs(vim.split(screen, '\n')) do
+        for _, w in ipairs(want) do
+          -- a popup row: below the text (an empty line shows `~`), the item alone in its cell
+          if row:match('^~?%s+' .. vim.pesc(w) .. '%s*$') and not rows[w] then
+            rows[w] = i
+          end
+        end
+      end
+      for k = 2, #want do
+        T.ok(rows[want[k - 1]] and rows[want[k]] and rows[want[k - 1]] < rows[want[k]],
+          mode .. ': screen rows in the daemon order:\n' .. screen)
+      end
+      local shot = repo .. '/target/editors/nvim-menu-' .. mode .. '.txt'
+      vim.fn.mkdir(vim.fn.fnamemodify(shot, ':h'), 'p')
+      vim.fn.writefile(vim.split(screen, '\n'), shot)
+      tmux('send-keys', '-t', 'menu', 'C-e', 'Escape')
+      T.wait(5000, function()
+        return vim.rpcrequest(chan, 'nvim_get_mode').mode == 'n'
+      end, 'normal mode again')
+      T.eq(vim.rpcrequest(chan, 'nvim_get_current_line'), PROMPT, 'CTRL-E restored the line')
+    end
+    menu({ 'A', 'C-x', 'C-o' }, 'omni')
+    menu({ 'A', 'C-x', 'C-u' }, 'function')
+    menu({ 'A', 'F5' }, 'eval')
+  end)
+  if chan then
+    pcall(vim.fn.chanclose, chan)
+  end
+  vim.fn.system({ 'tmux', '-L', server, 'kill-server' }) -- the tmux server of this test only
+  vim.fn.delete(dir, 'rf')
+  if not ok then
+    error(err, 0)
+  end
+end)
+
 -- With a checkout of the real plugin (NVIM_CMP_DIR / BLINK_CMP_DIR), its menu is opened in a
 -- child Neovim and must end up sorted by the daemon's scores. Skipped without one.
 local function real_menu(which, dir_env)
@@ -642,6 +791,127 @@ test(':checkhealth endorm reports a missing daemon and an unknown model', functi
   T.match(s, 'no-such-model')
   T.match(s, 'ERROR')
   endorm.setup(base_opts)
+end)
+
+-- ---------------------------------------------------------------- README examples
+-- The fenced block after the line `marker` in the README.
+local function readme_block(marker)
+  local lines = vim.fn.readfile(root .. '/README.md')
+  for i, l in ipairs(lines) do
+    if l == marker then
+      T.eq(lines[i + 1], '```', 'a fenced block after ' .. marker)
+      local out = {}
+      for j = i + 2, #lines do
+        if lines[j] == '```' then
+          return out
+        end
+        out[#out + 1] = lines[j]
+      end
+    end
+  end
+  error('README.md has no line ' .. marker)
+end
+
+-- Numbers rounded to 2 decimals: a CPU with other kernels gives slightly other values (README).
+local function rounded(s)
+  return (s:gsub('%-?%d+%.%d+', function(x)
+    return ('%.2f'):format(tonumber(x))
+  end))
+end
+
+test("README: the :EndormRerank example's result and message are what the command gives", function()
+  endorm.setup(base_opts)
+  local buf = scratch(readme_block('With SmolLM2-135M, on'))
+  local n0 = #notes
+  run_command('endorm.rerank', '3,5EndormRerank')
+  T.eq(vim.api.nvim_buf_get_lines(buf, 0, -1, false), readme_block('`:3,5EndormRerank` leaves'))
+  T.ok(#notes > n0, 'a message')
+  T.eq(vim.tbl_map(rounded, vim.split(last_note(), '\n')), vim.tbl_map(rounded, readme_block('and says')))
+end)
+
+test("README: the :EndormLens example's lowest and highest tokens are what the lens gives", function()
+  endorm.setup(base_opts)
+  local buf = scratch({ 'The Eiffel Tower is in Paris.', 'It was built in 1889 for the World Fair, and it is made of cheese.' })
+  local last = run_command('endorm.lens', '2EndormLens')
+  local line = vim.api.nvim_buf_get_lines(buf, 1, 2, false)[1]
+  local ranked = {}
+  for _, r in ipairs(last.ranges) do
+    ranked[#ranked + 1] = { text = line:sub(r.s + 1, r.e), value = r.value }
+  end
+  table.sort(ranked, function(a, b)
+    return a.value < b.value
+  end)
+  local readme = table.concat(vim.fn.readfile(root .. '/README.md'), '\n'):gsub('\n', ' ')
+  local claim = ('With SmolLM2-135M the red (lowest-reward) tokens are `"%s"` (%.1f), `"%s"` (%.1f), the space before `1889`, `"%s"` and `"%s"`; `"%s"`, `"%s"` and `"%s"` are the most expected.'):format(
+    ranked[1].text, ranked[1].value, ranked[2].text, ranked[2].value, ranked[4].text, ranked[5].text,
+    ranked[#ranked].text, ranked[#ranked - 1].text, ranked[#ranked - 2].text)
+  T.eq(ranked[3].text, ' ', 'the third lowest is the space before 1889')
+  T.match(readme, claim)
+  require('endorm.lens').clear(buf)
+end)
+
+-- ---------------------------------------------------------------- :help endorm
+test(':help endorm opens doc/endorm.txt; every |link| in it resolves', function()
+  -- helptags writes a tags file beside the doc: work on a copy, not the checkout.
+  local rt = tmp .. '/helprt'
+  vim.fn.mkdir(rt .. '/doc', 'p')
+  local lines = vim.fn.readfile(root .. '/doc/endorm.txt')
+  vim.fn.writefile(lines, rt .. '/doc/endorm.txt')
+  vim.cmd('helptags ' .. vim.fn.fnameescape(rt .. '/doc'))
+  vim.opt.runtimepath:prepend(rt)
+  local ok, err = pcall(function()
+    vim.cmd('help endorm')
+    T.eq(vim.bo.buftype, 'help')
+    T.eq(vim.fn.expand('%:t'), 'endorm.txt')
+    T.match(vim.api.nvim_get_current_line(), '*endorm*')
+    local links = {}
+    for _, line in ipairs(lines) do
+      for link in line:gmatch('|([^|%s]+)|') do
+        links[link] = true
+      end
+    end
+    T.ok(vim.tbl_count(links) >= 10, 'links found')
+    for link in pairs(links) do
+      local found, e = pcall(vim.cmd, 'help ' .. link)
+      T.ok(found, ('|%s| does not resolve: %s'):format(link, tostring(e)))
+    end
+    for _, tag in ipairs({ ':EndormRerank', ':EndormLens', 'endorm-native', 'endorm.native.wrap()' }) do
+      vim.cmd('help ' .. tag)
+      T.eq(vim.fn.expand('%:t'), 'endorm.txt', tag)
+    end
+  end)
+  vim.cmd('helpclose')
+  vim.opt.runtimepath:remove(rt)
+  vim.fn.delete(rt, 'rf')
+  if not ok then
+    error(err, 0)
+  end
+end)
+
+-- ---------------------------------------------------------------- the wire
+-- Runs last: it checks what every test above made the plugin send and read.
+test('wire: every field the plugin sent and read is in docs/openapi.json', function()
+  local file = vim.env.ENDORM_OPENAPI
+  if not file or file == '' then
+    file = repo .. '/docs/openapi.json'
+  end
+  T.ok(vim.fn.filereadable(file) == 1, file .. ' is missing: it is generated from src/api/ '
+    .. '(ENDORM_UPDATE_OPENAPI=1 cargo test --release --lib openapi)')
+  if vim.env.ENDORM_TEST_FILTER and vim.env.ENDORM_TEST_FILTER ~= '' and next(wire.sent) == nil then
+    return 'skip', 'nothing recorded: it checks what the other tests made the plugin send and read'
+  end
+  for _, p in ipairs({ 'candidates', 'prompt', 'format', 'aggregate', 'return_tokens' }) do
+    T.ok((wire.sent['POST /v1/score'] or {})[p], 'recorded as sent: ' .. p)
+  end
+  for _, p in ipairs({ 'order', 'results[].index', 'results[].score', 'results[].tokens[].text', 'results[].tokens[].reward' }) do
+    T.ok((wire.read['POST /v1/score'] or {})[p], 'recorded as read: ' .. p)
+  end
+  -- client.lua reads the error body itself (before any test sees it): message, type, code.
+  wire.read['GET /error'] = { ['error.message'] = true, ['error.type'] = true, ['error.code'] = true }
+  local problems, checked = wire.check(file)
+  wire.read['GET /error'] = nil
+  T.ok(checked >= 20, ('checked %d paths'):format(checked))
+  T.eq(problems, {}, 'fields the schema does not have')
 end)
 
 -- ---------------------------------------------------------------- run

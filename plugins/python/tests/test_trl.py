@@ -24,9 +24,9 @@ def test_standard_prompts_are_grouped_and_scored_in_raw_format(
     completions = ["    return a + b\n", " Paris.", "    return a - b\n", " London.", "    pass\n"]
     with EndormReward(socket_path) as reward:
         rewards = reward(prompts=prompts, completions=completions, trainer_state=None, answer=[1] * 5)
-    add = client.score([completions[i] for i in (0, 2, 4)], prompt=ADD, format="raw",
+    add = client.score(ADD, [completions[i] for i in (0, 2, 4)], format="raw",
                        aggregate="endo_mean")
-    capital = client.score([completions[i] for i in (1, 3)], prompt=CAPITAL, format="raw",
+    capital = client.score(CAPITAL, [completions[i] for i in (1, 3)], format="raw",
                            aggregate="endo_mean")
     expected = [add.scores[0], capital.scores[0], add.scores[1], capital.scores[1], add.scores[2]]
     assert rewards == pytest.approx(expected, abs=1e-9)
@@ -38,7 +38,7 @@ def test_conversational_prompts_are_scored_as_chat(client: Client, socket_path: 
     completions = [[{"role": "assistant", "content": text}] for text in ("London.", "Paris.")]
     with EndormReward(socket_path, aggregate="endo") as reward:
         rewards = reward(prompts=[question, question], completions=completions)
-    direct = client.score(["London.", "Paris."], messages=question, aggregate="endo")
+    direct = client.score(question, ["London.", "Paris."], aggregate="endo")
     assert rewards == pytest.approx(direct.scores, abs=1e-9)
     assert rewards[1] > rewards[0]
 

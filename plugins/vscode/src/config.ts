@@ -1,12 +1,16 @@
 /** The extension's settings (`endorm.*`) and small glue between VS Code and the client. */
 import * as vscode from "vscode";
-import { EndormClient, EndormError } from "./client";
+import { EndormClient, EndormError, readToken } from "./client";
 import { CompletionSourceError, type CompletionKind, type CompletionSourceConfig } from "./completionSource";
 
 /** Everything the commands and the provider read from `endorm.*`. */
 export interface Settings {
   /** Unix socket; empty: the daemon's default. */
   socket: string;
+  /** Base URL of the daemon's TCP listener; set: TCP with the token instead of the socket. */
+  url: string;
+  /** The TCP token's file; empty: `$ENDORM_TOKEN`, else the daemon's default token file. */
+  tokenFile: string;
   /** endorm model id; empty: the daemon's default. */
   model: string;
   contextChars: number;
@@ -19,6 +23,8 @@ export function readSettings(): Settings {
   const c = vscode.workspace.getConfiguration("endorm");
   return {
     socket: c.get<string>("socket", "").trim(),
+    url: c.get<string>("url", "").trim(),
+    tokenFile: c.get<string>("tokenFile", "").trim(),
     model: c.get<string>("model", "").trim(),
     contextChars: Math.max(1, c.get<number>("contextChars", 2000)),
     timeoutMs: Math.max(100, c.get<number>("timeoutMs", 10000)),
@@ -33,8 +39,9 @@ export function readSettings(): Settings {
   };
 }
 
-/** A client for the configured socket and deadline. */
+/** A client for the configured socket (or TCP URL and token) and deadline. */
 export function makeClient(s: Settings): EndormClient {
+  if (s.url) return new EndormClient({ url: s.url, token: () => readToken(s.tokenFile), timeoutMs: s.timeoutMs });
   return new EndormClient({ socketPath: s.socket || undefined, timeoutMs: s.timeoutMs });
 }
 

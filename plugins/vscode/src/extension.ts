@@ -49,12 +49,12 @@ export function deactivate(): void {}
 
 async function checkDaemon(log: (line: string) => void, output: vscode.OutputChannel): Promise<void> {
   const settings = readSettings();
-  const client = makeClient(settings);
   try {
+    const client = makeClient(settings);
     const health = await client.health({ timeoutMs: Math.min(settings.timeoutMs, 5000) });
     const models = await client.models({ timeoutMs: Math.min(settings.timeoutMs, 5000) });
     const ids = models.map((m) => (m.default ? `${m.id} (default)` : m.id)).join(", ");
-    const line = `endorm at ${client.socketPath}: ${health.status}; models: ${ids}`;
+    const line = `endorm at ${client.where}: ${health.status}; models: ${ids}`;
     log(line);
     void vscode.window.showInformationMessage(line);
   } catch (e) {

@@ -2,7 +2,7 @@
  * The pure part of "endorm: Reward lens" (no `vscode` import): placing per-token rewards on the
  * text, and the colour scale.
  */
-import type { TokenScore } from "./client";
+import type { TokenDetail } from "./client";
 
 /** A stretch of the scored text with the token(s) that produced it. */
 export interface TokenSpan {
@@ -15,7 +15,7 @@ export interface TokenSpan {
    * Usually one token; more when a character's UTF-8 bytes were split over several tokens (the
    * daemon then sends empty pieces for all but the last).
    */
-  tokens: TokenScore[];
+  tokens: TokenDetail[];
 }
 
 /** Where each token lies in `text`; `complete` is false if the pieces stopped matching the text. */
@@ -28,10 +28,10 @@ export interface TokenLayout {
  * Lay the tokens' pieces (`return_tokens`) over `text`, the candidate they were scored as. The
  * pieces concatenate to the candidate; empty pieces join the next non-empty one.
  */
-export function tokenSpans(text: string, tokens: TokenScore[]): TokenLayout {
+export function tokenSpans(text: string, tokens: TokenDetail[]): TokenLayout {
   const spans: TokenSpan[] = [];
   let pos = 0;
-  let pending: TokenScore[] = [];
+  let pending: TokenDetail[] = [];
   for (const tok of tokens) {
     if (tok.text.length === 0) {
       pending.push(tok);

@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{check_count, check_job_tokens, check_tokens};
 use crate::api::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, FinishReason,
     Prompt, TopLogprobs,
@@ -20,9 +19,10 @@ use crate::engine::prepare::{self, SequenceText};
 use crate::engine::{EngineError, LogprobsInput, SequenceLogprobs};
 use crate::server::body::JsonBody;
 use crate::server::client::Client;
+use crate::server::dispatch::{blocking, Target};
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
-use crate::server::{jobs, App};
+use crate::server::App;
 
 /// The most `logprobs` alternatives per position.
 const MAX_LOGPROBS: u32 = 20;
@@ -37,7 +37,6 @@ pub async fn completions(
     Client(client): Client,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let snapshot = app.registry.snapshot();
     let max_tokens = request.max_tokens.unwrap_or(0);
     let supported = request.echo
         && max_tokens <= 1
@@ -59,13 +58,18 @@ pub async fn completions(
             "`prompt` is empty",
         ));
     }
-    check_count(count, &snapshot.limits, "prompts")?;
-    let entry = snapshot.resolve(request.model.as_deref())?;
-    let loaded = jobs::loaded(&entry)?;
+    let target = Target::of(&app, request.model.as_deref(), count, "prompts")?;
+    let bytes = match &request.prompt {
+        Prompt::Text(text) => text.len(),
+        Prompt::Texts(texts) => texts.iter().map(String::len).sum(),
+        // Token ids are counted as they are: one token each, checked below.
+        Prompt::Tokens(_) | Prompt::TokenLists(_) => 0,
+    };
+    target.check_text(bytes, 0)?;
     let greedy = max_tokens == 1;
-    let model = Arc::clone(&loaded.model);
+    let model = target.model();
     let prompt = request.prompt;
-    let (sequences, texts) = jobs::blocking(move || {
+    let (sequences, texts) = blocking(move || {
         let texts: Vec<Option<String>> = match &prompt {
             Prompt::Text(text) => vec![Some(text.clone())],
             Prompt::Texts(texts) => texts.iter().cloned().map(Some).collect(),
@@ -90,12 +94,9 @@ pub async fn completions(
     })
     .await?;
     let prompt_tokens: usize = sequences.iter().map(|(_, tokens)| tokens.len()).sum();
-    check_tokens(
-        prompt_tokens + sequences.len() * usize::from(greedy),
-        &snapshot.limits,
-    )?;
+    target.check_tokens(prompt_tokens + sequences.len() * usize::from(greedy))?;
     let longest = sequences.iter().map(|(_, tokens)| tokens.len()).max();
-    check_job_tokens(longest.unwrap_or(0) + usize::from(greedy), &snapshot.limits)?;
+    target.check_job_tokens(longest.unwrap_or(0) + usize::from(greedy))?;
     // One job per prompt, so other clients' requests run between them (fairness).
     let top_k = request.logprobs.map(|k| k as usize);
     let inputs = sequences
@@ -106,8 +107,9 @@ pub async fn completions(
             greedy,
         })
         .collect();
-    let worker = jobs::worker(&entry)?;
-    let outputs = jobs::each(inputs, |input| worker.logprobs(&client, input)).await?;
+    let outputs = target
+        .each(inputs, |worker, input| worker.logprobs(&client, input))
+        .await?;
     let choices: Vec<CompletionChoice> = outputs
         .into_iter()
         .flatten()
@@ -120,7 +122,7 @@ pub async fn completions(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let response = CompletionResponse::new(
-        entry.id(),
+        target.id(),
         created,
         choices,
         prompt_tokens,

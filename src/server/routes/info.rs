@@ -9,8 +9,10 @@ use axum::Json;
 
 use crate::api::{
     HealthResponse, HealthStatus, ModelCard, ModelCardMeta, ModelHealth, ModelList, ModelState,
+    RpcWorkerMeta,
 };
 use crate::engine::{LoadedModel, WorkerState};
+use crate::server::error::without_directories;
 use crate::server::registry::ModelEntry;
 use crate::server::App;
 
@@ -18,7 +20,8 @@ use crate::server::App;
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.registry.snapshot();
     let models = snapshot.models.values().map(|e| model_health(e)).collect();
-    let health = HealthResponse::new(models, snapshot.config_error.clone());
+    let config_error = snapshot.config_error.as_deref().map(without_directories);
+    let health = HealthResponse::new(models, config_error);
     match health.status {
         HealthStatus::Loading => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -48,6 +51,7 @@ pub fn model_state(state: &WorkerState) -> ModelState {
         WorkerState::Loading => ModelState::Loading,
         WorkerState::Ready(_) => ModelState::Ready,
         WorkerState::Failed(_) => ModelState::Failed,
+        WorkerState::Lost(_) => ModelState::Degraded,
     }
 }
 
@@ -57,9 +61,11 @@ fn model_health(entry: &ModelEntry) -> ModelHealth {
         id: entry.id().to_owned(),
         state: model_state(&state),
         error: match state {
-            WorkerState::Failed(reason) => Some(reason),
+            WorkerState::Failed(reason) => Some(without_directories(&reason)),
+            WorkerState::Lost(lost) => Some(without_directories(&lost.to_string())),
             WorkerState::Loading | WorkerState::Ready(_) => None,
         },
+        waiting_on: entry.worker.as_ref().ok().and_then(|w| w.waiting_on()),
     }
 }
 
@@ -67,7 +73,7 @@ fn model_card(entry: &ModelEntry, default: bool) -> ModelCard {
     let state = entry.state();
     let meta = match &state {
         WorkerState::Ready(loaded) => Some(card_meta(loaded)),
-        WorkerState::Loading | WorkerState::Failed(_) => None,
+        WorkerState::Loading | WorkerState::Failed(_) | WorkerState::Lost(_) => None,
     };
     ModelCard::new(entry.id().to_owned(), model_state(&state), default, meta)
 }
@@ -87,6 +93,19 @@ fn card_meta(loaded: &LoadedModel) -> ModelCardMeta {
             .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
         n_ctx: loaded.n_ctx,
         cpu: meta.cpu.clone(),
+        rpc: loaded
+            .rpc
+            .iter()
+            .map(|placed| RpcWorkerMeta {
+                worker: placed.worker.to_string(),
+                layers: placed.layers,
+                weights_bytes: placed.weights_bytes,
+            })
+            .collect(),
+        device: meta.placement.device(),
+        gpu_layers: meta.placement.gpu_layers,
+        n_layers: meta.placement.n_layers,
+        kv_cache: meta.placement.kv_cache(),
     }
 }
 
@@ -101,4 +120,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// `GET /openapi.json`: the OpenAPI document of every route, derived from the wire types
+/// ([`crate::api::openapi`]); built once per daemon.
+pub async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(crate::api::openapi::document_json);
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }

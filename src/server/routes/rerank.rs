@@ -7,21 +7,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::check_count;
 use super::score::score_on;
 use crate::api::{
-    AnyRerankRequest, Document, Ranking, RerankRequest, ScoreRequest, TeiInfo, TeiModelType,
+    AnyRerankRequest, Document, Format, Ranking, RerankRequest, ScoreRequest, TeiInfo, TeiModelType,
 };
 use crate::engine::ClientId;
 use crate::reward::Aggregate;
 use crate::server::body::JsonBody;
 use crate::server::client::Client;
+use crate::server::dispatch::Target;
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
-use crate::server::{jobs, App};
+use crate::server::App;
 
 /// `POST /v1/rerank`.
 pub async fn v1(
@@ -65,22 +66,32 @@ pub async fn any(
     .await?;
     let texts = request.return_text.unwrap_or(false).then_some(&texts[..]);
     let list = ranking.tei(request.raw_scores.unwrap_or(false), texts);
-    Ok(with_tokens(Json(list), tokens))
+    // A bare list has no room for `format`: the header says it (chat, or raw without a template).
+    let format = match ranking.format {
+        Format::Chat => "chat",
+        Format::Raw => "raw",
+    };
+    let mut response = with_tokens(Json(list), tokens);
+    response
+        .headers_mut()
+        .insert(FORMAT_HEADER, HeaderValue::from_static(format));
+    Ok(response)
 }
+
+/// The header of `POST /rerank`'s bare-list answer that says how the texts were read.
+pub const FORMAT_HEADER: &str = "x-endorm-format";
 
 /// `GET /info`: text-embeddings-inference's description of the default model.
 pub async fn info(State(app): State<Arc<App>>) -> Result<Json<TeiInfo>, ApiError> {
-    let snapshot = app.registry.snapshot();
-    let entry = snapshot.resolve(None)?;
-    let loaded = jobs::loaded(&entry)?;
+    let target = Target::of(&app, None, 0, "documents")?;
     Ok(Json(TeiInfo {
-        model_id: entry.id().to_owned(),
+        model_id: target.id().to_owned(),
         model_dtype: "gguf".into(),
         model_type: TeiModelType::reward(),
         max_concurrent_requests: app.started.server.queue_depth,
-        max_input_length: loaded.n_ctx,
-        max_batch_tokens: snapshot.limits.max_tokens,
-        max_client_batch_size: snapshot.limits.max_candidates,
+        max_input_length: target.loaded.n_ctx,
+        max_batch_tokens: target.limits.max_tokens,
+        max_client_batch_size: target.limits.max_candidates,
         tokenization_workers: 1,
         version: env!("CARGO_PKG_VERSION").into(),
     }))
@@ -126,8 +137,6 @@ async fn rank(
     top_n: Option<usize>,
     max_tokens_per_doc: Option<usize>,
 ) -> Result<(Ranking, String, TokenCount), ApiError> {
-    let snapshot = app.registry.snapshot();
-    check_count(documents.len(), &snapshot.limits, "documents")?;
     if documents.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -136,22 +145,22 @@ async fn rank(
     }
     let served = model
         .as_deref()
-        .filter(|id| snapshot.models.contains_key(*id));
-    let entry = snapshot.resolve(served)?;
+        .filter(|id| app.registry.snapshot().models.contains_key(*id));
+    let target = Target::of(app, served, documents.len(), "documents")?;
     let score = ScoreRequest {
-        model: Some(entry.id().to_owned()),
+        model: Some(target.id().to_owned()),
         prompt: Some(query),
         candidates: documents,
         aggregate: Aggregate::Endo,
         max_candidate_tokens: max_tokens_per_doc,
         ..ScoreRequest::default()
     };
-    let response = score_on(&entry, client, score, snapshot.limits, None).await?;
+    let response = score_on(&target, client, score, None).await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,
     };
-    let model = model.unwrap_or_else(|| entry.id().to_owned());
+    let model = model.unwrap_or_else(|| target.id().to_owned());
     Ok((Ranking::from_score(&response, top_n), model, tokens))
 }
 

@@ -1,20 +1,20 @@
 //! `POST /v1/score`, the native call; the rerank routes score through [`score_on`] too.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{check_count, check_job_tokens, check_tokens};
 use crate::api::{ScoreRequest, ScoreResponse};
-use crate::engine::{ClientId, Passes, PreparedRequest};
+use crate::engine::{ClientId, PassKind, Passes, PreparedRequest};
 use crate::server::body::JsonBody;
 use crate::server::client::Client;
+use crate::server::dispatch::{blocking, Target};
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
-use crate::server::registry::{Limits, ModelEntry};
-use crate::server::{jobs, App};
+use crate::server::App;
 
 /// `POST /v1/score`.
 pub async fn score(
@@ -22,23 +22,20 @@ pub async fn score(
     Client(client): Client,
     JsonBody(request): JsonBody<ScoreRequest>,
 ) -> Result<Response, ApiError> {
-    let snapshot = app.registry.snapshot();
-    check_count(request.candidates.len(), &snapshot.limits, "candidates")?;
-    let entry = snapshot.resolve(request.model.as_deref())?;
-    let reference = request
-        .reference_model
-        .as_deref()
-        .or(entry.spec.reference_model.as_deref())
-        .map(|id| snapshot.resolve(Some(id)))
-        .transpose()?;
-    let response = score_on(
-        &entry,
-        &client,
-        request,
-        snapshot.limits,
-        reference.as_ref(),
-    )
-    .await?;
+    let count = request.candidates.len();
+    let target = Target::of(&app, request.model.as_deref(), count, "candidates");
+    // An unknown reference model is named (404) before a main model that is not ready is.
+    let configured = match &target {
+        Ok(target) => target.entry.spec.reference_model.clone(),
+        Err(_) => None,
+    };
+    let reference_id = request.reference_model.clone().or(configured);
+    if let Some(id) = &reference_id {
+        app.registry.snapshot().resolve(Some(id))?;
+    }
+    let target = target?;
+    let reference = reference_id.map(|id| target.other(&app, &id)).transpose()?;
+    let response = score_on(&target, &client, request, reference.as_ref()).await?;
     let tokens = TokenCount {
         tokens: response.usage.total_tokens,
         cached: response.usage.cached_tokens,
@@ -46,66 +43,54 @@ pub async fn score(
     Ok(with_tokens(Json(response), tokens))
 }
 
-/// Scores `request` on `entry` the way the offline scorer does ([`PreparedRequest`]), in a pass
-/// it may share with other queued requests; with `reference`, the same tokens on that model too.
-/// Its jobs queue under `client`.
+/// Scores `request` on `target` the way the offline scorer does ([`PreparedRequest`]); with
+/// `reference`, its reference pass on that model. Every pass is one job queued under `client`,
+/// all queued before any is awaited (the reference model's worker runs its pass while this one's
+/// runs the others); a pass of one layout may share a decode with other queued requests.
 pub async fn score_on(
-    entry: &Arc<ModelEntry>,
+    target: &Target,
     client: &ClientId,
     request: ScoreRequest,
-    limits: Limits,
-    reference: Option<&Arc<ModelEntry>>,
+    reference: Option<&Target>,
 ) -> Result<ScoreResponse, ApiError> {
-    let loaded = jobs::loaded(entry)?;
-    let principle = entry.spec.principle.clone();
-    let model = Arc::clone(&loaded.model);
-    let reference_model = reference
-        .map(|r| jobs::loaded(r).map(|l| Arc::clone(&l.model)))
-        .transpose()?;
-    let (prepared, reference_pass, request) = jobs::blocking(move || {
-        let prepared = PreparedRequest::new(&model, &request, principle.as_deref())?;
-        let reference_pass = reference_model
-            .map(|r| prepared.reference_pass(&model, &r, &request, principle.as_deref()))
-            .transpose()?;
-        Ok((prepared, reference_pass, request))
+    target.check_text(request.text_bytes(), request.message_count())?;
+    let principle = target.entry.spec.principle.clone();
+    let (model, reference_model) = (target.model(), reference.map(Target::model));
+    let (prepared, request) = blocking(move || {
+        let reference = reference_model.as_deref();
+        let prepared = PreparedRequest::new(&model, reference, &request, principle.as_deref())?;
+        Ok((prepared, request))
     })
     .await?;
-    let reference_tokens = reference_pass.as_ref().map_or(0, PreparedRequest::tokens);
-    check_tokens(prepared.all_tokens() + reference_tokens, &limits)?;
-    check_job_tokens(prepared.largest_job().max(reference_tokens), &limits)?;
-    // Every pass is queued before any is awaited: the reference model's worker runs its pass
-    // while this one's runs the others, one after another.
-    let reference = match (reference, reference_pass) {
-        (Some(entry), Some(pass)) => Some((
-            entry.id().to_owned(),
-            jobs::worker(entry)?.score(client, pass),
-        )),
-        _ => None,
-    };
-    let worker = jobs::worker(entry)?;
-    let neutral = prepared
-        .neutral_pass()
-        .map(|pass| worker.score(client, pass));
-    let reviewer = prepared
-        .reviewer_layouts()
-        .map(|l| worker.score_each(client, l));
-    let done = jobs::done(worker.score(client, prepared)).await?;
-    let (main, waited) = (done.result?, done.waited);
-    let mut passes = Passes::main(main);
-    if let Some(neutral) = neutral {
-        passes.neutral = Some(jobs::done(neutral).await?.result?);
+    target.check_tokens(prepared.all_tokens())?;
+    target.check_job_tokens(prepared.largest_job())?;
+    let pending = prepared
+        .passes()
+        .into_iter()
+        .map(|pass| {
+            let on = match reference {
+                Some(reference) if pass.kind.on_reference() => reference,
+                _ => target,
+            };
+            Ok((pass.kind, on.worker()?.score(client, pass)))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut passes = Passes::default();
+    let mut waited = Duration::ZERO;
+    for (kind, submitted) in pending {
+        let done = target.done(submitted).await?;
+        if kind == PassKind::Main {
+            waited = done.waited;
+        }
+        passes.add(kind, done.result?);
     }
-    if let Some(reviewer) = reviewer {
-        passes.reviewer = Some(jobs::done(reviewer).await?.result?);
-    }
-    if let Some((id, pending)) = reference {
-        passes.reference = Some(jobs::done(pending).await?.result?);
-        passes.reference_model = Some(id);
-    }
-    let id = entry.id().to_owned();
-    let mut response =
-        jobs::blocking(move || Ok(done.input.respond(&loaded.model, &id, &request, &passes)?))
-            .await?;
+    let (model, id) = (target.model(), target.id().to_owned());
+    let reference_id = reference.map(|r| r.id().to_owned());
+    let mut response = blocking(move || {
+        let reference = reference_id.as_deref();
+        Ok(prepared.respond(&model, &id, &request, &passes, reference)?)
+    })
+    .await?;
     response.timings.queue_ms = waited.as_secs_f64() * 1e3;
     Ok(response)
 }

@@ -13,18 +13,25 @@ use crate::api::{
 };
 use crate::engine::{LoadedModel, Token};
 use crate::server::body::{JsonBody, QueryParams};
+use crate::server::dispatch::{blocking, Target};
 use crate::server::error::ApiError;
 use crate::server::middleware::{with_tokens, TokenCount};
-use crate::server::{jobs, App};
+use crate::server::App;
 
 /// `/tokenize` → [`TokenizeResponse`], tokenized off the async executor.
 pub async fn tokenize(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<TokenizeRequest>,
 ) -> Result<Response, ApiError> {
-    let snapshot = app.registry.snapshot();
-    let loaded = jobs::loaded(&*snapshot.resolve(request.model.as_deref())?)?;
-    let response = jobs::blocking(move || tokenize_on(&loaded, &request)).await?;
+    let target = Target::of(&app, request.model.as_deref(), 0, "texts")?;
+    let bytes = request
+        .text_and_add_special()
+        .map_or(0, |(text, _)| text.len());
+    target.check_text(bytes, 0)?;
+    let loaded = Arc::clone(&target.loaded);
+    let response = blocking(move || tokenize_on(&loaded, &request)).await?;
+    // The same limit as every route that tokenizes: `/tokenize` is no way around it.
+    target.check_tokens(response.count)?;
     let tokens = TokenCount {
         tokens: response.count,
         cached: 0,
@@ -69,9 +76,8 @@ pub async fn detokenize(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
-    let snapshot = app.registry.snapshot();
-    let loaded = jobs::loaded(&*snapshot.resolve(request.model.as_deref())?)?;
-    let text = jobs::blocking(move || {
+    let loaded = Target::of(&app, request.model.as_deref(), 0, "texts")?.loaded;
+    let text = blocking(move || {
         let tokens = loaded.model.tokens(&request.tokens)?;
         Ok(loaded.model.detokenize(&tokens))
     })
@@ -84,12 +90,11 @@ pub async fn tokenizer_info(
     State(app): State<Arc<App>>,
     QueryParams(query): QueryParams<ModelQuery>,
 ) -> Result<Json<TokenizerInfoResponse>, ApiError> {
-    let snapshot = app.registry.snapshot();
-    let entry = snapshot.resolve(query.model.as_deref())?;
-    let loaded = jobs::loaded(&entry)?;
+    let target = Target::of(&app, query.model.as_deref(), 0, "texts")?;
+    let loaded = &target.loaded;
     let info = &loaded.tokenizer;
     Ok(Json(TokenizerInfoResponse {
-        model: entry.id().to_owned(),
+        model: target.id().to_owned(),
         bos_token: info.bos_token.clone(),
         eos_token: info.eos_token.clone(),
         pad_token: info.eos_token.clone(),

@@ -121,8 +121,13 @@ fn long_paths_are_refused_with_the_limit() {
 }
 
 #[test]
-fn short_or_spaced_tokens_are_refused() {
-    assert!(check_token(&"a".repeat(32)).is_ok());
+fn short_spaced_or_repetitive_tokens_are_refused() {
+    assert!(check_token("0123456789abcdef0123456789abcdef").is_ok());
+    assert!(check_token("9f86d081884c7d659a2feaa0c55ad015").is_ok());
+    for repetitive in ["a".repeat(32), "ab".repeat(40), "abcd".repeat(12)] {
+        let error = check_token(&repetitive).unwrap_err();
+        assert!(error.contains("repeats itself"), "{repetitive}: {error}");
+    }
     let short = check_token(&"a".repeat(31)).unwrap_err();
     assert!(
         short.contains("31 characters") && short.contains("at least 32"),
@@ -158,9 +163,10 @@ fn a_token_written_into_an_existing_empty_file_is_never_wider_than_0600() {
 
 #[test]
 fn a_token_file_other_users_can_read_is_refused() {
+    const TOKEN: &str = "9f86d081884c7d659a2feaa0c55ad0159f86d081884c7d659a2feaa0c55ad015";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let error = token_from_file(&path).unwrap_err().to_string();
     assert!(
@@ -168,7 +174,7 @@ fn a_token_file_other_users_can_read_is_refused() {
         "{error}"
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
-    assert_eq!(token_from_file(&path).unwrap(), "ab".repeat(32));
+    assert_eq!(token_from_file(&path).unwrap(), TOKEN);
 }
 
 #[test]

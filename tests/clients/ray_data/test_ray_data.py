@@ -1,10 +1,13 @@
 """`endorm.ray` on a real local Ray cluster gives what `endorm score` gives on the same JSONL.
 
-score_with_ray.py runs Ray (node address 127.0.0.1, 2 CPUs) in a child process bounded by a timeout,
-2 actors, one `endorm serve` each on a private socket; `endorm score` scores the same file. Every
-line must come back in input order with the same id, the same scores (exactly: same binary, same
-model, same threads) and the same errors. Beside it: a killed actor's daemon exits, and (without
-Ray) a batch keeps every row's fields and a dead daemon raises.
+One cluster for the module (local_ray.py: node address 127.0.0.1, 2 CPUs, in a child process
+whose environment has neither ENDORM_BIN nor endorm on PATH). On it, as separate drivers bounded by
+a timeout: docs/SCALE.md's Ray Data script, extracted from the doc as written, with ENDORM_BIN in
+the driver's environment only; and score_with_ray.py, EndormScorer with map_batches on 2 actors.
+Every line must come back in input order with the same id, the same scores (exactly: same binary,
+same model, same threads) and the same errors as `endorm score --threads 1`. Beside them: a killed
+actor's daemon exits, (without Ray) a batch keeps every row's fields and a dead daemon raises, and
+the pool's sizes.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from local_ray import PACKAGE, REPO, LocalRay
+
 BIN = Path(os.environ.get("ENDORM_BIN", REPO / "target" / "release" / "endorm"))
 MODEL = Path(
     os.environ.get(
@@ -31,12 +35,11 @@ MODEL = Path(
         Path.home() / ".cache" / "endorm" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
     )
 ).expanduser()
-# The package under test from this working tree, for the driver and (through the environment
-# Ray's workers inherit) the actors.
-PACKAGE = REPO / "plugins" / "python" / "src"
+SCALE_MD = REPO / "docs" / "SCALE.md"
+MARKER = "<!-- tests/clients/ray_data/test_ray_data.py runs the next block as it is written here -->"
 TIMEOUT_S = 300
 
-# Successes and errors mixed in every block of three (the script cuts the file into 4 blocks).
+# Successes and errors mixed in every block of three (score_with_ray.py cuts the file in 4 blocks).
 LINES: List[Dict[str, Any]] = [
     {"id": "chat", "prompt": "What is the capital of France?", "candidates": ["Paris.", "London."]},
     {"id": "tokens", "prompt": "Say hi.", "candidates": ["Hi!", "Go away."], "return_tokens": True},
@@ -88,52 +91,122 @@ def _read(path: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_ray_data_matches_endorm_score() -> None:
+def documented_script() -> str:
+    """The Python block after MARKER in docs/SCALE.md, exactly as written there."""
+    doc = SCALE_MD.read_text()
+    assert doc.count(MARKER) == 1, f"{SCALE_MD} must hold the marker once: {MARKER}"
+    after = doc.split(MARKER, 1)[1]
+    match = re.match(r"\s*```python\n(.*?)\n```\n", after, re.S)
+    assert match, "the marker must be followed by a ```python block"
+    return match.group(1) + "\n"
+
+
+class Run:
+    """The module's cluster, its input file and `endorm score`'s output for it."""
+
+    def __init__(self, tmp: Path, cluster: LocalRay, requests: Path, expected: List[Dict]) -> None:
+        self.tmp, self.cluster, self.requests, self.expected = tmp, cluster, requests, expected
+
+    def driver(self, args: List[str], env: Dict[str, str], name: str) -> float:
+        """Runs a driver to completion (its own session, killed on a timeout); its seconds.
+        Meanwhile, every half second, what the cluster (actors and daemons included) listens on
+        must be loopback."""
+        log_path = self.tmp / f"{name}.log"
+        started = time.monotonic()
+        listening = set()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, cwd=self.tmp)
+            try:
+                while proc.poll() is None and time.monotonic() - started < TIMEOUT_S:
+                    listening |= self.cluster.listening_addresses()
+                    time.sleep(0.5)
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log_text = log_path.read_text(errors="replace")[-6000:]
+        assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{log_text}"
+        assert listening and listening <= {"127.0.0.1", "::1"}, listening
+        return time.monotonic() - started
+
+    def check(self, got_path: Path) -> None:
+        got = _read(got_path)
+        assert [line["id"] for line in got] == [line["id"] for line in LINES]
+        assert sum("error" in line for line in self.expected) == 4  # the test exercises errors
+        for want, have in zip(self.expected, got):
+            assert _comparable(have) == _comparable(want), want["id"]
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[Run]:
     _require(BIN, "endorm binary")
     _require(MODEL, "model")
-    with tempfile.TemporaryDirectory(prefix="endorm-ray-test-", dir="/tmp") as tmp:
-        requests = Path(tmp, "in.jsonl")
+    with tempfile.TemporaryDirectory(prefix="endorm-ray-test-", dir="/tmp") as name:
+        tmp = Path(name)
+        requests = tmp / "in.jsonl"
         requests.write_text("".join(json.dumps(line) + "\n" for line in LINES))
-        expected_path, got_path = Path(tmp, "score.jsonl"), Path(tmp, "ray.jsonl")
+        expected_path = tmp / "score.jsonl"
         subprocess.run(
             [str(BIN), "score", "--model", str(MODEL), "--threads", "1", "--quiet",
              "--input", str(requests), "--output", str(expected_path)],
             check=False, timeout=TIMEOUT_S,  # exits 1: some lines are errors
         )
-
-        # The actors' private directories go under this run's own TMPDIR, checked empty after.
-        actor_tmp = Path(tmp, "t")
+        # The actors' private directories go under the cluster's own TMPDIR, checked empty after.
+        actor_tmp = tmp / "t"
         actor_tmp.mkdir()
-        env = _env(TMPDIR=str(actor_tmp))
-        log_path = Path(tmp, "ray.log")
-        started = time.monotonic()
-        with open(log_path, "wb") as log:
-            # Its own session: on a timeout the driver and everything Ray started go together.
-            proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("score_with_ray.py")),
-                 str(requests), str(got_path), "--model", str(MODEL), "--binary", str(BIN),
-                 "--actors", "2", "--ray-dir", str(Path(tmp, "ray"))],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-            try:
-                proc.wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log_text = log_path.read_text(errors="replace")[-6000:]
-        assert proc.returncode == 0, f"Ray run failed ({proc.returncode}):\n{log_text}"
-        print(f"Ray run: {time.monotonic() - started:.1f} s")
-
-        expected, got = _read(expected_path), _read(got_path)
-        assert [line["id"] for line in got] == [line["id"] for line in LINES]
-        assert sum("error" in line for line in expected) == 4  # the test exercises errors
-        for want, have in zip(expected, got):
-            assert _comparable(have) == _comparable(want), want["id"]
+        with LocalRay(tmp, cpus=2, env={"TMPDIR": str(actor_tmp)}) as cluster:
+            # The actors cannot find endorm by themselves: only the drivers are told.
+            assert "ENDORM_BIN" not in cluster.env
+            assert shutil.which("endorm", path=cluster.env.get("PATH")) is None
+            yield Run(tmp, cluster, requests, _read(expected_path))
+            # Ray kept to loopback: the node registered under 127.0.0.1 and nothing else.
+            assert cluster.node_addresses() == {"127.0.0.1"}
         # The actors' daemons stopped with them and their directories are gone.
         assert not list(actor_tmp.iterdir())
-        # Ray kept to loopback: the node registered under 127.0.0.1 and nothing else.
-        gcs = Path(tmp, "ray", "session_latest", "logs", "gcs_server.out").read_text()
-        assert set(re.findall(r"node_address=(\S+)", gcs)) == {"127.0.0.1"}
+
+
+def test_the_documented_script_matches_endorm_score(run: Run) -> None:
+    script = run.tmp / "score_ray.py"
+    script.write_text(documented_script())
+    out = run.tmp / "doc.jsonl"
+    seconds = run.driver(
+        [str(script), str(run.requests), str(MODEL), str(out)],
+        run.cluster.driver_env(ENDORM_BIN=str(BIN)), "score_ray",
+    )
+    print(f"the documented script: {seconds:.1f} s")
+    run.check(out)
+
+
+def test_the_scorer_on_two_actors_matches_endorm_score(run: Run) -> None:
+    out = run.tmp / "two-actors.jsonl"
+    seconds = run.driver(
+        [str(Path(__file__).with_name("score_with_ray.py")), str(run.requests), str(out),
+         "--model", str(MODEL), "--binary", str(BIN), "--actors", "2"],
+        run.cluster.driver_env(), "score_with_ray",
+    )
+    print(f"two actors: {seconds:.1f} s")
+    run.check(out)
+
+
+def test_the_pool_leaves_a_cpu_for_the_reads() -> None:
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from endorm.ray import pool_shape
+    finally:
+        sys.path.remove(str(PACKAGE))
+    assert pool_shape([2]) == (1, 1)  # the example that hung: 2 actors of 1 CPU on 2 CPUs
+    assert pool_shape([32]) == (7, 4)  # and 8 of 4 on 32
+    assert pool_shape([8, 8, 8, 8]) == (7, 4)
+    assert pool_shape([1, 8]) == (2, 4)  # the small node keeps the free CPU
+    assert pool_shape([4], threads=1) == (3, 1)
+    assert pool_shape([3]) == (1, 2)
+    with pytest.raises(ValueError, match="ray-project/ray#44687"):
+        pool_shape([2], threads=1, actors=2)
+    with pytest.raises(ValueError, match="one node's"):
+        pool_shape([4, 4], threads=6)
+    with pytest.raises(ValueError, match="1 CPU"):
+        pool_shape([1])
 
 
 def _env(**extra: str) -> Dict[str, str]:
@@ -150,7 +223,7 @@ def test_a_killed_actor_takes_its_daemon_along() -> None:
         "import sys, time\n"
         "from endorm.ray import EndormScorer\n"
         "scorer = EndormScorer(model=sys.argv[1], binary=sys.argv[2])\n"
-        "print(scorer._proc.pid, scorer._dir, flush=True)\n"
+        "print(scorer._daemon.pid, scorer._daemon.dir, flush=True)\n"
         "time.sleep(300)\n"
     )
     actor = subprocess.Popen([sys.executable, "-c", script, str(MODEL), str(BIN)],
@@ -195,6 +268,7 @@ def test_a_batch_keeps_every_row_and_a_dead_daemon_raises() -> None:
     finally:
         sys.path.remove(str(PACKAGE))
     scorer = EndormScorer(model=str(MODEL), binary=str(BIN), serve_args=["--threads", "1"])
+    directory = scorer._daemon.dir
     try:
         batch = pa.Table.from_pylist([LINES[0], LINES[7]])  # chat, then no candidates
         rows = [drop_nulls(row) for row in scorer(batch).to_pylist()]
@@ -203,11 +277,12 @@ def test_a_batch_keeps_every_row_and_a_dead_daemon_raises() -> None:
         assert rows[1]["error"]["code"] == "invalid_request" and "results" not in rows[1]
         with pytest.raises(TypeError, match="batch_format"):
             scorer(batch.to_pandas())
-        assert scorer._proc is not None
-        os.kill(scorer._proc.pid, signal.SIGKILL)
-        scorer._proc.wait()
+        proc = scorer._daemon.proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
         with pytest.raises(RuntimeError, match="endorm serve exited"):
             scorer(batch)
     finally:
         scorer.close()
-    assert not os.path.exists(scorer._dir)
+    assert not os.path.exists(directory)

@@ -98,7 +98,7 @@ def test_grpo_trains_a_step_on_endorm_rewards(daemon: Any, tmp_path: Path) -> No
                 mine = [i for i, p in enumerate(prompts) if p == messages]
                 assert len(mine) == 2, (question, prompts)
                 texts = [completions[i][0]["content"] for i in mine]
-                direct = client.score(texts, messages=messages, aggregate="endo_mean")
+                direct = client.score(messages, texts, aggregate="endo_mean")
                 assert [rewards[i] for i in mine] == pytest.approx(direct.scores, abs=1e-9)
     logged = [k for entry in trainer.state.log_history for k in entry]
     assert any("endorm" in k for k in logged), logged

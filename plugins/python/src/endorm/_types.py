@@ -1,22 +1,25 @@
-"""Typed results of the endorm wire API (docs/API.md)."""
+"""Typed requests' option values and results of the endorm wire API (docs/API.md).
+
+The field names are the wire's (``src/api/``, ``docs/openapi.json``); tests/test_schema.py checks
+every name sent and read here against the daemon's schema.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional
 
+# endorm.ray imports EndormError from here (it lives in _exceptions).
+from ._exceptions import EndormError  # noqa: F401
 
-class EndormError(Exception):
-    """A non-2xx answer from the daemon, or no daemon at all (``status`` 0).
-
-    ``status`` is the HTTP status, ``code`` the daemon's error code (or type), ``message`` its text.
-    """
-
-    def __init__(self, status: int, code: Optional[str], message: str) -> None:
-        super().__init__(f"endorm error {status} ({code}): {message}" if status else message)
-        self.status = status
-        self.code = code
-        self.message = message
+#: ``format``: the model's chat template, or plain text (REWARD.md).
+Format = Literal["chat", "raw"]
+#: ``aggregate``: the response-level score (REWARD.md).
+Aggregate = Literal["endo", "endo_mean", "logprob", "logprob_mean"]
+#: ``contrast``: what each candidate's score is contrasted with.
+Contrast = Literal["neutral"]
+#: ``GET /health``'s ``status``.
+HealthStatus = Literal["ok", "loading", "degraded"]
 
 
 @dataclass
@@ -92,11 +95,16 @@ class ScoreResult:
     """
 
     model: str
-    aggregate: str
+    aggregate: Aggregate
     results: List[CandidateScore]
     order: List[int]
     usage: Dict[str, int] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)
+    #: The model whose score was subtracted (``reference_model``), if any.
+    reference_model: Optional[str] = None
+    #: How the request was read: its ``format``, else ``"chat"``, or ``"raw"`` for a model without
+    #: a chat template.
+    format: Format = "chat"
 
     @property
     def scores(self) -> List[float]:
@@ -112,20 +120,25 @@ class ScoreResult:
     def from_json(cls, d: Mapping[str, Any]) -> "ScoreResult":
         return cls(
             model=d.get("model", ""),
-            aggregate=d.get("aggregate", ""),
+            aggregate=d.get("aggregate", "endo"),
             results=[CandidateScore.from_json(r) for r in d.get("results", [])],
             order=list(d.get("order", [])),
             usage=dict(d.get("usage") or {}),
             timings=dict(d.get("timings") or {}),
+            reference_model=d.get("reference_model"),
+            format=d.get("format", "chat"),
         )
 
 
 @dataclass
 class RerankItem:
-    """One reranked document: ``index`` into the request's documents, higher score is better."""
+    """One reranked document: ``index`` into the request's documents. ``relevance_score`` is the
+    probability that it is the best of the request's documents (0..1, summing to 1 over them);
+    ``reward`` the daemon's raw reward behind it (``endo``, the scale of ``/v1/score``)."""
 
     index: int
     relevance_score: float
+    reward: float
     document: Optional[str] = None
 
 
@@ -136,6 +149,8 @@ class RerankResult:
     model: str
     results: List[RerankItem]
     usage: Dict[str, int] = field(default_factory=dict)
+    #: How the query and documents were read: ``"chat"``, or ``"raw"`` without a chat template.
+    format: Format = "chat"
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "RerankResult":
@@ -146,10 +161,16 @@ class RerankResult:
                 RerankItem(
                     index=r["index"],
                     relevance_score=r["relevance_score"],
+                    reward=r["reward"],
                     document=doc.get("text") if isinstance(doc, dict) else doc,
                 )
             )
-        return cls(model=d.get("model", ""), results=items, usage=dict(d.get("usage") or {}))
+        return cls(
+            model=d.get("model", ""),
+            results=items,
+            usage=dict(d.get("usage") or {}),
+            format=d.get("format", "chat"),
+        )
 
 
 @dataclass

@@ -26,17 +26,17 @@ continuation of the prompt's text. No TRL import: this module only needs the end
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._client import Client
+from ._client import SCORE_OPTIONS, Client
+from ._types import Format
 
 Prompt = Union[str, Sequence[Mapping[str, Any]]]
 Completion = Union[str, Sequence[Mapping[str, Any]]]
 
 #: What each batch decides, not the caller.
-_PER_BATCH = {"self", "candidates", "prompt", "messages", "format"}
+_PER_BATCH = {"format"}
 
 
 class EndormReward:
@@ -48,7 +48,8 @@ class EndormReward:
     ``aggregate`` defaults to ``endo_mean`` (per-token mean: completions of one prompt differ in
     length, and a sum favours the short ones; docs/QUALITY.md). ``score_options`` go into every
     ``/v1/score`` request as they are (``model``, ``principle``, ``alpha``, ``terminal``,
-    ``consensus``, ``contrast``, ...: docs/API.md).
+    ``consensus``, ``contrast``, ...: docs/API.md). ``max_retries`` is the client's (a 503 or a
+    lost connection, e.g. a daemon restarting, is retried that many times).
     """
 
     #: TRL logs each reward function's mean under its ``__name__``.
@@ -62,14 +63,15 @@ class EndormReward:
         token: Optional[str] = None,
         aggregate: str = "endo_mean",
         timeout: float = 600.0,
+        max_retries: int = 2,
         **score_options: Any,
     ) -> None:
         # A misspelt option fails here, when the trainer is set up, not after the first rollout.
-        allowed = set(inspect.signature(Client.score).parameters) - _PER_BATCH
+        allowed = SCORE_OPTIONS - _PER_BATCH
         unknown = sorted(set(score_options) - allowed)
         if unknown:
             raise TypeError(f"not /v1/score options: {unknown}; these are: {sorted(allowed)}")
-        self._client = Client(socket, timeout=timeout, url=url, token=token)
+        self._client = Client(socket, url=url, token=token, timeout=timeout, max_retries=max_retries)
         self._options: Dict[str, Any] = {"aggregate": aggregate, **score_options}
 
     def close(self) -> None:
@@ -95,16 +97,17 @@ class EndormReward:
         rewards: List[float] = [0.0] * len(completions)
         for prompt, indices in groups.values():
             texts = [_completion_text(completions[i]) for i in indices]
-            result = self._client.score(texts, **_context(prompt), **self._options)
+            context, format = _context(prompt)
+            result = self._client.score(context, texts, format=format, **self._options)
             for i, score in zip(indices, result.scores):
                 rewards[i] = score
         return rewards
 
 
-def _context(prompt: Prompt) -> Dict[str, Any]:
-    """The ``/v1/score`` fields that say what the completions answer."""
+def _context(prompt: Prompt) -> Tuple[Prompt, Format]:
+    """What the completions answer, and the format they are scored in."""
     if isinstance(prompt, str):
-        return {"prompt": prompt, "format": "raw"}
+        return prompt, "raw"
     messages = [dict(m) for m in prompt]
     if messages and messages[-1].get("role") == "assistant":
         # TRL then continues that message; chat format scores a new assistant turn instead.
@@ -112,7 +115,7 @@ def _context(prompt: Prompt) -> Dict[str, Any]:
             "the prompt ends with an assistant message, which the completion continues: "
             "endorm's chat format scores a whole assistant turn, so this cannot be scored as chat"
         )
-    return {"messages": messages, "format": "chat"}
+    return messages, "chat"
 
 
 def _completion_text(completion: Completion) -> str:

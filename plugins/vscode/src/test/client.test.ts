@@ -4,14 +4,14 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { defaultSocket, EndormClient, EndormError, errorFromBody } from "../client";
+import { defaultSocket, defaultTokenFile, EndormClient, EndormError, errorFromBody, readToken } from "../client";
 import { startDaemon, type Daemon } from "../testing/daemon";
 
 let daemon: Daemon;
 let client: EndormClient;
 
 before(async () => {
-  daemon = await startDaemon();
+  daemon = await startDaemon({ tcp: true });
   client = new EndormClient({ socketPath: daemon.socketPath, timeoutMs: 120_000 });
 });
 
@@ -55,20 +55,6 @@ test("return_tokens: the pieces concatenate to the candidate, one entry per toke
     const sum = toks.reduce((s, t) => s + t.reward, 0);
     assert.ok(Math.abs(sum - res.endo) < 1e-6 * Math.max(1, Math.abs(res.endo)), `sum of rewards ${sum} = endo ${res.endo}`);
   });
-});
-
-test("rerank: best first, Paris first", async () => {
-  const r = await client.rerank({
-    query: "What is the capital of France?",
-    documents: ["London.", "Paris.", "Berlin."],
-    return_documents: true,
-  });
-  assert.equal(r.results[0].index, 1);
-  assert.equal(r.results[0].document?.text, "Paris.");
-  const scores = r.results.map((x) => x.relevance_score);
-  assert.deepEqual(scores, [...scores].sort((a, b) => b - a));
-  const top = await client.rerank({ query: "What is the capital of France?", documents: ["London.", "Paris."], top_n: 1 });
-  assert.equal(top.results.length, 1);
 });
 
 test("a bad request rejects with the daemon's own message, status and code", async () => {
@@ -122,11 +108,57 @@ test("a socket that never answers: the deadline rejects with code timeout", asyn
   }
 });
 
+test("over TCP with the token: the same scores as over the socket", async () => {
+  const tcp = new EndormClient({ url: daemon.url!, token: () => readToken(daemon.tokenFile!), timeoutMs: 120_000 });
+  assert.equal(tcp.where, daemon.url);
+  assert.equal((await tcp.health()).status, "ok");
+  const body = { format: "raw" as const, prompt: "The capital of France is", candidates: [" banana", " Paris"] };
+  const [viaTcp, viaSocket] = [await tcp.score(body), await client.score(body)];
+  assert.deepEqual(viaTcp.order, viaSocket.order);
+  assert.deepEqual(viaTcp.results.map((r) => r.score), viaSocket.results.map((r) => r.score));
+});
+
+test("over TCP: a wrong or missing token is the daemon's 401, an unreadable token file says where it looked", async () => {
+  for (const token of ["0".repeat(48), undefined]) {
+    const c = new EndormClient({ url: daemon.url!, token, timeoutMs: 10_000 });
+    await assert.rejects(c.health(), (e: unknown) => e instanceof EndormError && e.status === 401 && e.message.length > 0);
+  }
+  const missing = path.join(daemon.dir, "no-such-token");
+  const c = new EndormClient({ url: daemon.url!, token: () => readToken(missing), timeoutMs: 10_000 });
+  await assert.rejects(
+    c.health(),
+    (e: unknown) => e instanceof EndormError && e.code === "no_token" && e.message.includes(missing) && /endorm\.tokenFile/.test(e.message),
+  );
+});
+
+test("readToken: the file named, else ENDORM_TOKEN, else the default file; trimmed; empty refused", () => {
+  const file = path.join(daemon.dir, "t1");
+  fs.writeFileSync(file, "  abc\n");
+  assert.equal(readToken(file, { ENDORM_TOKEN: "from-env" }), "abc");
+  assert.equal(readToken("", { ENDORM_TOKEN: "from-env\n" }), "from-env");
+  fs.writeFileSync(file, "\n");
+  assert.throws(() => readToken(file, {}), (e: unknown) => e instanceof EndormError && e.code === "no_token" && /empty/.test(e.message));
+  const runtime = fs.mkdtempSync(path.join(daemon.dir, "rt-"));
+  fs.mkdirSync(path.join(runtime, "endorm"));
+  fs.writeFileSync(path.join(runtime, "endorm", "token"), "xyz");
+  assert.equal(readToken("", { XDG_RUNTIME_DIR: runtime }), "xyz");
+});
+
+test("a URL that is not http://HOST:PORT is refused before anything is sent", async () => {
+  for (const url of ["https://127.0.0.1:1", "127.0.0.1:8765", "unix:/x.sock"]) {
+    const c = new EndormClient({ url, token: "t" });
+    await assert.rejects(c.health(), (e: unknown) => e instanceof EndormError && e.code === "bad_url" && e.message.includes(url), url);
+  }
+});
+
 test("defaultSocket follows endorm serve: ENDORM_SOCKET, XDG_RUNTIME_DIR, then the cache dir", () => {
   assert.equal(defaultSocket({ ENDORM_SOCKET: "/s/e.sock" }, "linux", "/h"), "/s/e.sock");
   assert.equal(defaultSocket({ XDG_RUNTIME_DIR: "/run/user/1" }, "linux", "/h"), "/run/user/1/endorm/endorm.sock");
   assert.equal(defaultSocket({}, "linux", "/h"), "/h/.cache/endorm/endorm.sock");
   assert.equal(defaultSocket({ XDG_RUNTIME_DIR: "/run/user/1" }, "darwin", "/h"), "/h/Library/Caches/endorm/endorm.sock");
+  assert.equal(defaultTokenFile({ XDG_RUNTIME_DIR: "/run/user/1" }, "linux", "/h"), "/run/user/1/endorm/token");
+  assert.equal(defaultTokenFile({}, "linux", "/h"), "/h/.cache/endorm/token");
+  assert.equal(defaultTokenFile({ LOCALAPPDATA: "C:\\Users\\u\\AppData\\Local" }, "win32", "C:\\Users\\u"), "C:\\Users\\u\\AppData\\Local\\endorm\\cache\\token");
 });
 
 test("errorFromBody keeps a non-JSON body as the message", () => {

@@ -7,7 +7,7 @@ import {
   parseCompletions,
   type CompletionSourceConfig,
 } from "../completionSource";
-import { startFakeSource } from "../testing/fakeSource";
+import { startSourceFixture } from "../testing/sourceFixture";
 
 // Literal samples of what the two kinds of endpoint answer.
 const OPENAI_SAMPLE = `{
@@ -67,7 +67,7 @@ test("request bodies: n / n_cmpl, token limits, prefix and suffix", () => {
 });
 
 test("fetchCompletions posts the body and parses the answer", async () => {
-  const src = await startFakeSource("/v1/completions", () => ({ body: JSON.parse(OPENAI_SAMPLE) }));
+  const src = await startSourceFixture("/v1/completions", () => ({ body: JSON.parse(OPENAI_SAMPLE) }));
   try {
     const out = await fetchCompletions({ ...openai, endpoint: src.url }, { prefix: "x =", suffix: "" }, { timeoutMs: 5000 });
     assert.deepEqual(out, [" a + 1", " b\n", ""]);
@@ -78,7 +78,7 @@ test("fetchCompletions posts the body and parses the answer", async () => {
 });
 
 test("fetchCompletions reports the source's own error message and status", async () => {
-  const src = await startFakeSource("/infill", () => ({
+  const src = await startSourceFixture("/infill", () => ({
     status: 501,
     body: { error: { code: 501, message: "This server does not support infill.", type: "not_supported_error" } },
   }));
@@ -93,7 +93,7 @@ test("fetchCompletions reports the source's own error message and status", async
 });
 
 test("fetchCompletions: deadline, cancellation, unreachable endpoint", async () => {
-  const src = await startFakeSource("/v1/completions", () => ({ body: JSON.parse(OPENAI_SAMPLE), delayMs: 2000 }));
+  const src = await startSourceFixture("/v1/completions", () => ({ body: JSON.parse(OPENAI_SAMPLE), delayMs: 2000 }));
   try {
     const cfg = { ...openai, endpoint: src.url };
     await assert.rejects(

@@ -7,7 +7,7 @@ import * as assert from "node:assert/strict";
 import { EndormClient } from "../client";
 import { rankCandidates, suggest } from "../rank";
 import { startDaemon, type Daemon } from "../testing/daemon";
-import { startFakeSource } from "../testing/fakeSource";
+import { startSourceFixture } from "../testing/sourceFixture";
 
 let daemon: Daemon;
 let client: EndormClient;
@@ -24,7 +24,7 @@ after(async () => {
 const BEFORE = "Geography quiz.\nQ: The capital of France is";
 
 test("OpenAI source: n candidates, reranked by endorm with the text before the cursor", async () => {
-  const src = await startFakeSource("/v1/completions", () => ({
+  const src = await startSourceFixture("/v1/completions", () => ({
     body: {
       object: "text_completion",
       choices: [
@@ -54,7 +54,7 @@ test("OpenAI source: n candidates, reranked by endorm with the text before the c
 });
 
 test("llama-server infill source: n_cmpl candidates with prefix and suffix, reranked", async () => {
-  const src = await startFakeSource("/infill", () => ({
+  const src = await startSourceFixture("/infill", () => ({
     body: [
       { index: 0, content: " London", stop: true },
       { index: 1, content: " Paris", stop: true },

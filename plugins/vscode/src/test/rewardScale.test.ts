@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import type { TokenScore } from "../client";
+import type { TokenDetail } from "../client";
 import { bucketColour, LEVELS, rewardBucket, rewardScale, tokenSpans } from "../rewardScale";
 
-const tok = (text: string, reward: number): TokenScore => ({ id: 0, text, reward, logprob: -1, q: 0, v_next: 0 });
+const tok = (text: string, reward: number): TokenDetail => ({ id: 0, text, reward, logprob: -1, q: 0, v_next: 0 });
 
 test("token pieces are laid over the text", () => {
   const layout = tokenSpans("def f():", [tok("def", 1), tok(" f", -2), tok("():", 0.5)]);

@@ -4,7 +4,9 @@
  * ../../target/release/endorm from plugins/vscode); model: $ENDORM_MODEL (default SmolLM2-135M).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import * as crypto from "node:crypto";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { EndormClient, EndormError } from "../client";
@@ -20,13 +22,34 @@ export const ENDORM_MODEL =
 /** A running daemon; `stop()` closes its stdin (it exits) and removes the temp directory. */
 export interface Daemon {
   socketPath: string;
+  /** With `tcp`: the loopback listener's base URL, its token and the token's file. */
+  url?: string;
+  token?: string;
+  tokenFile?: string;
   dir: string;
   proc: ChildProcess;
   stop(): Promise<void>;
 }
 
+/** A free loopback port (closed again before the daemon binds it). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+/** Options of {@link startDaemon}. */
+export interface DaemonOptions {
+  timeoutMs?: number;
+  /** Also listen on a free loopback TCP port, with a fresh token in a file of its own. */
+  tcp?: boolean;
+}
+
 /** Start the daemon and wait until it serves; rejects (never skips) if it cannot. */
-export async function startDaemon(timeoutMs = 180_000): Promise<Daemon> {
+export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
+  const timeoutMs = options.timeoutMs ?? 180_000;
   for (const [what, p, env] of [["binary", ENDORM_BIN, "ENDORM_BIN"], ["model", ENDORM_MODEL, "ENDORM_MODEL"]]) {
     if (!fs.existsSync(p)) throw new Error(`no endorm ${what} at ${p} (set ${env})`);
   }
@@ -35,12 +58,20 @@ export async function startDaemon(timeoutMs = 180_000): Promise<Daemon> {
   const socketPath = path.join(dir, "e.sock");
   const config = path.join(dir, "endorm.toml");
   fs.writeFileSync(config, ""); // the user's own config must not leak in
+  const args = ["serve", "--socket", socketPath, "--exit-on-eof", "--model", ENDORM_MODEL, "--config", config];
+  let tcp: Pick<Daemon, "url" | "token" | "tokenFile"> = {};
+  if (options.tcp) {
+    const port = await freePort();
+    const token = crypto.randomBytes(24).toString("hex");
+    const tokenFile = path.join(dir, "token");
+    fs.writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
+    args.push("--listen", `127.0.0.1:${port}`, "--token-file", tokenFile);
+    tcp = { url: `http://127.0.0.1:${port}`, token, tokenFile };
+  }
+  const env = { ...process.env };
+  delete env.ENDORM_TOKEN; // the token file above, not the caller's
   const logFd = fs.openSync(path.join(dir, "serve.log"), "w");
-  const proc = spawn(
-    ENDORM_BIN,
-    ["serve", "--socket", socketPath, "--exit-on-eof", "--model", ENDORM_MODEL, "--config", config],
-    { stdio: ["pipe", "ignore", logFd] },
-  );
+  const proc = spawn(ENDORM_BIN, args, { stdio: ["pipe", "ignore", logFd], env });
   fs.closeSync(logFd);
   let exited: number | null | undefined;
   proc.on("exit", (code) => (exited = code));
@@ -75,5 +106,5 @@ export async function startDaemon(timeoutMs = 180_000): Promise<Daemon> {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { socketPath, dir, proc, stop };
+  return { socketPath, dir, proc, stop, ...tcp };
 }

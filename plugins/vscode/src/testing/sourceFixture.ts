@@ -5,8 +5,8 @@
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 
-/** A running fake source. */
-export interface FakeSource {
+/** A running source fixture. */
+export interface SourceFixture {
   url: string;
   /** The JSON bodies received, in order. */
   requests: unknown[];
@@ -14,14 +14,14 @@ export interface FakeSource {
 }
 
 /** What to answer: status and JSON (or raw string) body; `delayMs` holds the answer back. */
-export interface FakeAnswer {
+export interface SourceAnswer {
   status?: number;
   body: unknown;
   delayMs?: number;
 }
 
 /** Start a server on 127.0.0.1 (a free port) that answers every POST with `answer(body)`. */
-export async function startFakeSource(path: string, answer: (body: unknown) => FakeAnswer): Promise<FakeSource> {
+export async function startSourceFixture(path: string, answer: (body: unknown) => SourceAnswer): Promise<SourceFixture> {
   const requests: unknown[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
