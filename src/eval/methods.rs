@@ -98,24 +98,10 @@ impl Method {
         Method::LogprobMeanReference,
     ];
 
-    /// What `endorm eval` runs when no `--method` is given: the methods before the contrasts,
-    /// so a run resumed from an older cache does not start passes it never asked for.
-    pub const DEFAULT: &'static [Method] = &[
-        Method::Endo,
-        Method::EndoMean,
-        Method::Logprob,
-        Method::LogprobMean,
-        Method::EndoLengthControlled,
-        Method::Length,
-        Method::Shorter,
-        Method::Consensus,
-        Method::WithConsensus(Aggregate::Endo),
-        Method::WithConsensus(Aggregate::EndoMean),
-        Method::WithConsensus(Aggregate::Logprob),
-        Method::WithConsensus(Aggregate::LogprobMean),
-        Method::JudgeVerifier,
-        Method::JudgePairwise,
-    ];
+    /// What `endorm eval` runs when no `--method` is given: [`Method::ALL`]'s first fourteen, the
+    /// methods before the contrasts, so a run resumed from an older cache does not start passes
+    /// it never asked for.
+    pub const DEFAULT: &'static [Method] = Self::ALL.split_at(14).0;
 
     /// The model contrast's methods, which need a reference model.
     pub const REFERENCE: &'static [Method] = &[
