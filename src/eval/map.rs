@@ -1,5 +1,8 @@
 //! The quality map of one model: the reports of several files (one domain each) side by side,
-//! each method's length-balanced accuracy per domain and the average over the domains.
+//! each method's length-balanced accuracy per file and the average over the domains.
+//!
+//! A file's domain is the first word of its name (`code-dev` and `code-mbpp-dev` are both `code`),
+//! and each domain counts once in the average: through its file with the most items.
 //!
 //! Length-balanced accuracy is the one figure every kind of file has (preference pairs, and the
 //! passing × failing pairs of a ranking task): the mean of the accuracy where the better answer is
@@ -24,7 +27,8 @@ pub struct MapRow {
     /// Its length-balanced accuracy in each domain, in the map's domain order (`None`: the method
     /// was not run there, or has no such figure).
     pub domains: Vec<Option<Estimate>>,
-    /// The mean over the domains, when every domain has a figure. Its interval treats the
+    /// The mean over the domains (the columns of [`Map::averaged`]), when each of them has a
+    /// figure. Its interval treats the
     /// domains as independent: the half-width is `1.96 · √(Σ se²) / k`, each `se` read off the
     /// domain's own 95% interval as `(hi − lo) / 3.92`.
     pub average: Option<Estimate>,
@@ -35,8 +39,11 @@ pub struct MapRow {
 pub struct Map {
     /// The model's id.
     pub model: String,
-    /// The domains: each data file's name without `.jsonl`, in the order given.
+    /// The columns: each data file's name without `.jsonl`, in the order given.
     pub domains: Vec<String>,
+    /// The columns the average is taken over: one per domain, the file with the most items
+    /// (the first of equals).
+    pub averaged: Vec<String>,
     /// One row per method, in the order of the first report, then the methods only later
     /// reports have.
     pub rows: Vec<MapRow>,
@@ -46,6 +53,16 @@ impl Map {
     /// The map of `reports` (one per domain, all of one model).
     pub fn of(reports: &[Report]) -> Map {
         let domains: Vec<String> = reports.iter().map(|r| domain_name(&r.data)).collect();
+        // One column per domain: its file with the most items, the first of equals.
+        let mut chosen: Vec<usize> = Vec::new();
+        for (i, name) in domains.iter().enumerate() {
+            match (chosen.iter_mut()).find(|j| domain_of(&domains[**j]) == domain_of(name)) {
+                Some(j) if reports[*j].items < reports[i].items => *j = i,
+                Some(_) => {}
+                None => chosen.push(i),
+            }
+        }
+        chosen.sort_unstable();
         let mut methods: Vec<String> = Vec::new();
         for report in reports {
             for m in &report.methods {
@@ -64,7 +81,7 @@ impl Map {
                         m.length?.balanced
                     })
                     .collect();
-                let average = average(&domains);
+                let average = average(chosen.iter().map(|&i| domains[i]));
                 MapRow {
                     method,
                     domains,
@@ -74,6 +91,7 @@ impl Map {
             .collect();
         Map {
             model: reports.first().map(|r| r.model.clone()).unwrap_or_default(),
+            averaged: chosen.iter().map(|&i| domains[i].clone()).collect(),
             domains,
             rows,
         }
@@ -119,7 +137,10 @@ impl Map {
         }
         let _ = write!(
             out,
-            "average: the mean over the domains; its interval treats them as independent"
+            "average: the mean over the domains ({}: a file's domain is its name's first word, \
+             counted once, by its file with the most items); its interval treats them as \
+             independent",
+            self.averaged.join(", ")
         );
         out
     }
@@ -163,10 +184,15 @@ fn truncate(text: &str, width: usize) -> String {
     text.chars().take(width).collect()
 }
 
+/// A file's domain: the first word of its name (`code` for `code-mbpp-dev`).
+pub fn domain_of(name: &str) -> &str {
+    name.split(['-', '_', '.']).next().unwrap_or(name)
+}
+
 /// The mean of the domains' figures with the interval of [`MapRow::average`]; `None` unless every
 /// domain has one.
-fn average(domains: &[Option<Estimate>]) -> Option<Estimate> {
-    let figures: Vec<Estimate> = domains.iter().copied().collect::<Option<_>>()?;
+fn average(domains: impl Iterator<Item = Option<Estimate>>) -> Option<Estimate> {
+    let figures: Vec<Estimate> = domains.collect::<Option<_>>()?;
     if figures.is_empty() {
         return None;
     }
@@ -255,5 +281,31 @@ mod tests {
             "{table}"
         );
         assert_eq!(map.figures().methods.len(), 2 * 3);
+    }
+
+    #[test]
+    fn a_domain_counts_once_in_the_average_through_its_file_with_the_most_items() {
+        let mut mbpp = report("evaldata/code-mbpp-dev.jsonl", &[("endo", 0.9)]);
+        mbpp.items = 26;
+        let mut humaneval = report("evaldata/code-dev.jsonl", &[("endo", 0.5)]);
+        humaneval.items = 40;
+        let chat = report("evaldata/chat-dev.jsonl", &[("endo", 0.3)]);
+        let map = Map::of(&[mbpp, chat, humaneval]);
+        assert_eq!(map.domains, ["code-mbpp-dev", "chat-dev", "code-dev"]);
+        assert_eq!(map.averaged, ["chat-dev", "code-dev"]);
+        let average = map.rows[0].average.expect("both domains");
+        assert!((average.value - 0.4).abs() < 1e-12, "{average:?}");
+        assert!(
+            map.table().contains("(chat-dev, code-dev:"),
+            "{}",
+            map.table()
+        );
+    }
+
+    #[test]
+    fn a_files_domain_is_the_first_word_of_its_name() {
+        assert_eq!(domain_of("code-mbpp-dev"), "code");
+        assert_eq!(domain_of("prefs_dev"), "prefs");
+        assert_eq!(domain_of("chat"), "chat");
     }
 }
