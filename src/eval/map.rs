@@ -28,9 +28,8 @@ pub struct MapRow {
     /// was not run there, or has no such figure).
     pub domains: Vec<Option<Estimate>>,
     /// The mean over the domains (the columns of [`Map::averaged`]), when each of them has a
-    /// figure. Its interval treats the
-    /// domains as independent: the half-width is `1.96 · √(Σ se²) / k`, each `se` read off the
-    /// domain's own 95% interval as `(hi − lo) / 3.92`.
+    /// figure. Its interval treats the domains as independent: the half-width is
+    /// `1.96 · √(Σ se²) / k`, each `se` read off the domain's own 95% interval as `(hi − lo) / 3.92`.
     pub average: Option<Estimate>,
 }
 
@@ -43,6 +42,7 @@ pub struct Map {
     pub domains: Vec<String>,
     /// The columns the average is taken over: one per domain, the file with the most items
     /// (the first of equals).
+    #[serde(default)]
     pub averaged: Vec<String>,
     /// One row per method, in the order of the first report, then the methods only later
     /// reports have.
