@@ -20,10 +20,10 @@ use super::{backend, EngineError, Model, Token};
 pub struct ContextOptions {
     /// Context window in tokens (KV cells shared by the context and all candidates of a group).
     pub n_ctx: u32,
-    /// Most tokens per decode. With f16 keys and values ([`KvType::tiles`]), at most 63 keeps
-    /// llama.cpp on its row-by-row attention kernel (64 and more switch to a tiled one with other
-    /// sums); the default KV types keep it there at any size, so values do not depend on what is
-    /// decoded beside them (README, "Numerics").
+    /// Most tokens per decode. With f16 keys and values ([`KvType::tiles`]) a decode of 64 tokens
+    /// or more runs llama.cpp's tiled attention kernel, whose sums differ from the row-by-row
+    /// one's: at most 63 keeps every decode row by row, as q8_0 keys and values do at any size
+    /// (README, "Numerics").
     pub n_batch: u32,
     /// CPU threads.
     pub n_threads: u32,

@@ -81,31 +81,16 @@ const TILED_FROM: usize = 64;
 /// and the others hold `max_rows` rows. The lead joins the first candidate decode where it fits
 /// without taking it across [`TILED_FROM`] (llama.cpp's kernels compute a token's row the same
 /// whatever else shares a decode of the same kind), and otherwise is decoded before it on its
-/// own, `n_batch` tokens at a time. Either way the candidates' decodes are those a full
-/// prefix-cache hit (no lead) runs, so an editor request that adds a few tokens to a cached file
-/// saves a pass and still gives what the same request gives again.
-///
-/// With `row_by_row`, every candidate decode stays under [`TILED_FROM`] tokens, on llama.cpp's
-/// row-by-row kernel, which computes a token's row from its own query and the KV cells it sees,
-/// in cell order, whatever else the decode holds and wherever those cells lie: a candidate then
-/// gets the values it gets alone, whatever other candidates share its request. The lead is
-/// decoded as without it (a long one tiled), so the context's cells do not depend on the
-/// candidates either.
+/// own. Either way the candidates' decodes are those a full prefix-cache hit (no lead) runs, so
+/// an editor request that adds a few tokens to a cached file saves a pass and still gives what
+/// the same request gives again.
 pub fn candidate_chunks(
     lead: usize,
     wants_row: &[bool],
     n_batch: usize,
     max_rows: usize,
     pass_rows: usize,
-    row_by_row: bool,
 ) -> Vec<Range<usize>> {
-    let alone = |lead: usize| decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
-    let (n_batch, max_rows, pass_rows) = if row_by_row {
-        let under = |n: usize| n.min(TILED_FROM - 1);
-        (under(n_batch), under(max_rows), under(pass_rows))
-    } else {
-        (n_batch, max_rows, pass_rows)
-    };
     let n = wants_row.len();
     let rows_in = |range: Range<usize>| wants_row[range].iter().filter(|&&w| w).count();
     let mut candidates: Vec<Range<usize>> = if n == 0 {
@@ -120,6 +105,7 @@ pub fn candidate_chunks(
             .map(|chunk| lead + n - chunk.end..lead + n - chunk.start)
             .collect()
     };
+    let alone = |lead: usize| decode_chunks((0..lead).map(|i| i + 1 == lead), n_batch, max_rows);
     let Some(first) = candidates.first().cloned() else {
         return alone(lead);
     };
@@ -317,85 +303,43 @@ mod tests {
         let rows = |n: usize| vec![true; n];
         // 74 candidate tokens in one decode of 74 rows (SmolLM2's budget holds 85): four typed
         // context tokens join it, tiled either way.
-        assert_eq!(
-            candidate_chunks(4, &rows(74), 512, 64, 85, false),
-            one(0..78)
-        );
+        assert_eq!(candidate_chunks(4, &rows(74), 512, 64, 85), one(0..78));
         // Without a lead, the same candidate decode.
-        assert_eq!(candidate_chunks(0, &rows(74), 512, 64, 85, false).len(), 1);
+        assert_eq!(candidate_chunks(0, &rows(74), 512, 64, 85).len(), 1);
         // A budget of 64 rows: 10, then 64; the lead joins the 10, row by row either way.
         assert_eq!(
-            candidate_chunks(4, &rows(74), 512, 64, 64, false),
+            candidate_chunks(4, &rows(74), 512, 64, 64),
             vec![0..14, 14..78]
         );
         assert_eq!(
-            candidate_chunks(0, &rows(74), 512, 64, 64, false),
+            candidate_chunks(0, &rows(74), 512, 64, 64),
             vec![0..10, 10..74]
         );
         // 60 candidate tokens alone run row by row; six more would make the decode tiled.
         assert_eq!(
-            candidate_chunks(6, &rows(60), 512, 64, 85, false),
+            candidate_chunks(6, &rows(60), 512, 64, 85),
             vec![0..6, 6..66]
         );
         // A cold context of 200 tokens: its own decode (one row: the last token's).
         assert_eq!(
-            candidate_chunks(200, &rows(15), 512, 64, 85, false),
+            candidate_chunks(200, &rows(15), 512, 64, 85),
             vec![0..200, 200..215]
         );
         // 128 candidate rows leave no remainder: the lead joins the first 64, tiled either way,
         // its row within the budget.
         assert_eq!(
-            candidate_chunks(3, &rows(128), 512, 64, 85, false),
+            candidate_chunks(3, &rows(128), 512, 64, 85),
             vec![0..67, 67..131]
         );
         // Tokens without a row (a terminal token) ride along; n_batch bounds every decode.
         let mut terminal = rows(6);
         terminal[5] = false;
         assert_eq!(
-            candidate_chunks(3, &terminal, 4, 64, 85, false),
+            candidate_chunks(3, &terminal, 4, 64, 85),
             vec![0..3, 3..5, 5..9]
         );
         // No candidates: the lead alone.
-        assert_eq!(candidate_chunks(5, &[], 512, 64, 85, false), one(0..5));
-    }
-
-    #[test]
-    fn row_by_row_candidates_never_reach_a_tiled_decode_and_a_long_lead_keeps_its_own() {
-        let rows = |n: usize| vec![true; n];
-        // An editor-sized pass (200 context tokens, 80 candidate rows): the context is decoded
-        // as without candidates, the candidates in 17 and 63.
-        assert_eq!(
-            candidate_chunks(200, &rows(80), 512, 64, 85, true),
-            vec![0..200, 200..217, 217..280]
-        );
-        // A short lead joins the first decode while it stays row by row, else goes before it.
-        assert_eq!(
-            candidate_chunks(4, &rows(74), 512, 64, 85, true),
-            vec![0..15, 15..78]
-        );
-        assert_eq!(
-            candidate_chunks(3, &rows(60), 512, 64, 85, true),
-            one(0..63)
-        );
-        assert_eq!(
-            candidate_chunks(4, &rows(60), 512, 64, 85, true),
-            vec![0..4, 4..64]
-        );
-        // A long lead is cut by n_batch, not by the candidates' cap.
-        assert_eq!(
-            candidate_chunks(600, &rows(5), 512, 64, 85, true),
-            vec![0..512, 512..600, 600..605]
-        );
-        for lead in [0, 1, 5, 62, 63, 64, 200] {
-            for n in [1, 10, 63, 64, 65, 85, 128, 300] {
-                let chunks = candidate_chunks(lead, &rows(n), 512, 64, 85, true);
-                let covered: Vec<usize> = chunks.iter().flat_map(Range::clone).collect();
-                assert_eq!(covered, (0..lead + n).collect::<Vec<_>>(), "{lead} + {n}");
-                for chunk in chunks.iter().filter(|chunk| chunk.end > lead) {
-                    assert!(chunk.len() < TILED_FROM, "{lead} + {n}: {chunk:?}");
-                }
-            }
-        }
+        assert_eq!(candidate_chunks(5, &[], 512, 64, 85), one(0..5));
     }
 
     #[test]

@@ -96,19 +96,6 @@ impl<'m> Scorer<'m> {
         })
     }
 
-    /// Whether candidates are decoded row by row ([`candidate_chunks`]): where it makes a
-    /// candidate's values those it gets alone, and costs little. That is on the CPU with f16 keys
-    /// and values (with other types every decode is row by row already) and without the prefix
-    /// cache: with it, a context continued from the cache is laid out otherwise than a cold one
-    /// anyway, and the editor requests it serves would pay the row-by-row kernel over their long
-    /// files (README, "Numerics").
-    fn row_by_row(&self) -> bool {
-        let (type_k, type_v) = self.kv_types;
-        KvType::tiles(type_k, type_v)
-            && !self.cache_enabled
-            && self.model.meta().placement.kv_gpu_layers == 0
-    }
-
     /// How the KV cache stores keys and values (values depend on it: README, "Numerics").
     pub fn kv_types(&self) -> (KvType, KvType) {
         self.kv_types
@@ -536,14 +523,7 @@ impl<'m> Scorer<'m> {
             n_batch, max_rows, ..
         } = self.limits();
         let pass_rows = self.context.pass_rows();
-        let chunks = candidate_chunks(
-            leading,
-            &candidate_rows,
-            n_batch,
-            max_rows,
-            pass_rows,
-            self.row_by_row(),
-        );
+        let chunks = candidate_chunks(leading, &candidate_rows, n_batch, max_rows, pass_rows);
         let mut lead_row = None;
         self.context.decode_in(&steps, chunks, |chunk, logits| {
             for i in chunk.clone() {

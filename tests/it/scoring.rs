@@ -229,19 +229,7 @@ fn pick(request: &ScoreRequest, order: &[usize]) -> ScoreRequest {
 
 #[test]
 fn a_candidate_alone_equals_it_in_any_group_of_the_prefix_tree_bit_for_bit() {
-    alone_equals_in_any_group(common::invariant());
-}
-
-/// With the defaults (f16 keys and values, no prefix cache) candidates are decoded row by row.
-#[test]
-fn with_the_defaults_a_candidate_alone_equals_it_in_any_group_bit_for_bit() {
-    alone_equals_in_any_group(common::options());
-}
-
-fn alone_equals_in_any_group(options: ContextOptions) {
     let code = raw(MEAN, &SAMPLES);
-    // A context of more than 64 tokens: its own decode is tiled.
-    let long = raw(&MEAN.repeat(4), &SAMPLES);
     // Chat replies end with the template's end-of-turn token, scored with no row after it.
     let chat = chat(
         "Name a fruit.",
@@ -253,14 +241,14 @@ fn alone_equals_in_any_group(options: ContextOptions) {
             "Apple pie is not a fruit.",
         ],
     );
-    let mut scorer = common::scorer(options);
+    let mut scorer = common::scorer(common::invariant());
     // Two sequences and 160 cells: the tree is cut into several groups.
     let mut cramped = common::scorer(ContextOptions {
         n_ctx: 160,
         max_sequences: 2,
-        ..options
+        ..common::invariant()
     });
-    for request in [code, long, chat] {
+    for request in [code, chat] {
         let n = request.candidates.len();
         let alone: Vec<ScoreResponse> = (0..n)
             .map(|i| score(&mut scorer, &pick(&request, &[i])).unwrap())
