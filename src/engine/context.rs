@@ -170,7 +170,9 @@ impl<'m> Context<'m> {
         let cells = NonZeroU32::new(n_ctx.saturating_add(1))
             .filter(|_| n_ctx > 0)
             .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
-        let n_batch = n_batch.max(1);
+        // llama.cpp caps a decode at the context's size; capped here first, so that the room
+        // for sequences below is counted from the `n_batch` llama.cpp will use.
+        let n_batch = n_batch.clamp(1, cells.get());
         // llama.cpp aborts when a context has more sequences than tokens per decode (its
         // `n_outputs_max`).
         let room = n_batch
