@@ -207,32 +207,67 @@ pub struct Aggregates {
     pub logprob: f64,
     /// `logprob / H`.
     pub logprob_mean: f64,
+    /// `R − b · H`, the length-controlled sum, where the scoring model's [`Baseline`] is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endo_lc: Option<f64>,
 }
 
 impl Aggregates {
     /// Sums the per-token values (in f64). An empty candidate scores 0 everywhere.
-    pub fn of(tokens: &[TokenValues], alpha: Alpha) -> Aggregates {
+    pub fn of(tokens: &[TokenValues], alpha: Alpha, baseline: Option<Baseline>) -> Aggregates {
         let endo: f64 = tokens.iter().map(|t| t.reward).sum();
         let logprob = alpha.0 * tokens.iter().map(|t| t.logprob).sum::<f64>();
-        let n = tokens.len().max(1) as f64;
+        let h = tokens.len() as f64;
+        let n = h.max(1.0);
         Aggregates {
             endo,
             endo_mean: endo / n,
             logprob,
             logprob_mean: logprob / n,
+            endo_lc: baseline.map(|b| endo - b.0 * h),
         }
     }
 
-    /// The score named by `aggregate`.
-    pub fn get(&self, aggregate: Aggregate) -> f64 {
+    /// The score named by `aggregate`; `None` for `endo_lc` without a baseline.
+    pub fn get(&self, aggregate: Aggregate) -> Option<f64> {
         match aggregate {
-            Aggregate::Endo => self.endo,
-            Aggregate::EndoMean => self.endo_mean,
-            Aggregate::Logprob => self.logprob,
-            Aggregate::LogprobMean => self.logprob_mean,
+            Aggregate::Endo => Some(self.endo),
+            Aggregate::EndoMean => Some(self.endo_mean),
+            Aggregate::Logprob => Some(self.logprob),
+            Aggregate::LogprobMean => Some(self.logprob_mean),
+            Aggregate::EndoLc => self.endo_lc,
         }
     }
+
+    /// Whether every aggregate present is a finite number.
+    pub fn is_finite(&self) -> bool {
+        [self.endo, self.endo_mean, self.logprob, self.logprob_mean]
+            .into_iter()
+            .chain(self.endo_lc)
+            .all(f64::is_finite)
+    }
 }
+
+/// A model's typical reward per token, `b` of `endo_lc = endo − b · H`: its `endo_mean` on a
+/// fixed neutral text ([`NEUTRAL_TEXT`]), measured once per model (`Scorer::baseline`) and
+/// never fitted to any labels. Subtracting it per token puts a long and a short reply of
+/// ordinary quality on the same footing: the paper's sum favours short replies when `b < 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Baseline(pub f64);
+
+/// The request whose answer [`NEUTRAL_TEXT`] is, for models with a chat template.
+pub const NEUTRAL_REQUEST: &str = "Describe what a public library offers its visitors.";
+
+/// An ordinary, unremarkable answer: the text on which a model's typical reward per token is
+/// measured for `endo_lc`. Written once, before any measurement; never changed to suit a result.
+pub const NEUTRAL_TEXT: &str = "A public library lends books, magazines and films to anyone with \
+a library card, which is usually free for people who live nearby. Most libraries let visitors \
+borrow several items at a time for two or three weeks and renew them online or at the front desk. \
+Besides the shelves, there are quiet reading rooms, tables with power outlets, computers with \
+internet access and printers that charge a small fee per page. Many libraries run reading hours \
+for children, language classes and help with job applications. If a book is not on the shelf, a \
+librarian can order it from another branch, which often takes a few days.";
 
 /// Which response-level score ranks the candidates.
 #[derive(
@@ -260,15 +295,19 @@ pub enum Aggregate {
     Logprob,
     /// `α · Σ log π / H`.
     LogprobMean,
+    /// `Σ r_t − b · H`: the sum less the model's typical reward per token ([`Baseline`]) times
+    /// the tokens; between the sum (which favours short replies) and the mean.
+    EndoLc,
 }
 
 impl Aggregate {
-    /// Every aggregate, in the order of REWARD.md.
-    pub const ALL: [Aggregate; 4] = [
+    /// Every aggregate: the four of REWARD.md, then `endo_lc` (docs/QUALITY.md, "Beyond the paper").
+    pub const ALL: [Aggregate; 5] = [
         Aggregate::Endo,
         Aggregate::EndoMean,
         Aggregate::Logprob,
         Aggregate::LogprobMean,
+        Aggregate::EndoLc,
     ];
 
     /// The wire name (`endo`, `endo_mean`, ...).
@@ -278,6 +317,7 @@ impl Aggregate {
             Aggregate::EndoMean => "endo_mean",
             Aggregate::Logprob => "logprob",
             Aggregate::LogprobMean => "logprob_mean",
+            Aggregate::EndoLc => "endo_lc",
         }
     }
 
@@ -296,7 +336,7 @@ impl std::str::FromStr for Aggregate {
             .find(|a| a.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown aggregate `{s}` (expected endo, endo_mean, logprob or logprob_mean)"
+                    "unknown aggregate `{s}` (expected endo, endo_mean, logprob, logprob_mean or endo_lc)"
                 )
             })
     }

@@ -139,7 +139,7 @@ impl ModelCard {
 
 /// What `/v1/models` tells about a loaded model. Only the file's name is shown, never its
 /// directory: every client can read this.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelCardMeta {
     /// Context length the model was trained with.
     pub n_ctx_train: u32,
@@ -175,6 +175,10 @@ pub struct ModelCardMeta {
     /// computed here with the `cpu` kernels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rpc: Vec<RpcWorkerMeta>,
+    /// `b` of `endo_lc = endo − b · H`: the model's mean reward per token on a fixed neutral
+    /// text, measured when it loaded (absent when it could not be: `endo_lc` is refused then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endo_lc_baseline: Option<f64>,
 }
 
 /// What one RPC worker holds of a model (`/v1/models`, `meta.rpc`), from llama.cpp's load log.
@@ -317,6 +321,7 @@ mod tests {
             n_layers: 31,
             kv_cache: "Vulkan0: llvmpipe".into(),
             rpc: Vec::new(),
+            endo_lc_baseline: Some(-1.5),
         };
         let list = ModelList::new(vec![
             ModelCard::new("a".into(), ModelState::Ready, true, Some(meta)),
@@ -330,7 +335,7 @@ mod tests {
                  "n_params": 134_515_008, "size_bytes": 98_000_000, "chat_template": true,
                  "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048, "cpu": "x86-64-v3",
                  "device": "Vulkan0: llvmpipe", "gpu_layers": 31, "n_layers": 31,
-                 "kv_cache": "Vulkan0: llvmpipe"}},
+                 "kv_cache": "Vulkan0: llvmpipe", "endo_lc_baseline": -1.5}},
                 {"id": "b", "object": "model", "owned_by": "endorm", "created": 0,
                  "state": "loading", "default": false, "meta": null}]}),
         );

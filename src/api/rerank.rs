@@ -366,6 +366,7 @@ mod tests {
             endo_mean: score,
             logprob: 0.0,
             logprob_mean: 0.0,
+            endo_lc: None,
             n_tokens: 1,
             agreement: None,
             neutral: None,

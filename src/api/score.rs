@@ -150,6 +150,10 @@ pub struct CandidateResult {
     pub logprob: f64,
     /// `α · Σ log π / H`.
     pub logprob_mean: f64,
+    /// `Σ r_t − b · H`, `b` the model's baseline (`/v1/models`: `meta.endo_lc_baseline`): the
+    /// sum less the model's typical reward per token. Absent where the baseline is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endo_lc: Option<f64>,
     /// `H`, the number of scored tokens.
     pub n_tokens: usize,
     /// With `consensus`: the mean similarity of this candidate's text to the others'.
@@ -171,16 +175,18 @@ pub struct CandidateResult {
 }
 
 impl CandidateResult {
-    /// A result with its aggregates filled in; `rank` is set once all candidates are known.
+    /// A result with its aggregates filled in (`score` is the aggregate's, NaN for `endo_lc`
+    /// without a baseline); `rank` is set once all candidates are known.
     pub fn new(index: usize, aggregate: Aggregate, sums: &Aggregates, n_tokens: usize) -> Self {
         CandidateResult {
             index,
-            score: sums.get(aggregate),
+            score: sums.get(aggregate).unwrap_or(f64::NAN),
             rank: 0,
             endo: sums.endo,
             endo_mean: sums.endo_mean,
             logprob: sums.logprob,
             logprob_mean: sums.logprob_mean,
+            endo_lc: sums.endo_lc,
             n_tokens,
             agreement: None,
             neutral: None,
@@ -318,6 +324,7 @@ mod tests {
             endo_mean: 0.75,
             logprob: -2.0,
             logprob_mean: -1.0,
+            endo_lc: None,
         };
         let mut result = CandidateResult::new(0, Aggregate::EndoMean, &sums, 2);
         result.neutral = Some(0.25);
@@ -346,6 +353,7 @@ mod tests {
             endo_mean: -5.625,
             logprob: -13.5,
             logprob_mean: -6.75,
+            endo_lc: Some(-10.25),
         };
         let mut result = CandidateResult::new(0, Aggregate::Endo, &sums, 2);
         result.rank = 1;
@@ -387,11 +395,12 @@ mod tests {
                 "format": "chat",
                 "results": [
                     {"index": 0, "score": -11.25, "rank": 1, "endo": -11.25, "endo_mean": -5.625,
-                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2,
+                     "logprob": -13.5, "logprob_mean": -6.75, "endo_lc": -10.25, "n_tokens": 2,
                      "tokens": [{"id": 504, "text": "Paris", "logprob": -0.5, "q": 18.25,
                                  "v_next": 17.75, "reward": 0.5}]},
                     {"index": 1, "score": -11.25, "rank": 2, "endo": -11.25, "endo_mean": -5.625,
-                     "logprob": -13.5, "logprob_mean": -6.75, "n_tokens": 2, "agreement": 0.25}
+                     "logprob": -13.5, "logprob_mean": -6.75, "endo_lc": -10.25, "n_tokens": 2,
+                     "agreement": 0.25}
                 ],
                 "order": [0, 1],
                 "usage": {"prompt_tokens": 48, "cached_tokens": 0, "candidate_tokens": 31,

@@ -89,6 +89,7 @@ impl Scorer<'_> {
                     candidates: candidate_values(prepared, &rows, alpha)?,
                     cached_tokens: 0,
                     decoded_tokens,
+                    baseline: self.model().baseline(),
                     prompt_time,
                     candidates_time,
                 })

@@ -31,7 +31,7 @@ use super::rpc::{self, RpcEndpoint};
 use super::{
     EngineError, Model, ModelInfo, ModelSettings, Prepared, Scored, Scorer, SequenceLogprobs, Token,
 };
-use crate::reward::Alpha;
+use crate::reward::{Alpha, Baseline};
 
 /// The largest frame either side accepts (a request of 65,536 tokens is well under 1 MiB).
 const MAX_FRAME: u32 = 1 << 30;
@@ -106,6 +106,8 @@ pub(super) struct Ready {
     pub n_ctx: usize,
     /// The model as loaded with its weights.
     pub meta: ModelInfo,
+    /// Its `endo_lc` baseline, measured on the host's context (`None`: it could not be).
+    pub baseline: Option<Baseline>,
     /// Where its layers went.
     pub placement: Vec<WorkerLayers>,
 }
@@ -438,9 +440,11 @@ pub fn run_model_host() -> Result<(), EngineError> {
         Ok(scorer) => scorer,
         Err(error) => return send(&Reply::Failed(error)),
     };
+    let baseline = scorer.baseline_at_load(&start.path);
     send(&Reply::Ready(Ready {
         n_ctx: scorer.n_ctx(),
         meta: model.meta().clone(),
+        baseline,
         placement: placement(model.placement_log(), &rpc::registered_devices()),
     }))?;
     while let Some(request) = read_frame::<Request>(&mut input).map_err(io)? {

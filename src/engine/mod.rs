@@ -17,6 +17,7 @@
 //! Inside: `context` alone holds the `LlamaContext` and its batch; `plan` and `cache` are pure
 //! arithmetic and bookkeeping, tested without llama.cpp.
 
+mod baseline;
 mod batch;
 mod cache;
 pub mod cancel;

@@ -2,6 +2,7 @@
 //! can be shared by every scorer (context) built on it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -13,6 +14,7 @@ use super::rpc::{self, RpcEndpoint};
 use super::special::{Special, SpecialTokens};
 use super::template::ChatTemplate;
 use super::{backend, cancel, cpu_kernels, gguf, loadlog, EngineError, Token};
+use crate::reward::Baseline;
 
 /// The longest text endorm tokenizes; llama.cpp counts tokens in an `i32`.
 const MAX_TEXT_BYTES: usize = (i32::MAX / 4) as usize;
@@ -66,6 +68,10 @@ pub struct Model {
     special: SpecialTokens,
     /// llama.cpp's lines of where the weights went (`loadlog.rs`), for a model on RPC workers.
     placement_log: Vec<String>,
+    /// The typical reward per token of `endo_lc`, once measured ([`Scorer::baseline`]).
+    ///
+    /// [`Scorer::baseline`]: super::Scorer::baseline
+    baseline: OnceLock<Baseline>,
 }
 
 impl std::fmt::Debug for Model {
@@ -235,12 +241,26 @@ impl Model {
             end_of_generation,
             special,
             placement_log: log.placement,
+            baseline: OnceLock::new(),
         })
     }
 
     /// Whether `text` holds the text of one of the vocabulary's special tokens (`<|im_end|>`).
     pub fn has_special_text(&self, text: &str) -> bool {
         self.special.occurs_in(text)
+    }
+
+    /// The model's `endo_lc` baseline, once measured on a context of it ([`Scorer::baseline`]).
+    ///
+    /// [`Scorer::baseline`]: super::Scorer::baseline
+    pub fn baseline(&self) -> Option<Baseline> {
+        self.baseline.get().copied()
+    }
+
+    /// Records the baseline measured on a context of this model (here, or in the process that
+    /// holds its weights); the first one measured stays.
+    pub(super) fn set_baseline(&self, baseline: Baseline) -> Baseline {
+        *self.baseline.get_or_init(|| baseline)
     }
 
     /// Sizes and capabilities.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crate::api::{
     CandidateResult, Contrast, Format, ScoreRequest, ScoreResponse, Timings, TokenDetail, Usage,
 };
-use crate::reward::{consensus, order_best_first, Aggregates, Alpha, Recipe, Terms, TokenValues};
+use crate::reward::{
+    consensus, order_best_first, Aggregate, Aggregates, Alpha, Baseline, Recipe, Terms, TokenValues,
+};
 
 use super::pass::{Layout, Pass, PassKind};
 use super::{prepare, EngineError, Model, Prepared, Scored, Scorer};
@@ -56,6 +58,17 @@ impl PreparedRequest {
         let started = Instant::now();
         let alpha = alpha(request.alpha)?;
         let consensus = consensus_weight(request.consensus)?;
+        if request.aggregate == Aggregate::EndoLc {
+            for model in std::iter::once(model).chain(reference) {
+                if model.baseline().is_none() {
+                    return Err(EngineError::InvalidInput(format!(
+                        "aggregate `endo_lc` needs the baseline of {}, which could not be \
+                         measured when it loaded (the daemon's log says why)",
+                        model.meta().path.display()
+                    )));
+                }
+            }
+        }
         let prepared = prepare::score_request(model, request, default_principle)?;
         let mut extra = Vec::new();
         if let Some(Contrast::Neutral) = request.contrast {
@@ -331,7 +344,7 @@ impl Passes {
         }
         let sums = main.candidates.iter().enumerate();
         let main: Vec<Aggregates> = sums
-            .map(|(i, values)| finite(i, values, alpha))
+            .map(|(i, values)| finite(i, values, alpha, main.baseline))
             .collect::<Result<_, _>>()?;
         self.terms_around(&main, alpha)
     }
@@ -346,14 +359,19 @@ impl Passes {
         let n = main.len();
         // The sums of each candidate in a pass of one layout, or of one layout per candidate.
         let sums = |kind: PassKind, alpha: Alpha| -> Result<Option<Vec<Aggregates>>, EngineError> {
-            let values: Vec<&Vec<TokenValues>> = match self.get(kind) {
+            // Each candidate's values and the baseline of the model that scored them.
+            let values: Vec<(&Vec<TokenValues>, Option<Baseline>)> = match self.get(kind) {
                 None => return Ok(None),
-                Some([one]) if kind != PassKind::Reviewer => one.candidates.iter().collect(),
+                Some([one]) if kind != PassKind::Reviewer => {
+                    one.candidates.iter().map(|c| (c, one.baseline)).collect()
+                }
                 Some(each)
                     if kind == PassKind::Reviewer
                         && each.iter().all(|s| s.candidates.len() == 1) =>
                 {
-                    each.iter().map(|s| &s.candidates[0]).collect()
+                    each.iter()
+                        .map(|s| (&s.candidates[0], s.baseline))
+                        .collect()
                 }
                 Some(_) => return Err(miscounted(kind)),
             };
@@ -361,7 +379,7 @@ impl Passes {
                 return Err(miscounted(kind));
             }
             let sums = values.into_iter().enumerate();
-            sums.map(|(i, values)| finite(i, values, alpha))
+            sums.map(|(i, (values, baseline))| finite(i, values, alpha, baseline))
                 .collect::<Result<_, _>>()
                 .map(Some)
         };
@@ -388,12 +406,14 @@ fn miscounted(kind: PassKind) -> EngineError {
 }
 
 /// The candidate's aggregates, refused when not finite.
-fn finite(index: usize, values: &[TokenValues], alpha: Alpha) -> Result<Aggregates, EngineError> {
-    let sums = Aggregates::of(values, alpha);
-    if [sums.endo, sums.endo_mean, sums.logprob, sums.logprob_mean]
-        .iter()
-        .all(|x| x.is_finite())
-    {
+fn finite(
+    index: usize,
+    values: &[TokenValues],
+    alpha: Alpha,
+    baseline: Option<Baseline>,
+) -> Result<Aggregates, EngineError> {
+    let sums = Aggregates::of(values, alpha, baseline);
+    if sums.is_finite() {
         Ok(sums)
     } else {
         Err(EngineError::NotFinite(format!(
@@ -423,7 +443,8 @@ impl Scorer<'_> {
 }
 
 /// Scores `request` with every pass run here, one after another: the reference pass on
-/// `reference` (`(scorer, id)`), the others on `scorer`.
+/// `reference` (`(scorer, id)`), the others on `scorer`. `endo_lc` measures the models'
+/// baselines first, where not yet measured ([`Scorer::baseline`]).
 pub fn score_with(
     scorer: &mut Scorer<'_>,
     mut reference: Option<(&mut Scorer<'_>, &str)>,
@@ -431,6 +452,12 @@ pub fn score_with(
     request: &ScoreRequest,
     default_principle: Option<&str>,
 ) -> Result<ScoreResponse, EngineError> {
+    if request.aggregate == Aggregate::EndoLc {
+        scorer.baseline()?;
+        if let Some((reference, _)) = &mut reference {
+            reference.baseline()?;
+        }
+    }
     let model = scorer.model();
     let reference_model = reference.as_ref().map(|(r, _)| r.model());
     let prepared = PreparedRequest::new(model, reference_model, request, default_principle)?;
@@ -507,7 +534,7 @@ impl PreparedRewards {
         let mut rewards = vec![0.0; self.count];
         for (scored, indices) in scored.iter().flatten().zip(&self.owners) {
             for (values, &index) in scored.candidates.iter().zip(indices) {
-                rewards[index] = finite(index, values, Alpha::ONE)?.endo;
+                rewards[index] = finite(index, values, Alpha::ONE, None)?.endo;
             }
         }
         Ok(rewards)

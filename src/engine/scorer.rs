@@ -14,7 +14,7 @@ use super::cache::{PrefixCache, SlotPlan};
 use super::context::{Context, ContextOptions, KvType, Step};
 use super::plan::{candidate_chunks, group_candidates, Limits, Overflow, Tree, TreeOrder};
 use super::{EngineError, Model, Prepared, Token};
-use crate::reward::{self, Alpha, RowValue, TokenValues};
+use crate::reward::{self, Alpha, Baseline, RowValue, TokenValues};
 
 /// Per-token values of every candidate, and where the time went.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +25,9 @@ pub struct Scored {
     pub cached_tokens: usize,
     /// Candidate tokens decoded: all of them less those the prefix tree shared.
     pub decoded_tokens: usize,
+    /// The scoring model's `endo_lc` baseline, when measured ([`Scorer::baseline`]).
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
     /// Decoding the context.
     pub prompt_time: Duration,
     /// Decoding the candidates and computing their rewards.
@@ -61,11 +64,17 @@ impl Partial {
     }
 
     /// The values of every candidate, once every group is done.
-    fn finish(self, prepared: &Prepared, alpha: Alpha) -> Result<Scored, EngineError> {
+    fn finish(
+        self,
+        prepared: &Prepared,
+        alpha: Alpha,
+        baseline: Option<Baseline>,
+    ) -> Result<Scored, EngineError> {
         Ok(Scored {
             candidates: candidate_values(prepared, &self.rows, alpha)?,
             cached_tokens: self.cached_tokens,
             decoded_tokens: self.decoded,
+            baseline,
             prompt_time: self.prompt_time,
             candidates_time: self.started.elapsed() - self.prompt_time,
         })
@@ -243,7 +252,7 @@ impl<'m> Scorer<'m> {
             }
             self.advance(prepared, alpha, order, &mut partial, pending.take())?;
         }
-        partial.finish(prepared, alpha)
+        partial.finish(prepared, alpha, self.model.baseline())
     }
 
     /// Decodes the next candidate group of a scoring under way. With `seated` (the first group),

@@ -280,6 +280,7 @@ fn run(settings: WorkerSettings, shared: &Shared) {
             return shared.set(WorkerState::Failed(error.to_string()));
         }
     };
+    scorer.baseline_at_load(&settings.path);
     let loaded = LoadedModel {
         model: Arc::clone(&model),
         n_ctx: scorer.n_ctx(),
@@ -548,6 +549,9 @@ fn run_hosted(id: &str, settings: WorkerSettings, shared: &Shared) {
                     return shared.set(WorkerState::Failed(error.to_string()));
                 }
             };
+            if let Some(baseline) = ready.baseline {
+                vocabulary.set_baseline(baseline);
+            }
             model = Some(Arc::clone(&vocabulary));
             let names: Vec<&str> = workers.iter().map(RpcEndpoint::as_str).collect();
             tracing::info!(

@@ -28,9 +28,10 @@ pub enum Method {
     Logprob,
     /// `Σ log π / H`.
     LogprobMean,
-    /// `Σ r_t − b·H`, the length-controlled reward: `b` is the model's mean reward per token on a
-    /// fixed neutral text ([`super::passes::baseline_per_token`]), measured once per model, never
-    /// on the labels. Between the paper's sum (which favours short answers) and the mean.
+    /// `Σ r_t − b·H`, the length-controlled reward (`aggregate: "endo_lc"`): `b` is the model's
+    /// mean reward per token on a fixed neutral text ([`crate::reward::Baseline`]), measured once
+    /// per model, never on the labels. Between the paper's sum (which favours short answers) and
+    /// the mean.
     EndoLengthControlled,
     /// The longer candidate (in characters) wins.
     Length,
@@ -133,6 +134,7 @@ impl Method {
             Method::EndoMean => plain(Aggregate::EndoMean),
             Method::Logprob => plain(Aggregate::Logprob),
             Method::LogprobMean => plain(Aggregate::LogprobMean),
+            Method::EndoLengthControlled => plain(Aggregate::EndoLc),
             Method::EndoNeutral => neutral(Aggregate::Endo),
             Method::EndoMeanNeutral => neutral(Aggregate::EndoMean),
             Method::LogprobNeutral => neutral(Aggregate::Logprob),
@@ -143,8 +145,7 @@ impl Method {
             Method::EndoMeanReference => reference(Aggregate::EndoMean),
             Method::LogprobReference => reference(Aggregate::Logprob),
             Method::LogprobMeanReference => reference(Aggregate::LogprobMean),
-            Method::EndoLengthControlled
-            | Method::Length
+            Method::Length
             | Method::Shorter
             | Method::Consensus
             | Method::WithConsensus(_)
@@ -169,6 +170,7 @@ impl Method {
             Method::WithConsensus(Aggregate::EndoMean) => "endo_mean+consensus",
             Method::WithConsensus(Aggregate::Logprob) => "logprob+consensus",
             Method::WithConsensus(Aggregate::LogprobMean) => "logprob_mean+consensus",
+            Method::WithConsensus(Aggregate::EndoLc) => "endo_lc+consensus",
             Method::JudgeVerifier => "judge-verifier",
             Method::JudgePairwise => "judge-pairwise",
             Method::EndoNeutral => "endo-neutral",
@@ -235,6 +237,7 @@ impl Method {
             Aggregate::EndoMean => Method::EndoMean,
             Aggregate::Logprob => Method::Logprob,
             Aggregate::LogprobMean => Method::LogprobMean,
+            Aggregate::EndoLc => Method::EndoLengthControlled,
         }
     }
 }
@@ -399,7 +402,7 @@ mod tests {
         }
         assert_eq!(
             Method::ALL.iter().filter(|m| m.recipe().is_some()).count(),
-            14
+            15
         );
     }
 

@@ -256,10 +256,9 @@ pub fn run(
         Dataset::Preference(items) => items.iter().map(ItemRef::Preference).collect(),
         Dataset::Ranking(items) => items.iter().map(ItemRef::Ranking).collect(),
     };
-    let baseline = passes::baseline_per_token(scorer)?;
+    let baseline = scorer.baseline()?.0;
     let options = PassOptions {
         principle: config.principle.clone(),
-        baseline: Some(baseline),
     };
     let model_passes = passes.iter().filter(|p| p.uses_model()).count();
     let progress = crate::progress::bar(

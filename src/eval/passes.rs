@@ -18,48 +18,6 @@ use crate::reward::{consensus, Aggregate, Aggregates, Alpha, Terms};
 pub struct PassOptions {
     /// Principle (system message) for the reward on chat-format items.
     pub principle: Option<String>,
-    /// The model's mean reward per token on the neutral text ([`baseline_per_token`]), for
-    /// `endo_lc`.
-    pub baseline: Option<f64>,
-}
-
-/// The request whose answer [`NEUTRAL_TEXT`] is, for models with a chat template.
-pub const NEUTRAL_REQUEST: &str = "Describe what a public library offers its visitors.";
-
-/// An ordinary, unremarkable answer: the text on which a model's typical reward per token is
-/// measured for `endo_lc`. Written once, before any measurement; never changed to suit a result.
-pub const NEUTRAL_TEXT: &str = "A public library lends books, magazines and films to anyone with \
-a library card, which is usually free for people who live nearby. Most libraries let visitors \
-borrow several items at a time for two or three weeks and renew them online or at the front desk. \
-Besides the shelves, there are quiet reading rooms, tables with power outlets, computers with \
-internet access and printers that charge a small fee per page. Many libraries run reading hours \
-for children, language classes and help with job applications. If a book is not on the shelf, a \
-librarian can order it from another branch, which often takes a few days.";
-
-/// The model's mean reward per token (`endo_mean`) on [`NEUTRAL_TEXT`]: as the answer to
-/// [`NEUTRAL_REQUEST`] in the model's chat template, or as a raw continuation of nothing for a
-/// model without one. The baseline `b` of `endo_lc = endo − b·H`: a property of the model, measured
-/// on text that has nothing to do with the labels.
-pub fn baseline_per_token(scorer: &mut Scorer<'_>) -> Result<f64, EngineError> {
-    let chat = scorer.model().meta().chat_template;
-    let request = ScoreRequest {
-        format: Some(if chat { Format::Chat } else { Format::Raw }),
-        prompt: Some(if chat {
-            NEUTRAL_REQUEST.into()
-        } else {
-            String::new()
-        }),
-        candidates: vec![NEUTRAL_TEXT.into()],
-        ..ScoreRequest::default()
-    };
-    let prepared = PreparedRequest::new(scorer.model(), None, &request, None)?;
-    let main = prepared
-        .pass(PassKind::Main)
-        .ok_or_else(|| missing("the neutral text's layout"))?;
-    let mut passes = Passes::default();
-    passes.add(PassKind::Main, scorer.run_pass(&main)?);
-    let terms = passes.terms(1, Alpha::ONE)?;
-    Ok(terms[0].main.endo_mean)
 }
 
 /// Runs `pass` on one item. Input errors (e.g. an item longer than the context) come back as
@@ -223,10 +181,6 @@ fn reward_scores(
         tokens += (this.layouts.iter().zip(&scored))
             .map(|(layout, s)| layout.prepared.context.len() - s.cached_tokens + s.decoded_tokens)
             .sum::<usize>();
-        // The candidates' tokens, from the pass's first layout (the main pass has one).
-        let lengths: Vec<f64> = scored.first().map_or_else(Vec::new, |s| {
-            s.candidates.iter().map(|c| c.len() as f64).collect()
-        });
         let mut passes = Passes::default();
         passes.add(kind, scored);
         // The candidates after the prompt: scored here by the reward pass, read back from its
@@ -245,12 +199,11 @@ fn reward_scores(
             }
         };
         for (k, &i) in nonempty.iter().enumerate() {
-            let length_control = options.baseline.zip(lengths.get(k)).map(|(b, n)| b * n);
             values[i] = methods
                 .iter()
-                .map(|&method| method_value(method, &terms[k], length_control))
+                .map(|&method| method_value(method, &terms[k]))
                 .collect::<Option<_>>()
-                .ok_or_else(|| missing("a layout of the pass, or the neutral text's baseline"))?;
+                .ok_or_else(|| missing("a layout of the pass, or the model's baseline"))?;
         }
     }
     let scores = methods
@@ -271,7 +224,7 @@ fn missing(what: &str) -> EngineError {
     EngineError::Internal(format!("{what} is missing"))
 }
 
-/// The four aggregates of candidate `i` as the reward pass recorded them.
+/// The aggregates of candidate `i` as the reward pass recorded them (`endo_lc` where it did).
 fn recorded_sums(reward: &PassScores, i: usize) -> Option<Aggregates> {
     let get = |method: Method| match reward.scores.get(method.name())? {
         Scores::Candidates(values) => values.get(i).copied(),
@@ -282,17 +235,16 @@ fn recorded_sums(reward: &PassScores, i: usize) -> Option<Aggregates> {
         endo_mean: get(Method::EndoMean)?,
         logprob: get(Method::Logprob)?,
         logprob_mean: get(Method::LogprobMean)?,
+        endo_lc: get(Method::EndoLengthControlled),
     })
 }
 
 /// A reward method's value from a candidate's terms (`None`: a pass it needs did not run): its
-/// recipe's score ([`crate::reward::Recipe`], as `/v1/score` combines it), for `reviewer` alone
-/// the reviewer term, `Σ log π` of the instruction, and for `endo_lc` the sum less
-/// `length_control`, the baseline times the candidate's tokens.
-fn method_value(method: Method, terms: &Terms, length_control: Option<f64>) -> Option<f64> {
+/// recipe's score ([`crate::reward::Recipe`], as `/v1/score` combines it), and for `reviewer`
+/// alone the reviewer term, `Σ log π` of the instruction.
+fn method_value(method: Method, terms: &Terms) -> Option<f64> {
     match method {
         Method::Reviewer => terms.reviewer(Aggregate::Logprob),
-        Method::EndoLengthControlled => Some(terms.main.endo - length_control?),
         method => method.recipe()?.score(terms),
     }
 }
@@ -310,6 +262,7 @@ mod tests {
                 ("endo_mean", [2.0, 2.0]),
                 ("logprob", [-6.0, -12.0]),
                 ("logprob_mean", [-3.0, -3.0]),
+                ("endo_lc", [1.0, 2.0]),
             ]
             .into_iter()
             .map(|(m, v)| (m.to_owned(), Scores::Candidates(v.to_vec())))
@@ -325,6 +278,7 @@ mod tests {
             endo_mean: 1.25,
             logprob: -20.0,
             logprob_mean: -5.0,
+            endo_lc: None,
         };
         let reviewer = Aggregates {
             logprob: -9.0,
@@ -336,6 +290,7 @@ mod tests {
             endo_mean: 2.5,
             logprob: -4.0,
             logprob_mean: -1.0,
+            endo_lc: None,
         };
         let layouts = Terms {
             main,
@@ -343,16 +298,23 @@ mod tests {
             reviewer: Some(reviewer),
             reference: Some(reference),
         };
-        let value = |m| method_value(m, &layouts, Some(6.0));
+        let value = |m| method_value(m, &layouts);
         assert_eq!(value(Method::EndoNeutral), Some(3.0));
         assert_eq!(value(Method::EndoMeanNeutral), Some(0.75));
         assert_eq!(value(Method::LogprobNeutral), Some(8.0));
         assert_eq!(value(Method::LogprobMeanNeutral), Some(2.0));
         assert_eq!(value(Method::Reviewer), Some(-9.0));
-        // The sum less the baseline times the tokens (given here as their product, 6).
+        // The length-controlled sum as the reward pass recorded it; none without a baseline.
         assert_eq!(value(Method::EndoLengthControlled), Some(2.0));
+        let unmeasured = Terms {
+            main: Aggregates {
+                endo_lc: None,
+                ..main
+            },
+            ..layouts
+        };
         assert_eq!(
-            method_value(Method::EndoLengthControlled, &layouts, None),
+            method_value(Method::EndoLengthControlled, &unmeasured),
             None
         );
         assert_eq!(value(Method::EndoReviewer), Some(-1.0));
@@ -365,7 +327,7 @@ mod tests {
         let without = |layouts: Terms| {
             Method::ALL
                 .into_iter()
-                .filter(|&m| method_value(m, &layouts, Some(6.0)).is_none())
+                .filter(|&m| method_value(m, &layouts).is_none())
                 .count()
         };
         assert_eq!(

@@ -24,12 +24,12 @@ pub struct Terms {
 impl Terms {
     /// The neutral term of `aggregate`: the same aggregate after the neutral context.
     pub fn neutral(&self, aggregate: Aggregate) -> Option<f64> {
-        self.neutral.map(|sums| sums.get(aggregate))
+        self.neutral?.get(aggregate)
     }
 
     /// The reference term of `aggregate`: the same aggregate under the reference model.
     pub fn reference(&self, aggregate: Aggregate) -> Option<f64> {
-        self.reference.map(|sums| sums.get(aggregate))
+        self.reference?.get(aggregate)
     }
 
     /// The reviewer term beside `aggregate`: `Σ log π` of the instruction after the candidate,
@@ -86,10 +86,10 @@ impl Recipe {
     }
 
     /// `aggregate − neutral − reference + reviewer`, with the terms this recipe names; `None` when
-    /// one of them is missing from `terms` (its pass did not run).
+    /// one of them is missing from `terms` (its pass did not run, or `endo_lc` had no baseline).
     pub fn score(&self, terms: &Terms) -> Option<f64> {
         let aggregate = self.aggregate;
-        let mut score = terms.main.get(aggregate);
+        let mut score = terms.main.get(aggregate)?;
         if self.neutral {
             score -= terms.neutral(aggregate)?;
         }
@@ -107,12 +107,14 @@ impl Recipe {
 mod tests {
     use super::*;
 
+    /// A candidate's sums over `n` tokens, with the baseline −0.5 per token.
     fn sums(endo: f64, logprob: f64, n: f64) -> Aggregates {
         Aggregates {
             endo,
             endo_mean: endo / n,
             logprob,
             logprob_mean: logprob / n,
+            endo_lc: Some(endo + 0.5 * n),
         }
     }
 
@@ -122,6 +124,7 @@ mod tests {
             endo_mean: 2.0,
             logprob: -6.0,
             logprob_mean: -1.5,
+            endo_lc: Some(12.5),
         },
         neutral: None,
         reviewer: None,
@@ -133,7 +136,7 @@ mod tests {
         for aggregate in Aggregate::ALL {
             assert_eq!(
                 Recipe::plain(aggregate).score(&TERMS),
-                Some(TERMS.main.get(aggregate))
+                TERMS.main.get(aggregate)
             );
         }
     }
@@ -158,6 +161,21 @@ mod tests {
         assert_eq!(all(Aggregate::EndoMean).score(&terms), Some(-1.25));
         // logprob: −6 − (−2) − (−8) + (−5).
         assert_eq!(all(Aggregate::Logprob).score(&terms), Some(-1.0));
+        // endo_lc: 12.5 − 5 − 3 + Σ log π (−5).
+        assert_eq!(all(Aggregate::EndoLc).score(&terms), Some(-0.5));
+    }
+
+    #[test]
+    fn endo_lc_without_a_baseline_gives_no_score() {
+        let terms = Terms {
+            main: Aggregates {
+                endo_lc: None,
+                ..TERMS.main
+            },
+            ..TERMS
+        };
+        assert_eq!(Recipe::plain(Aggregate::EndoLc).score(&terms), None);
+        assert_eq!(Recipe::plain(Aggregate::Endo).score(&terms), Some(10.0));
     }
 
     #[test]

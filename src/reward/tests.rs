@@ -89,7 +89,7 @@ fn alpha_is_bounded_where_the_math_stays_finite() {
         let v = soft_value(&row, alpha);
         let t = TokenValues::new(f64::from(row[0]), v, v, alpha);
         assert!(v.is_finite() && t.logprob.is_finite() && t.reward.is_finite());
-        assert!(Aggregates::of(&[t, t], alpha).logprob.is_finite());
+        assert!(Aggregates::of(&[t, t], alpha, None).is_finite());
     }
 }
 
@@ -174,11 +174,22 @@ fn telescoping_links_endo_and_logprob() {
         },
     ];
     let values = candidate_values(&rows, false, alpha).unwrap();
-    let agg = Aggregates::of(&values, alpha);
+    let agg = Aggregates::of(&values, alpha, Some(Baseline(-0.25)));
     assert!(close(agg.endo, agg.logprob + 3.0 - 1.5));
     assert!(close(agg.endo, (2.5 - 4.0) + (1.0 - 2.0) + (0.5 - 1.5)));
     assert!(close(agg.endo_mean, agg.endo / 3.0));
     assert!(close(agg.logprob_mean, agg.logprob / 3.0));
+    // The sum less the baseline per token: −3.5 − (−0.25 · 3).
+    assert!(agg.endo_lc.is_some_and(|lc| close(lc, agg.endo + 0.75)));
+    assert_eq!(Aggregates::of(&values, alpha, None).endo_lc, None);
+}
+
+#[test]
+fn an_empty_candidate_scores_zero_everywhere() {
+    let agg = Aggregates::of(&[], Alpha::ONE, Some(Baseline(-2.0)));
+    assert_eq!(agg.get(Aggregate::Endo), Some(0.0));
+    assert_eq!(agg.get(Aggregate::EndoMean), Some(0.0));
+    assert_eq!(agg.get(Aggregate::EndoLc), Some(0.0));
 }
 
 #[test]

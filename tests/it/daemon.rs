@@ -93,6 +93,12 @@ fn health_and_models_describe_the_served_model() {
         meta["n_layers"], 31,
         "SmolLM2-135M's 30 blocks and its output layer"
     );
+    // Measured at load on the neutral text: a typical token of an instruct model's reply loses
+    // reward (the sum favours short replies), so the baseline is negative.
+    assert!(
+        meta["endo_lc_baseline"].as_f64().is_some_and(|b| b < 0.0),
+        "{meta}"
+    );
 }
 
 #[test]
@@ -105,6 +111,8 @@ fn score_equals_the_offline_scorer() {
                "aggregate": "logprob_mean", "alpha": 0.5, "terminal": true, "return_tokens": true}),
         json!({"messages": [{"role": "user", "content": "Say hi."}], "principle": "Be brief.",
                "candidates": ["Hi!", "Hello there, how are you doing on this fine day?"]}),
+        json!({"prompt": "Name a colour.", "candidates": ["Blue.", "My favourite colour is blue, like the sea."],
+               "aggregate": "endo_lc"}),
     ] {
         let served = d.ok("/v1/score", &body);
         let request: ScoreRequest = serde_json::from_value(body.clone()).unwrap();
@@ -131,6 +139,10 @@ fn score_equals_the_offline_scorer() {
             ] {
                 assert_close(f(&got[name]), value, name);
             }
+            // The daemon measured its baseline at load, the offline scorer for this request:
+            // the same text in the same layout, so the same `endo_lc`.
+            let served_lc = got["endo_lc"].as_f64().expect("endo_lc");
+            assert_close(served_lc, want.endo_lc.unwrap_or(served_lc), "endo_lc");
             let tokens = got["tokens"].as_array().map_or(&[][..], Vec::as_slice);
             assert_eq!(tokens.len(), want.tokens.as_ref().map_or(0, Vec::len));
             for (t, w) in tokens.iter().zip(want.tokens.iter().flatten()) {
@@ -146,6 +158,47 @@ fn score_equals_the_offline_scorer() {
             assert!(f(&timings[field]) >= 0.0, "{field}");
         }
     }
+}
+
+#[test]
+fn endo_lc_is_the_sum_less_the_models_baseline_per_token() {
+    let d = daemon();
+    let models = d.get("/v1/models").json();
+    let b = f(&models["data"][0]["meta"]["endo_lc_baseline"]);
+    let body = json!({"prompt": "What is the capital of France?",
+        "candidates": ["Paris.", "The capital of France is Paris, a city on the Seine.", "London."],
+        "aggregate": "endo_lc"});
+    let served = d.ok("/v1/score", &body);
+    assert_eq!(served["aggregate"], "endo_lc");
+    let (endo, lc, score) = (
+        each(&served, "endo"),
+        each(&served, "endo_lc"),
+        each(&served, "score"),
+    );
+    let n = each(&served, "n_tokens");
+    for i in 0..3 {
+        assert_close(lc[i], endo[i] - b * n[i], "endo_lc = endo − b·H");
+        assert_eq!(score[i], lc[i], "the score is the aggregate asked for");
+    }
+    let mut order: Vec<usize> = (0..3).collect();
+    order.sort_by(|&x, &y| lc[y].total_cmp(&lc[x]));
+    assert_eq!(served["order"], json!(order));
+    // With the neutral contrast the baseline cancels: the same tokens, the same `b · H`.
+    let contrasted = d.ok(
+        "/v1/score",
+        &json!({"prompt": "What is the capital of France?", "candidates": ["Paris."],
+                "aggregate": "endo_lc", "contrast": "neutral"}),
+    );
+    let plain = d.ok(
+        "/v1/score",
+        &json!({"prompt": "What is the capital of France?", "candidates": ["Paris."],
+                "contrast": "neutral"}),
+    );
+    assert_close(
+        each(&contrasted, "score")[0],
+        each(&plain, "score")[0],
+        "endo_lc − neutral = endo − neutral",
+    );
 }
 
 /// `field` of each result.
@@ -473,7 +526,7 @@ fn get_reward_without_prompts_scores_from_the_first_token() {
     );
     let mut scorer = common::scorer(common::options());
     let scored = scorer.score(&groups[0].0, Alpha::ONE).unwrap();
-    let expected = Aggregates::of(&scored.candidates[0], Alpha::ONE).endo;
+    let expected = Aggregates::of(&scored.candidates[0], Alpha::ONE, None).endo;
     assert_close(f(&rewards["rewards"][0]), expected, "reward");
     assert_eq!(rewards["scores"], rewards["rewards"]);
 }

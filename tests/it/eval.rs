@@ -411,7 +411,7 @@ fn reference_methods_are_zero_against_the_same_model_and_refuse_another_tokenize
 
 /// A ranking item in chat format is scored as `/v1/score` scores the prompt as the user's message
 /// and each completion as the answer; `endo_lc` is that `endo` less the report's baseline per token
-/// times the answer's tokens (`n_tokens` of the same request).
+/// times the answer's tokens (`n_tokens` of the same request), and the request's own `endo_lc`.
 #[test]
 fn chat_ranking_items_score_as_chat_requests_and_endo_lc_subtracts_the_baseline_per_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -448,6 +448,7 @@ fn chat_ranking_items_score_as_chat_requests_and_endo_lc_subtracts_the_baseline_
         format: Some(Format::Chat),
         prompt: Some(prompt.into()),
         candidates: completions.iter().map(|c| c.to_string()).collect(),
+        aggregate: Aggregate::EndoLc,
         ..ScoreRequest::default()
     };
     let expected = common::scorer(common::options())
@@ -466,6 +467,12 @@ fn chat_ranking_items_score_as_chat_requests_and_endo_lc_subtracts_the_baseline_
         assert!(
             (lc - (endo - b * n)).abs() < 1e-6,
             "{i}: {lc} vs {endo} − {b}·{n}"
+        );
+        // The served aggregate: the same baseline, measured by the scorer for this request.
+        assert!(
+            (want.score - lc).abs() < 1e-4,
+            "{i}: {} vs {lc}",
+            want.score
         );
     }
 }

@@ -292,6 +292,39 @@ fn text_is_measured_before_it_is_tokenized_and_tokenize_obeys_max_tokens() {
     assert!(message.contains("101 messages"), "{message}");
 }
 
+/// A context smaller than `n_batch` and than the sequences it is created with: llama.cpp caps its
+/// decodes at the context's size, and once aborted on the first decode of such a context (more
+/// sequences than outputs). It is served; only `endo_lc`, whose baseline's neutral text does not
+/// fit in 64 tokens, is refused, with the reason.
+#[test]
+fn a_context_too_small_for_the_baseline_serves_every_aggregate_but_endo_lc() {
+    let config = format!(
+        "[models.m]\npath = {:?}\nn_ctx = 64\nn_threads = 2\n",
+        common::model_path().display().to_string()
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let models = daemon.get("/v1/models").json();
+    let meta = &models["data"][0]["meta"];
+    assert!(meta.get("endo_lc_baseline").is_none(), "{meta}");
+    assert!(
+        daemon.log_text().contains("no endo_lc baseline"),
+        "{}",
+        daemon.log_text()
+    );
+    let body =
+        |aggregate: &str| json!({"prompt": "Hi", "candidates": ["Hello!"], "aggregate": aggregate});
+    let message = daemon
+        .post("/v1/score", &body("endo_lc"))
+        .expect_error(400, "invalid_request");
+    assert!(
+        message.contains("endo_lc") && message.contains("baseline"),
+        "{message}"
+    );
+    let served = daemon.post("/v1/score", &body("endo"));
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert!(served.json()["results"][0].get("endo_lc").is_none());
+}
+
 #[test]
 fn n_ctx_beyond_the_trained_context_is_cut_to_it() {
     let config = format!(

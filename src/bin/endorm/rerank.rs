@@ -31,7 +31,7 @@ pub struct RerankArgs {
     /// Principle (system message) that says what a good answer is.
     #[arg(long)]
     pub principle: Option<String>,
-    /// Score that ranks: endo, endo_mean, logprob or logprob_mean.
+    /// Score that ranks: endo, endo_mean, logprob, logprob_mean or endo_lc.
     #[arg(long, default_value = "endo")]
     pub aggregate: Aggregate,
     /// Combine the score with the candidates' agreement with each other, at this weight

@@ -106,6 +106,7 @@ fn card_meta(loaded: &LoadedModel) -> ModelCardMeta {
         gpu_layers: meta.placement.gpu_layers,
         n_layers: meta.placement.n_layers,
         kv_cache: meta.placement.kv_cache(),
+        endo_lc_baseline: loaded.model.baseline().map(|b| b.0),
     }
 }
 
