@@ -53,7 +53,7 @@ export function shown(text) {
 }
 
 const TERMS = ["agreement", "neutral", "reviewer", "reference"];
-const COLUMNS = ["score", "endo", "endo_mean", "logprob", "logprob_mean"];
+const COLUMNS = ["score", "endo", "endo_mean", "logprob", "logprob_mean", "endo_lc"];
 
 function rankingTable(run) {
   const { request, response } = run;

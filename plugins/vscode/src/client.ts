@@ -94,7 +94,7 @@ export interface ScoreRequest {
   prompt?: string;
   messages?: Message[];
   principle?: string;
-  aggregate?: "endo" | "endo_mean" | "logprob" | "logprob_mean";
+  aggregate?: "endo" | "endo_mean" | "logprob" | "logprob_mean" | "endo_lc";
   alpha?: number;
   terminal?: boolean;
   return_tokens?: boolean;
@@ -129,6 +129,8 @@ export interface CandidateResult {
   endo_mean: number;
   logprob: number;
   logprob_mean: number;
+  /** `endo` less the model's baseline per token times `n_tokens`. */
+  endo_lc?: number;
   n_tokens: number;
   agreement?: number;
   neutral?: number;
@@ -160,7 +162,7 @@ export interface Timings {
 /** `POST /v1/score` response: `results` in request order, `order` best first. */
 export interface ScoreResponse {
   model: string;
-  aggregate: "endo" | "endo_mean" | "logprob" | "logprob_mean";
+  aggregate: "endo" | "endo_mean" | "logprob" | "logprob_mean" | "endo_lc";
   /** How the request was read: its `format`, else "chat", or "raw" for a model without a chat template. */
   format: "chat" | "raw";
   reference_model?: string;

@@ -9,7 +9,7 @@ M.defaults = {
   timeout_ms = 10000,
   -- Model id; nil: the daemon's default model.
   model = nil,
-  -- Response-level score used to order alternatives: endo | endo_mean | logprob | logprob_mean.
+  -- Response-level score used to order alternatives: endo | endo_mean | logprob | logprob_mean | endo_lc.
   aggregate = 'endo_mean',
   -- Soft-Q temperature; nil: the daemon's default (1.0).
   alpha = nil,

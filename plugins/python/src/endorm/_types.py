@@ -15,7 +15,7 @@ from ._exceptions import EndormError  # noqa: F401
 #: ``format``: the model's chat template, or plain text (REWARD.md).
 Format = Literal["chat", "raw"]
 #: ``aggregate``: the response-level score (REWARD.md).
-Aggregate = Literal["endo", "endo_mean", "logprob", "logprob_mean"]
+Aggregate = Literal["endo", "endo_mean", "logprob", "logprob_mean", "endo_lc"]
 #: ``contrast``: what each candidate's score is contrasted with.
 Contrast = Literal["neutral"]
 #: ``GET /health``'s ``status``.
@@ -58,6 +58,8 @@ class CandidateScore:
     tokens: Optional[List[TokenScore]] = None
     endo_mean: Optional[float] = None
     logprob_mean: Optional[float] = None
+    #: ``endo`` less the model's baseline per token times ``n_tokens`` (the length-controlled sum).
+    endo_lc: Optional[float] = None
     #: With ``consensus``: the mean similarity of this candidate's text to the others'.
     agreement: Optional[float] = None
     #: With ``contrast="neutral"``: the aggregate of the same tokens after the neutral context.
@@ -80,6 +82,7 @@ class CandidateScore:
             tokens=[TokenScore.from_json(t) for t in toks] if toks is not None else None,
             endo_mean=d.get("endo_mean"),
             logprob_mean=d.get("logprob_mean"),
+            endo_lc=d.get("endo_lc"),
             agreement=d.get("agreement"),
             neutral=d.get("neutral"),
             reviewer=d.get("reviewer"),
