@@ -172,15 +172,20 @@ impl<'m> Context<'m> {
             .ok_or_else(|| EngineError::Backend("n_ctx must be at least 1".into()))?;
         // llama.cpp caps a decode at the context's size; capped here first, so that the room
         // for sequences below is counted from the `n_batch` llama.cpp will use.
-        let n_batch = n_batch.clamp(1, cells.get());
+        let asked = n_batch.max(1);
+        let n_batch = asked.min(cells.get());
         // llama.cpp aborts when a context has more sequences than tokens per decode (its
         // `n_outputs_max`).
         let room = n_batch
             .min(LLAMA_MAX_SEQ)
             .saturating_sub(ContextOptions::reserved_sequences(reserved));
         if room == 0 {
+            let capped = match n_batch < asked {
+                true => format!(", {asked} capped at n_ctx + 1"),
+                false => String::new(),
+            };
             return Err(EngineError::Backend(format!(
-                "n_batch ({n_batch}) must be larger than the context slots + 1 ({})",
+                "n_batch ({n_batch}{capped}) must be larger than the context slots + 1 ({})",
                 ContextOptions::reserved_sequences(reserved)
             )));
         }
