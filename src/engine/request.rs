@@ -443,8 +443,9 @@ impl Scorer<'_> {
 }
 
 /// Scores `request` with every pass run here, one after another: the reference pass on
-/// `reference` (`(scorer, id)`), the others on `scorer`. `endo_lc` measures the models'
-/// baselines first, where not yet measured ([`Scorer::baseline`]).
+/// `reference` (`(scorer, id)`), the others on `scorer`. The models' baselines are measured on
+/// first use ([`Scorer::baseline`]) whatever the aggregate, so that every result carries
+/// `endo_lc` as the daemon's do (it measures them at load); only `endo_lc` needs them.
 pub fn score_with(
     scorer: &mut Scorer<'_>,
     mut reference: Option<(&mut Scorer<'_>, &str)>,
@@ -452,10 +453,15 @@ pub fn score_with(
     request: &ScoreRequest,
     default_principle: Option<&str>,
 ) -> Result<ScoreResponse, EngineError> {
+    let measured = [
+        scorer.baseline(),
+        reference
+            .as_mut()
+            .map_or(Ok(Baseline(0.0)), |(r, _)| r.baseline()),
+    ];
     if request.aggregate == Aggregate::EndoLc {
-        scorer.baseline()?;
-        if let Some((reference, _)) = &mut reference {
-            reference.baseline()?;
+        for baseline in measured {
+            baseline?;
         }
     }
     let model = scorer.model();
