@@ -59,14 +59,15 @@ impl PreparedRequest {
         let alpha = alpha(request.alpha)?;
         let consensus = consensus_weight(request.consensus)?;
         if request.aggregate == Aggregate::EndoLc {
-            for model in std::iter::once(model).chain(reference) {
-                if model.baseline().is_none() {
-                    return Err(EngineError::InvalidInput(format!(
-                        "aggregate `endo_lc` needs the baseline of {}, which could not be \
-                         measured when it loaded (the daemon's log says why)",
-                        model.meta().path.display()
-                    )));
-                }
+            let models = [(Some(model), "model"), (reference, "reference model")];
+            if let Some((_, which)) = models
+                .into_iter()
+                .find(|(m, _)| m.is_some_and(|m| m.baseline().is_none()))
+            {
+                return Err(EngineError::InvalidInput(format!(
+                    "aggregate `endo_lc` needs the {which}'s baseline, which could not be \
+                     measured when it loaded (the daemon's log says why)"
+                )));
             }
         }
         let prepared = prepare::score_request(model, request, default_principle)?;
@@ -461,7 +462,12 @@ pub fn score_with(
     ];
     if request.aggregate == Aggregate::EndoLc {
         for baseline in measured {
-            baseline?;
+            baseline.map_err(|error| {
+                EngineError::InvalidInput(format!(
+                    "aggregate `endo_lc` needs the model's baseline, which cannot be measured: \
+                     {error}"
+                ))
+            })?;
         }
     }
     let model = scorer.model();

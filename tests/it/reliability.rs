@@ -317,7 +317,12 @@ fn a_context_too_small_for_the_baseline_serves_every_aggregate_but_endo_lc() {
         .post("/v1/score", &body("endo_lc"))
         .expect_error(400, "invalid_request");
     assert!(
-        message.contains("endo_lc") && message.contains("baseline"),
+        message.contains("endo_lc") && message.contains("model's baseline"),
+        "{message}"
+    );
+    // Every client reads error bodies: the model's file is not named, its directory never.
+    assert!(
+        !message.contains('/') && !message.contains(".gguf"),
         "{message}"
     );
     let served = daemon.post("/v1/score", &body("endo"));
