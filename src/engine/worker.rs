@@ -280,7 +280,6 @@ fn run(settings: WorkerSettings, shared: &Shared) {
             return shared.set(WorkerState::Failed(error.to_string()));
         }
     };
-    scorer.baseline_at_load(&settings.path);
     let loaded = LoadedModel {
         model: Arc::clone(&model),
         n_ctx: scorer.n_ctx(),
@@ -296,6 +295,9 @@ fn run(settings: WorkerSettings, shared: &Shared) {
         "model ready"
     );
     shared.set(WorkerState::Ready(Arc::new(loaded)));
+    // Measured once ready, before the first job: the model is listed sooner, and a request
+    // that arrives at once waits for it, as it would for the first decode's warm-up anyway.
+    scorer.baseline_at_load(&settings.path);
     while let Some((client, job)) = shared.queue.pop() {
         shared.room.notify_waiters();
         shared.running.fetch_add(1, Ordering::Relaxed);

@@ -93,12 +93,9 @@ fn health_and_models_describe_the_served_model() {
         meta["n_layers"], 31,
         "SmolLM2-135M's 30 blocks and its output layer"
     );
-    // Measured at load on the neutral text: a typical token of an instruct model's reply loses
-    // reward (the sum favours short replies), so the baseline is negative.
-    assert!(
-        meta["endo_lc_baseline"].as_f64().is_some_and(|b| b < 0.0),
-        "{meta}"
-    );
+    // Measured on the neutral text once the model is ready, before its first job: a typical
+    // token of an instruct model's reply loses reward (the sum favours short replies).
+    assert!(endo_lc_baseline(d) < 0.0, "{meta}");
 }
 
 #[test]
@@ -160,11 +157,18 @@ fn score_equals_the_offline_scorer() {
     }
 }
 
+/// The served model's `endo_lc_baseline` (`/v1/models`), once the worker has measured it.
+fn endo_lc_baseline(d: &Daemon) -> f64 {
+    let get =
+        |d: &Daemon| d.get("/v1/models").json()["data"][0]["meta"]["endo_lc_baseline"].as_f64();
+    d.wait_for("the endo_lc baseline", |d| get(d).is_some());
+    get(d).unwrap_or(f64::NAN)
+}
+
 #[test]
 fn endo_lc_is_the_sum_less_the_models_baseline_per_token() {
     let d = daemon();
-    let models = d.get("/v1/models").json();
-    let b = f(&models["data"][0]["meta"]["endo_lc_baseline"]);
+    let b = endo_lc_baseline(d);
     let body = json!({"prompt": "What is the capital of France?",
         "candidates": ["Paris.", "The capital of France is Paris, a city on the Seine.", "London."],
         "aggregate": "endo_lc"});

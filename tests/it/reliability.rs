@@ -303,14 +303,12 @@ fn a_context_too_small_for_the_baseline_serves_every_aggregate_but_endo_lc() {
         common::model_path().display().to_string()
     );
     let daemon = Daemon::start(&config, &[]);
+    daemon.wait_for("the failed baseline's warning", |d| {
+        d.log_text().contains("no endo_lc baseline")
+    });
     let models = daemon.get("/v1/models").json();
     let meta = &models["data"][0]["meta"];
     assert!(meta.get("endo_lc_baseline").is_none(), "{meta}");
-    assert!(
-        daemon.log_text().contains("no endo_lc baseline"),
-        "{}",
-        daemon.log_text()
-    );
     let body =
         |aggregate: &str| json!({"prompt": "Hi", "candidates": ["Hello!"], "aggregate": aggregate});
     let message = daemon
